@@ -1,0 +1,153 @@
+"""Configuration of contextual repulsion: one dataclass, validated on construction with messages that name the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+#: Default scale-free strength gamma (eta_i = gamma * ||c_i||^2); see README "Strength" for how it was chosen.
+DEFAULT_STRENGTH = 0.05
+#: Default window: the first 5 % of the sampling trajectory = the paper's tau = 1 step at 20 steps.
+DEFAULT_WINDOW = 0.05
+
+BLOCK_PRESETS = ("all", "first", "middle", "last")
+SINGLE_BLOCK_MODES = ("off", "text", "all")
+BRANCHES = ("cond", "uncond")
+
+
+def _fail(name: str, accepted: str, value: Any) -> ValueError:
+    return ValueError(f"RepulsionConfig.{name} must be {accepted}, got {value!r}")
+
+
+@dataclass
+class RepulsionConfig:
+    """Settings of contextual repulsion (arXiv 2603.28762) for one job.
+
+    Args:
+        enabled: master switch; when False the hooks do nothing and outputs are bit-identical to no hooks.
+        strength: scale-free (angular) strength gamma >= 0: each inner step uses eta_i = gamma * ||c_i||^2, so the
+            same value means the same rotation of the contextual vectors on every model, resolution and prompt
+            length. Ignored when ``eta`` is set.
+        eta: the paper's raw eta (> 0), e.g. 5e6 .. 8e9 for Flux-dev, 5e2 .. 5e6 for SD3.5-Large. None = use strength.
+        iterations: M, inner gradient steps per block (>= 1). Costs only B x B host work, never [B, N, D] work.
+        window: fraction of the sampling trajectory, from pure noise, during which repulsion acts, in (0, 1].
+            A step at position i of N is inside when i / N < window: 0.05 is tau = 1 step at 20 steps, 3 at 50,
+            and always at least the first step.
+        blocks: dual-stream blocks to act after: "all", a third ("first", "middle", "last"), or a range
+            "start:stop" / (start, stop) of block indices (stop exclusive).
+        single_blocks: Flux single-stream blocks: "off", "text" (their text tokens only) or "all" (all tokens,
+            text and image: the paper's choice for Flux).
+        branches: which CFG branches are repelled ("cond", "uncond"). Each branch is only ever repelled within
+            itself.
+        chunks: explicit row layout of one model call: a label per equal, contiguous chunk of rows, e.g.
+            ("uncond", "cond") for a [negative; positive] batch. None = taken from the host (pipeline or Forge).
+        group_size: rows per repulsion group inside a chunk (e.g. images per prompt when one call holds several
+            prompts). None = the whole chunk is one group.
+        memory: cross-batch memory: also repel from the contextual features that earlier batches of the same job
+            had at the same block and step, so batch size 1 gains diversity over a batch count.
+        memory_size: at most this many remembered samples per (block, step, branch).
+        memory_mb: upper bound of the memory's size in MiB (it stores int8 residuals, about 1 byte per feature).
+    """
+
+    enabled: bool = True
+    strength: float = DEFAULT_STRENGTH
+    eta: float | None = None
+    iterations: int = 50
+    window: float = DEFAULT_WINDOW
+    blocks: str | tuple[int, int] = "all"
+    single_blocks: str = "all"
+    branches: tuple[str, ...] = BRANCHES
+    chunks: tuple[str, ...] | None = None
+    group_size: int | None = None
+    memory: bool = False
+    memory_size: int = 16
+    memory_mb: float = 512.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise _fail("enabled", "True or False", self.enabled)
+        if not _is_real(self.strength) or not math.isfinite(self.strength) or self.strength < 0:
+            raise _fail("strength", "a finite number >= 0", self.strength)
+        if self.eta is not None and (not _is_real(self.eta) or not math.isfinite(self.eta) or self.eta <= 0):
+            raise _fail("eta", "None or a finite number > 0", self.eta)
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 1 <= self.iterations <= 10_000:
+            raise _fail("iterations", "an integer in [1, 10000]", self.iterations)
+        if not _is_real(self.window) or not 0 < self.window <= 1:
+            raise _fail("window", "a number in (0, 1]", self.window)
+        self.blocks = _parse_blocks(self.blocks)
+        if self.single_blocks not in SINGLE_BLOCK_MODES:
+            raise _fail("single_blocks", f"one of {SINGLE_BLOCK_MODES}", self.single_blocks)
+        branches = tuple(self.branches) if isinstance(self.branches, (list, tuple)) else self.branches
+        if not isinstance(branches, tuple) or any(b not in BRANCHES for b in branches):
+            raise _fail("branches", f"a tuple of labels from {BRANCHES}", self.branches)
+        self.branches = branches
+        if self.chunks is not None:
+            chunks = tuple(self.chunks) if isinstance(self.chunks, (list, tuple)) else self.chunks
+            if not isinstance(chunks, tuple) or not chunks or any(c not in BRANCHES for c in chunks):
+                raise _fail("chunks", f"None or a non-empty tuple of labels from {BRANCHES}", self.chunks)
+            self.chunks = chunks
+        if self.group_size is not None and (
+            isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 1
+        ):
+            raise _fail("group_size", "None or an integer >= 1", self.group_size)
+        if not isinstance(self.memory, bool):
+            raise _fail("memory", "True or False", self.memory)
+        if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or not 1 <= self.memory_size <= 1024:
+            raise _fail("memory_size", "an integer in [1, 1024]", self.memory_size)
+        if not _is_real(self.memory_mb) or not 1 <= self.memory_mb <= 65536:
+            raise _fail("memory_mb", "a number of MiB in [1, 65536]", self.memory_mb)
+
+    def block_indices(self, num_blocks: int) -> list[int]:
+        """Indices of the dual-stream blocks (out of ``num_blocks``) that repulsion acts after."""
+        if isinstance(self.blocks, tuple):
+            start, stop = self.blocks
+            return list(range(max(0, start), min(num_blocks, stop)))
+        first, second = round(num_blocks / 3), round(2 * num_blocks / 3)
+        spans = {"all": (0, num_blocks), "first": (0, first), "middle": (first, second), "last": (second, num_blocks)}
+        start, stop = spans[self.blocks]
+        return list(range(start, stop))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-serialisable), the inverse of :meth:`from_dict`."""
+        data = asdict(self)
+        for key in ("blocks", "branches", "chunks"):
+            if isinstance(data[key], tuple):
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RepulsionConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise ValueError naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"RepulsionConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        data = dict(data)
+        for key in ("blocks", "branches", "chunks"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _parse_blocks(value: Any) -> str | tuple[int, int]:
+    if isinstance(value, str) and value in BLOCK_PRESETS:
+        return value
+    if isinstance(value, str) and ":" in value:
+        left, _, right = value.partition(":")
+        try:
+            value = (int(left), int(right))
+        except ValueError:
+            raise _fail("blocks", f"one of {BLOCK_PRESETS} or a range 'start:stop'", value) from None
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        and 0 <= value[0] < value[1]
+    ):
+        return (int(value[0]), int(value[1]))
+    raise _fail("blocks", f"one of {BLOCK_PRESETS} or a range 'start:stop' with 0 <= start < stop", value)

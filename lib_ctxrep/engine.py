@@ -1,0 +1,167 @@
+"""Host-independent step of contextual repulsion.
+
+Hosts (diffusers, Forge) turn their calls into the same few inputs:
+
+- once per model call, :meth:`RepulsionEngine.begin_call` with the call's ``progress`` (see ``schedule``) and its
+  row layout (a branch label per equal, contiguous chunk of rows);
+- after each selected block, :meth:`RepulsionEngine.process` with the block's name and its contextual tokens
+  (one or more parts, each [rows, ...], which together make one sample's feature vector).
+
+``process`` returns the new parts, or None when nothing changes (outside the window, disabled, a B = 1 chunk without
+memory): the host then leaves its output untouched, so an inactive hook costs a Python attribute check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import RepulsionConfig
+from .memory import ContextMemory
+from .repulsion import repel_parts
+from .schedule import is_active
+
+logger = logging.getLogger("lib_ctxrep")
+
+
+@dataclass
+class BlockStat:
+    """What one repulsion did, for demos and benchmarks (recorded only when the engine is asked to)."""
+
+    block: str
+    progress: float
+    branch: str
+    rows: int
+    memory_rows: int
+    vendi_before: float
+    vendi_after: float
+
+
+class RepulsionEngine:
+    """Applies contextual repulsion for one job; holds the window state, the cross-batch memory and warnings."""
+
+    def __init__(self, config: RepulsionConfig | None = None, *, record_stats: bool = False) -> None:
+        self.config = config if config is not None else RepulsionConfig()
+        self.record_stats = record_stats
+        self.stats: list[BlockStat] = []
+        self.memory = ContextMemory(self.config.memory_size, int(self.config.memory_mb * 2**20))
+        self._active = False
+        self._progress = 0.0
+        self._chunks: tuple[str, ...] = ("cond",)
+        self._last_progress: float | None = None
+        self._warned: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        """Whether the current model call is inside the window (and the engine is enabled)."""
+        return self._active
+
+    def begin_call(self, progress: float, chunks: tuple[str, ...]) -> bool:
+        """Start a model call at ``progress`` with rows laid out as ``chunks``; returns whether it is active.
+
+        A call earlier in the trajectory than the previous one marks a new batch: the memory commits what the previous
+        batch staged.
+        """
+        if self._last_progress is not None and progress < self._last_progress - 1e-9:
+            self.memory.commit()
+        self._last_progress = progress
+        self._progress = progress
+        self._chunks = self.config.chunks or chunks
+        self._active = self.config.enabled and is_active(progress, self.config.window)
+        return self._active
+
+    def end_call(self) -> None:
+        """End the current model call (hooks go inert until the next ``begin_call``)."""
+        self._active = False
+
+    def new_batch(self) -> None:
+        """Mark a batch boundary: rows staged by the finished batch become memory."""
+        self.memory.commit()
+        self._last_progress = None
+
+    def new_job(self) -> None:
+        """Forget the memory and the window state (a new job starts)."""
+        self.memory.clear()
+        self._last_progress = None
+        self._active = False
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Log ``message`` once per engine for ``key``."""
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message)
+
+    def process(self, block: str, parts: list[torch.Tensor], *, use_memory: bool = True) -> list[torch.Tensor] | None:
+        """Repel the rows of ``parts`` (each [rows, ...]) within their branch groups; None when nothing changes."""
+        if not self._active:
+            return None
+        cfg = self.config
+        rows = parts[0].shape[0]
+        chunks = self._chunks
+        if rows % len(chunks):
+            self.warn_once(
+                "layout",
+                f"[ctxrep] {rows} rows do not split into the {len(chunks)} chunks {chunks}; repulsion skipped",
+            )
+            return None
+        per_chunk = rows // len(chunks)
+        group = cfg.group_size or per_chunk
+        if per_chunk % group:
+            self.warn_once("group", f"[ctxrep] group_size {group} does not divide {per_chunk} rows; using {per_chunk}")
+            group = per_chunk
+        memory_on = cfg.memory and use_memory
+        replaced: dict[int, list[torch.Tensor]] = {}
+        for ci, label in enumerate(chunks):
+            if label not in cfg.branches:
+                continue
+            for gi, start in enumerate(range(ci * per_chunk, (ci + 1) * per_chunk, group)):
+                rows_in = [p[start : start + group] for p in parts]
+                key = (block, round(self._progress, 6), label, gi)
+                remembered = self.memory.rows(key) if memory_on else None
+                if group < 2 and remembered is None:
+                    if memory_on:
+                        self.memory.stage(key, rows_in)
+                    continue
+                new, result = repel_parts(
+                    rows_in,
+                    cfg.iterations,
+                    eta=cfg.eta,
+                    strength=None if cfg.eta is not None else cfg.strength,
+                    memory=remembered,
+                    want_entropy=self.record_stats,
+                )
+                if not result.finite:
+                    self.warn_once(
+                        f"nonfinite:{block}",
+                        f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
+                    )
+                    continue
+                if memory_on:
+                    self.memory.stage(key, new)
+                if self.record_stats:
+                    self.stats.append(
+                        BlockStat(
+                            block,
+                            self._progress,
+                            label,
+                            group,
+                            0 if remembered is None else remembered[0].shape[0],
+                            math.exp(result.entropy_before),
+                            math.exp(result.entropy_after),
+                        )
+                    )
+                replaced[start] = new
+        if not replaced:
+            return None
+        if len(replaced) == 1 and group == rows:
+            return replaced[0]
+        out = []
+        for k, part in enumerate(parts):
+            pieces = []
+            for start in range(0, rows, group):
+                pieces.append(replaced[start][k] if start in replaced else part[start : start + group])
+            out.append(torch.cat(pieces, dim=0))
+        return out

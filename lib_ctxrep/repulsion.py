@@ -1,0 +1,228 @@
+"""Contextual repulsion (Dahary et al., arXiv 2603.28762, Eq. 2) in closed form and in coefficient space.
+
+The paper updates each sample's contextual vector c_i (its text-stream tokens [N, D] after a block, flattened) by
+M Euler steps of gradient ascent on H, the log Vendi score of the batch's cosine kernel:
+
+    c_i <- c_i + (eta / M) * dH/dc_i,    recomputed M times per block.
+
+Closed form (no autograd): with n_i = ||c_i||, K_ij = <c_i, c_j> / (n_i n_j) and G = dH/dK = -(log(K/R) + I) / R,
+
+    dH/dc_i = (2 / n_i) * sum_{k != i} G_ik * (c_k / n_k - K_ik * c_i / n_i)
+
+which is a linear combination of the batch's own vectors. So every inner step is C <- (I + s W(Gram)) C with W a
+function of the R x R Gram matrix alone: the M steps run on R x R matrices on the host (float64), and the
+[B, N, D] tensors are touched exactly twice per block (one Gram matrix, one combination), whatever M is.
+
+Scale-free strength: ||dH/dc_i|| ~ |G| / n_i, so raw eta's effect scales like 1 / n_i^2 (which is why the paper's eta
+spans 5e2 on SD3.5-Large to 8e9 on Flux-dev). With ``strength`` gamma the step uses eta_i = gamma * n_i^2 (current
+norm, per sample, per inner step): the update then rotates each unit vector c_i / n_i by an angle that does not depend
+on the model, the resolution or the prompt length.
+
+Cross-batch memory: extra fixed rows (earlier batches' features) may join the kernel. They push the current rows but
+never move; R = B + (memory rows) is the kernel's size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .vendi import entropy_and_gradient
+
+_EXACT_DTYPES = (torch.float32, torch.float64)
+
+
+@dataclass
+class FlowResult:
+    """Outcome of the B x B inner loop for one group of rows."""
+
+    coefficients: np.ndarray  #: [B, R] float64: new current rows = coefficients @ [current rows; memory rows]
+    entropy_before: float  #: H (log Vendi) of the current rows before the update (NaN when not asked for)
+    entropy_after: float  #: H of the current rows after the update (NaN when not asked for)
+    finite: bool  #: False when the input Gram or the result was not finite (the update must then be skipped)
+
+
+def _rows_2d(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def _chunk_columns(x: torch.Tensor, target_itemsize: int) -> int:
+    """Columns per chunk so that a [rows, chunk] temporary of ``target_itemsize`` bytes is at most one copy of ``x``."""
+    cols = x.shape[1]
+    if x.element_size() >= target_itemsize:
+        return max(cols, 1)
+    return max(1, math.ceil(cols * x.element_size() / target_itemsize))
+
+
+def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Float64 Gram matrix sum_k X_k X_k^T of row blocks ``parts`` (each [R, P_k], any float dtype, same device).
+
+    Low-precision inputs are upcast chunk by chunk, so the temporary never exceeds one copy of the input.
+    """
+    total: torch.Tensor | None = None
+    for x in parts:
+        x = _rows_2d(x)
+        step = _chunk_columns(x, 8)
+        for start in range(0, x.shape[1], step):
+            chunk = x[:, start : start + step].to(torch.float64)
+            g = chunk @ chunk.T
+            total = g if total is None else total + g
+    assert total is not None
+    return total
+
+
+def combine_rows(coefficients: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """``coefficients @ x`` for [B, R] coefficients and [R, P] rows, computed in float32 or better, cast to ``out_dtype``.
+
+    fp16/bf16 rows are processed in column chunks (one copy of temporary at most).
+    """
+    if x.dtype in _EXACT_DTYPES:
+        return (coefficients.to(x.dtype) @ x).to(out_dtype)
+    coef32 = coefficients.to(torch.float32)
+    out = torch.empty((coefficients.shape[0], x.shape[1]), dtype=out_dtype, device=x.device)
+    step = _chunk_columns(x, 4)
+    for start in range(0, x.shape[1], step):
+        out[:, start : start + step] = coef32 @ x[:, start : start + step].to(torch.float32)
+    return out
+
+
+def coefficient_flow(
+    gram: np.ndarray,
+    n_current: int,
+    iterations: int,
+    *,
+    eta: float | None = None,
+    strength: float | None = None,
+    want_entropy: bool = False,
+) -> FlowResult:
+    """Run M Euler steps of dH/dc on the coefficients of the first ``n_current`` rows (host, float64).
+
+    ``gram`` is the R x R Gram matrix of [current rows; fixed memory rows]. Exactly one of ``eta`` (raw, the paper's
+    parameterisation) and ``strength`` (angular: eta_i = strength * ||c_i||^2) must be given.
+    Returns the [B, R] matrix T with new current rows = T @ [current rows; memory rows].
+    """
+    if (eta is None) == (strength is None):
+        raise ValueError("coefficient_flow: give exactly one of eta or strength")
+    gram = np.asarray(gram, dtype=np.float64)
+    r = gram.shape[0]
+    b = n_current
+    coef = np.zeros((b, r))
+    coef[:, :b] = np.eye(b)
+    if not np.isfinite(gram).all():
+        return FlowResult(coef, math.nan, math.nan, False)
+    diag = np.diagonal(gram)
+    if (diag <= 0.0).any():
+        # A zero row has no direction: there is nothing to repel from or towards. Leave the group unchanged.
+        return FlowResult(coef, math.nan, math.nan, True)
+    fixed = np.eye(r)[b:]  # memory rows in X coordinates
+    basis = np.vstack([coef, fixed])  # rows of Y (current rows move, memory rows stay) expressed over X
+    gy = gram
+    idx = np.arange(b)
+    for _ in range(iterations):
+        norms = np.sqrt(np.diagonal(gy))
+        inv = 1.0 / norms
+        kernel = gy * inv[:, None] * inv[None, :]
+        np.fill_diagonal(kernel, 1.0)
+        _, grad = entropy_and_gradient(kernel)
+        g_cur = grad[:b]
+        # Row i of w: the coefficients of dH/dc_i over the rows of Y.
+        w = 2.0 * g_cur * inv[:b, None] * inv[None, :]
+        pull = (g_cur * kernel[:b]).sum(axis=1) - g_cur[idx, idx]
+        w[idx, idx] = -2.0 * pull * inv[:b] ** 2
+        if eta is not None:
+            w *= eta / iterations
+        else:
+            w *= (strength / iterations) * norms[:b, None] ** 2
+        basis[:b] = basis[:b] + w @ basis
+        gy = basis @ gram @ basis.T
+    coef = basis[:b]
+    finite = bool(np.isfinite(coef).all() and np.isfinite(gy).all())
+    before = after = math.nan
+    if want_entropy and finite:
+        before = entropy_and_gradient(_cosine_from_gram(gram[:b, :b]))[0]
+        after = entropy_and_gradient(_cosine_from_gram(gy[:b, :b]))[0]
+    return FlowResult(coef, before, after, finite)
+
+
+def _cosine_from_gram(gram: np.ndarray) -> np.ndarray:
+    inv = 1.0 / np.sqrt(np.diagonal(gram))
+    kernel = gram * inv[:, None] * inv[None, :]
+    np.fill_diagonal(kernel, 1.0)
+    return kernel
+
+
+def repel_parts(
+    parts: list[torch.Tensor],
+    iterations: int,
+    *,
+    eta: float | None = None,
+    strength: float | None = None,
+    memory: list[torch.Tensor] | None = None,
+    want_entropy: bool = False,
+) -> tuple[list[torch.Tensor], FlowResult]:
+    """Repel the rows of one group, whose feature vector is the concatenation of ``parts`` (each [B, ...]).
+
+    ``memory``: optional fixed rows, one tensor [Mm, ...] per part, that push the group but do not move.
+    Returns the new parts (same shapes and dtypes; the inputs themselves when nothing changes) and the flow result.
+    A non-finite update is not applied (the inputs are returned and ``result.finite`` is False).
+    """
+    b = parts[0].shape[0]
+    rows = [_rows_2d(p) for p in parts]
+    if memory is not None:
+        rows = [torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory)]
+    gram = gram_matrix(rows).cpu().numpy()
+    result = coefficient_flow(
+        gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy
+    )
+    if not result.finite:
+        return list(parts), result
+    coef = torch.from_numpy(result.coefficients).to(parts[0].device)
+    new_parts = [combine_rows(coef, x, p.dtype).reshape(p.shape) for x, p in zip(rows, parts)]
+    return new_parts, result
+
+
+def _validate_repel_args(features: torch.Tensor, iterations: int) -> None:
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point():
+        raise ValueError("repel: features must be a floating-point tensor [B, N, D]")
+    if features.ndim < 2:
+        raise ValueError(f"repel: features must have shape [B, ...] with a batch dimension, got {tuple(features.shape)}")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"repel: iterations must be an integer >= 1, got {iterations!r}")
+
+
+def repel(features: torch.Tensor, eta: float, iterations: int) -> torch.Tensor:
+    """Contextual repulsion of a batch, exactly the paper's Eq. 2 with raw ``eta`` and M = ``iterations``.
+
+    ``features`` [B, N, D] (any float dtype): each sample's contextual tokens. Returns a tensor of the same shape and
+    dtype in which every sample has taken M Euler steps of size eta/M up the gradient of the batch's log Vendi score.
+    B = 1 and eta = 0 return ``features`` unchanged. fp16/bf16 are computed in float32/float64 and cast back.
+    A non-finite update (e.g. inf in the input) returns ``features`` unchanged.
+    """
+    _validate_repel_args(features, iterations)
+    eta = float(eta)
+    if not math.isfinite(eta):
+        raise ValueError(f"repel: eta must be finite, got {eta!r}")
+    if features.shape[0] < 2 or eta == 0.0:
+        return features
+    (out,), _ = repel_parts([features], iterations, eta=eta)
+    return out
+
+
+def repel_angular(features: torch.Tensor, strength: float, iterations: int) -> torch.Tensor:
+    """Like :func:`repel` with the scale-free strength: eta_i = ``strength`` * ||c_i||^2 at every inner step."""
+    _validate_repel_args(features, iterations)
+    strength = float(strength)
+    if not math.isfinite(strength) or strength < 0:
+        raise ValueError(f"repel_angular: strength must be finite and >= 0, got {strength!r}")
+    if features.shape[0] < 2 or strength == 0.0:
+        return features
+    (out,), _ = repel_parts([features], iterations, strength=strength)
+    return out
+
+
+def eta_for_strength(features: torch.Tensor, strength: float) -> torch.Tensor:
+    """The raw per-sample eta_i = strength * ||c_i||^2 that ``strength`` amounts to for ``features`` [B, ...]."""
+    return strength * _rows_2d(features).to(torch.float64).pow(2).sum(dim=1)

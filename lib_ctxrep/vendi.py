@@ -1,0 +1,65 @@
+"""Vendi score of a batch under the cosine kernel, and the kernel helpers the repulsion shares.
+
+The Vendi score (Friedman & Dieng, 2023) is exp(H), where H = -sum(lambda log lambda) is the von Neumann entropy of
+K / n for a positive semi-definite kernel K with unit diagonal. It counts the "effective number of distinct samples":
+1 for identical samples, n for orthogonal ones. Contextual repulsion ascends H (the log Vendi score).
+
+Two flavours live here:
+- ``vendi_score`` / ``log_vendi_score``: torch, any device, float64 inside, differentiable through ``eigvalsh``
+  (whose backward has no 1/(lambda_i - lambda_j) terms, so it is safe on degenerate spectra);
+- ``entropy_and_gradient``: numpy float64 on the host, used by the repulsion's B x B inner loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: Eigenvalues below this are treated as zero in lambda*log(lambda) (0 log 0 = 0) and clamped inside log().
+EIG_FLOOR = 1e-12
+
+
+def cosine_kernel(x: torch.Tensor) -> torch.Tensor:
+    """Cosine-similarity kernel [B, B] (float64) of the rows of ``x`` [B, ...], each flattened to one vector.
+
+    A row of zeros has no direction; it is given similarity 0 to every other row and 1 to itself.
+    """
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    norms = flat.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
+    unit = flat / norms[:, None]
+    kernel = unit @ unit.T
+    # Exact unit diagonal (also for zero rows) without an in-place write, so the kernel stays differentiable.
+    return kernel - torch.diag(torch.diagonal(kernel)) + torch.eye(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
+
+
+def log_vendi_score(x: torch.Tensor) -> torch.Tensor:
+    """log of the cosine-kernel Vendi score of ``x`` [B, ...]: the von Neumann entropy of K/B (float64 scalar)."""
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"vendi_score: x must have a batch dimension with at least one sample, got shape {tuple(x.shape)}")
+    kernel = cosine_kernel(x)
+    lam = torch.linalg.eigvalsh(kernel / kernel.shape[0])
+    lam = lam.clamp_min(0.0)
+    terms = torch.where(lam > EIG_FLOOR, lam * torch.log(lam.clamp_min(EIG_FLOOR)), torch.zeros_like(lam))
+    return -terms.sum()
+
+
+def vendi_score(x: torch.Tensor) -> torch.Tensor:
+    """Cosine-kernel Vendi score exp(-sum(lambda log lambda)) of K/B for ``x`` [B, ...]; between 1 and B."""
+    return torch.exp(log_vendi_score(x))
+
+
+def entropy_and_gradient(kernel: np.ndarray) -> tuple[float, np.ndarray]:
+    """Entropy H of K/R and its gradient dH/dK, for an R x R cosine kernel (numpy float64, host).
+
+    With K/R = U diag(lambda) U^T and tr(K/R) = 1, dH/dK = -(log(K/R) + I) / R. The identity part only touches the
+    diagonal, which is constant (= 1) for a cosine kernel, so callers use the off-diagonal entries.
+    Eigenvalues are clamped at ``EIG_FLOOR`` inside the logarithm, so a degenerate spectrum (near-identical samples,
+    the normal case at the first step) gives large but finite values.
+    """
+    r = kernel.shape[-1]
+    lam, vecs = np.linalg.eigh(kernel / r)
+    lam = np.maximum(lam, 0.0)
+    log_lam = np.log(np.maximum(lam, EIG_FLOOR))
+    entropy = float(-(lam * np.where(lam > EIG_FLOOR, log_lam, 0.0)).sum())
+    grad = -((vecs * (log_lam + 1.0)) @ vecs.T) / r
+    return entropy, grad
