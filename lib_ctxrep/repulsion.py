@@ -173,7 +173,8 @@ def repel_parts(
     rows = [_rows_2d(p) for p in parts]
     if memory is not None:
         rows = [torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory)]
-    gram = gram_matrix(rows).cpu().numpy()
+    with torch.no_grad():  # the B x B coefficients are constants: no backprop through the kernel's eigenvectors
+        gram = gram_matrix(rows).cpu().numpy()
     result = coefficient_flow(
         gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy
     )

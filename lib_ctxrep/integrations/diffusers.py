@@ -4,8 +4,9 @@ Works with diffusers 0.31 (what Forge pins) up to current releases; diffusers it
 supported classes are recognised by name), and only plain torch hooks are used (diffusers' own hook registry only
 exists from 0.33).
 
-- A forward pre-hook on the transformer reads the call's timestep (sigma) and row layout and starts the engine's call;
-  a forward hook ends it.
+- A forward pre-hook on the transformer reads the call's timestep (sigma) and row layout and starts the engine's call.
+  The call state lasts until the next call, so gradient-checkpointing recomputation during backward repeats exactly
+  the same update (keep the handle attached until backward is done).
 - A forward hook on each selected dual-stream block replaces the block's text-stream output
   (``encoder_hidden_states``, element 0 of the returned tuple) by its repelled version; the image stream is returned
   as it came. SD3's last block returns no text stream and is left alone.
@@ -176,9 +177,6 @@ def apply_contextual_repulsion(
             state.sigma, state.calls_at_sigma = sigma, 0
         engine.begin_call(progress_of(sigma), chunks_of(kwargs))
 
-    def post_hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-        engine.end_call()
-
     def double_hook(name: str):
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
             if not engine.active or output[0] is None:
@@ -210,7 +208,6 @@ def apply_contextual_repulsion(
 
     hooks = handle._hooks
     hooks.append(transformer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    hooks.append(transformer.register_forward_hook(post_hook, always_call=True))
     double_blocks: Sequence[torch.nn.Module] = transformer.transformer_blocks
     for i in config.block_indices(len(double_blocks)):
         hooks.append(double_blocks[i].register_forward_hook(double_hook(f"double.{i}")))

@@ -1,0 +1,360 @@
+"""Contextual repulsion on real diffusers classes (Flux, Flux Kontext, SD3) built from tiny configs, offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from lib_ctxrep import RepulsionConfig, vendi_score  # noqa: E402
+from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
+from lib_ctxrep.integrations.diffusers_tiny import (  # noqa: E402
+    prompt_embeddings,
+    tiny_flux_pipeline,
+    tiny_flux_transformer,
+    tiny_sd3_pipeline,
+    tiny_sd3_transformer,
+)
+
+B = 4
+STRONG = RepulsionConfig(strength=0.5, window=0.3, iterations=5)
+
+
+def flux_inputs(batch: int = B, seed: int = 0, sigma: float = 1.0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    embeds, pooled = prompt_embeddings(batch, 12, 32, 32)
+    return dict(
+        hidden_states=torch.randn(batch, 16, 4, generator=g),
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=torch.full((batch,), sigma),
+        img_ids=torch.zeros(16, 3),
+        txt_ids=torch.zeros(12, 3),
+        return_dict=False,
+    )
+
+
+def run_flux(pipe, batch: int = B, steps: int = 4, seed: int = 0, **kw) -> torch.Tensor:
+    embeds, pooled = prompt_embeddings(batch, 12, 32, 32)
+    return pipe(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        height=16,
+        width=16,
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+        **kw,
+    ).images
+
+
+def all_hooks(module: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(getattr(m, "_forward_hooks_always_called", {}))
+        for m in module.modules()
+    )
+
+
+@pytest.fixture(scope="module")
+def flux_pipe():
+    return tiny_flux_pipeline(tiny_flux_transformer(layers=3, single_layers=2))
+
+
+def test_attaching_to_an_unsupported_module_lists_the_supported_classes():
+    with pytest.raises(TypeError, match="FluxTransformer2DModel, SD3Transformer2DModel"):
+        apply_contextual_repulsion(torch.nn.Linear(2, 2))
+
+
+def test_enabled_repulsion_changes_final_latents(flux_pipe):
+    base = run_flux(flux_pipe)
+    with apply_contextual_repulsion(flux_pipe, STRONG):
+        out = run_flux(flux_pipe)
+    assert torch.isfinite(out).all()
+    assert not torch.allclose(out, base)
+
+
+def test_disabled_config_is_bit_identical_to_never_attached(flux_pipe):
+    base = run_flux(flux_pipe)
+    with apply_contextual_repulsion(flux_pipe, RepulsionConfig(enabled=False)):
+        out = run_flux(flux_pipe)
+    assert torch.equal(out, base)
+
+
+def test_remove_restores_bit_identical_output_and_leaves_no_hooks(flux_pipe):
+    before = all_hooks(flux_pipe.transformer)
+    base = run_flux(flux_pipe)
+    handle = apply_contextual_repulsion(flux_pipe, STRONG)
+    assert all_hooks(flux_pipe.transformer) > before
+    run_flux(flux_pipe)
+    handle.remove()
+    handle.remove()  # idempotent
+    assert all_hooks(flux_pipe.transformer) == before
+    assert not hasattr(flux_pipe.transformer, "_ctxrep_handle")
+    assert torch.equal(run_flux(flux_pipe), base)
+
+
+def test_hooks_are_gone_after_an_exception_inside_the_pipeline_call(flux_pipe):
+    before = all_hooks(flux_pipe.transformer)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with apply_contextual_repulsion(flux_pipe, STRONG):
+            run_flux(flux_pipe, callback_on_step_end=explode)
+    assert all_hooks(flux_pipe.transformer) == before
+
+
+def test_attaching_twice_does_not_double_the_hooks(flux_pipe):
+    first = apply_contextual_repulsion(flux_pipe, STRONG)
+    count = all_hooks(flux_pipe.transformer)
+    second = apply_contextual_repulsion(flux_pipe, STRONG)
+    assert all_hooks(flux_pipe.transformer) == count
+    assert not first.attached and second.attached
+    second.remove()
+
+
+def capture_block_outputs(transformer, call) -> dict:
+    """Outputs of every block as seen *after* all other hooks (registered last, so it runs last)."""
+    seen = {}
+    handles = []
+    for name, block in [("double", b) for b in transformer.transformer_blocks] + [
+        ("single", b) for b in getattr(transformer, "single_transformer_blocks", [])
+    ]:
+        index = len([k for k in seen if k[0] == name])
+        key = (name, index)
+        seen[key] = None
+
+        def hook(module, args, output, key=key):
+            seen[key] = tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in output) if isinstance(
+                output, tuple
+            ) else output.clone()
+
+        handles.append(block.register_forward_hook(hook))
+    try:
+        call()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def test_only_text_stream_of_selected_blocks_changes_and_image_stream_is_untouched_at_the_hook():
+    transformer = tiny_flux_transformer(layers=3, single_layers=0)
+    inputs = flux_inputs()
+    config = RepulsionConfig(strength=0.5, iterations=5, blocks="1:2", single_blocks="off")
+    with apply_contextual_repulsion(transformer, config):
+        hooked = capture_block_outputs(transformer, lambda: transformer(**inputs))
+    plain = capture_block_outputs(transformer, lambda: transformer(**inputs))
+    text0, image0 = hooked[("double", 0)]
+    assert torch.equal(text0, plain[("double", 0)][0]) and torch.equal(image0, plain[("double", 0)][1])
+    text1, image1 = hooked[("double", 1)]
+    assert torch.equal(image1, plain[("double", 1)][1])  # image stream of the hooked block: untouched
+    assert not torch.equal(text1, plain[("double", 1)][0])  # text stream of the hooked block: repelled
+    assert vendi_score(text1) > vendi_score(plain[("double", 1)][0])
+
+
+def test_no_change_outside_the_window():
+    transformer = tiny_flux_transformer(layers=2, single_layers=1)
+    inputs = flux_inputs(sigma=0.5)  # progress 0.5 > window 0.3
+    base = transformer(**inputs)[0]
+    with apply_contextual_repulsion(transformer, STRONG):
+        out = transformer(**inputs)[0]
+    assert torch.equal(out, base)
+
+
+def test_contextual_vendi_rises_at_every_hooked_block(flux_pipe):
+    with apply_contextual_repulsion(flux_pipe, STRONG, record_stats=True) as handle:
+        run_flux(flux_pipe)
+    first_step = [s for s in handle.stats if s.progress == 0.0]
+    assert {s.block for s in first_step} == {"double.0", "double.1", "double.2", "single.0", "single.1"}
+    assert all(s.vendi_after > s.vendi_before for s in first_step)
+
+
+def test_window_counts_steps_from_the_scheduler_not_calls(flux_pipe):
+    config = RepulsionConfig(strength=0.5, window=0.05, iterations=2)
+    for steps, active in ((4, {0.0}), (20, {0.0}), (50, {0.0, 0.02, 0.04})):
+        with apply_contextual_repulsion(flux_pipe, config, record_stats=True) as handle:
+            run_flux(flux_pipe, batch=2, steps=steps)
+        assert {s.progress for s in handle.stats} == active
+
+
+def test_single_block_text_mode_leaves_image_tokens_of_single_blocks_untouched():
+    transformer = tiny_flux_transformer(layers=1, single_layers=2)
+    inputs = flux_inputs()
+    config = RepulsionConfig(strength=0.5, iterations=5, blocks="0:0" if False else (0, 1), single_blocks="text")
+    plain = capture_block_outputs(transformer, lambda: transformer(**inputs))
+    with apply_contextual_repulsion(transformer, config):
+        hooked = capture_block_outputs(transformer, lambda: transformer(**inputs))
+    # the first single block's input differs (double block repelled), so compare the split of its own output:
+    out = hooked[("single", 0)]
+    text, image = (out[0], out[1]) if isinstance(out, tuple) else (out[:, :12], out[:, 12:])
+    ref = plain[("single", 0)]
+    assert text.shape[1] == 12 and image.shape[1] == 16
+    assert torch.isfinite(text).all() and torch.isfinite(image).all()
+    assert not torch.equal(text, ref[0] if isinstance(ref, tuple) else ref[:, :12])
+
+
+def test_positional_block_calls_under_gradient_checkpointing_are_repelled():
+    transformer = tiny_flux_transformer(layers=2, single_layers=1)
+    transformer.train()
+    transformer.enable_gradient_checkpointing()
+    inputs = flux_inputs()
+    with torch.no_grad():
+        base = transformer(**inputs)[0]
+    hidden = inputs["hidden_states"].clone().requires_grad_(True)
+    with apply_contextual_repulsion(transformer, STRONG) as handle, torch.enable_grad():
+        out = transformer(**{**inputs, "hidden_states": hidden})[0]
+        out.sum().backward()
+    assert not handle.attached
+    assert hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    assert not torch.allclose(out.detach(), base)
+
+
+def test_prompt_embeddings_are_never_modified(flux_pipe):
+    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
+    keep = embeds.clone()
+    with apply_contextual_repulsion(flux_pipe, STRONG):
+        flux_pipe(
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            height=16,
+            width=16,
+            num_inference_steps=3,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert torch.equal(embeds, keep)
+
+
+def test_cross_batch_memory_changes_later_batches_of_one_and_stays_bounded(flux_pipe):
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True, memory_size=2)
+    plain = [run_flux(flux_pipe, batch=1, seed=s) for s in range(4)]
+    with apply_contextual_repulsion(flux_pipe, config) as handle:
+        remembered = []
+        for s in range(4):
+            remembered.append(run_flux(flux_pipe, batch=1, seed=s))
+            assert len(handle.engine.memory) <= 2
+        assert handle.engine.memory.nbytes <= config.memory_mb * 2**20
+    assert torch.equal(remembered[0], plain[0])  # nothing to remember yet, B = 1: no-op
+    for s in range(1, 4):
+        assert not torch.allclose(remembered[s], plain[s])
+
+
+def test_memory_is_cleared_between_jobs(flux_pipe):
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True)
+    with apply_contextual_repulsion(flux_pipe, config) as handle:
+        run_flux(flux_pipe, batch=1, seed=0)
+        run_flux(flux_pipe, batch=1, seed=1)
+        assert len(handle.engine.memory) > 0
+        handle.new_job()
+        assert len(handle.engine.memory) == 0
+        first = run_flux(flux_pipe, batch=1, seed=2)
+    assert torch.equal(first, run_flux(flux_pipe, batch=1, seed=2))
+
+
+def test_bf16_transformer_runs_and_changes_output():
+    transformer = tiny_flux_transformer(layers=2, single_layers=1).to(torch.bfloat16)
+    inputs = flux_inputs()
+    inputs = {k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    base = transformer(**inputs)[0]
+    with apply_contextual_repulsion(transformer, STRONG):
+        out = transformer(**inputs)[0]
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert not torch.equal(out, base)
+
+
+def test_flux_kontext_pipeline_edits_differ_and_stay_finite():
+    diffusers = pytest.importorskip("diffusers")
+    if not hasattr(diffusers, "FluxKontextPipeline"):
+        pytest.skip("FluxKontextPipeline needs diffusers >= 0.35")
+    from PIL import Image
+
+    pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=2, single_layers=1), kontext=True)
+    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
+    image = Image.new("RGB", (32, 32), (120, 60, 30))
+
+    def edit():
+        return pipe(
+            image=image,
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            height=16,
+            width=16,
+            max_area=256,
+            _auto_resize=False,
+            num_inference_steps=3,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    base = edit()
+    with apply_contextual_repulsion(pipe, STRONG, record_stats=True) as handle:
+        edited = edit()
+    assert edited.shape == base.shape and torch.isfinite(edited).all()
+    assert not torch.allclose(edited, base)
+    assert handle.stats and all(s.vendi_after > s.vendi_before for s in handle.stats)
+    assert any(s.block.startswith("single") for s in handle.stats)
+
+
+def run_sd3(pipe, guidance: float, batch: int = B) -> torch.Tensor:
+    embeds, pooled = prompt_embeddings(batch, 10, 32, 64, seed=3)
+    neg, neg_pooled = prompt_embeddings(batch, 10, 32, 64, seed=4)
+    return pipe(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=neg,
+        negative_pooled_prompt_embeds=neg_pooled,
+        guidance_scale=guidance,
+        height=16,
+        width=16,
+        num_inference_steps=3,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
+
+def test_sd3_pipeline_repels_cond_and_uncond_separately():
+    pipe = tiny_sd3_pipeline(tiny_sd3_transformer(layers=3))
+    base = run_sd3(pipe, 3.5)
+    with apply_contextual_repulsion(pipe, STRONG, record_stats=True) as handle:
+        out = run_sd3(pipe, 3.5)
+    assert not torch.allclose(out, base) and torch.isfinite(out).all()
+    first = [s for s in handle.stats if s.progress == 0.0]
+    assert {s.branch for s in first} == {"uncond", "cond"}
+    assert all(s.rows == B for s in first)
+    # the last joint block emits no text stream: never hooked into
+    assert {s.block for s in first} == {"double.0", "double.1"}
+
+
+def test_sd3_rows_of_different_branches_never_mix():
+    transformer = tiny_sd3_transformer(layers=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * B, 4, 8, 8, generator=g)
+    text = torch.randn(2 * B, 10, 32, generator=g)
+    pooled = torch.randn(2 * B, 64, generator=g)
+    t = torch.full((2 * B,), 1000.0)
+    config = RepulsionConfig(strength=0.5, iterations=5, chunks=("uncond", "cond"))
+    with apply_contextual_repulsion(transformer, config):
+        out = transformer(x, text, pooled, t, return_dict=False)[0]
+        changed = text.clone()
+        changed[B:] += torch.randn(B, 10, 32, generator=g)  # perturb the cond rows only
+        out2 = transformer(x, changed, pooled, t, return_dict=False)[0]
+    assert torch.equal(out[:B], out2[:B])  # uncond rows do not see the cond rows
+    assert not torch.equal(out[B:], out2[B:])
+
+
+def test_sd3_only_cond_branch_when_configured():
+    pipe = tiny_sd3_pipeline(tiny_sd3_transformer(layers=3))
+    with apply_contextual_repulsion(pipe, RepulsionConfig(strength=0.5, window=0.3, iterations=3, branches=("cond",)), record_stats=True) as handle:
+        run_sd3(pipe, 3.5)
+    assert {s.branch for s in handle.stats} == {"cond"}
+
+
+def test_sd3_without_cfg_is_one_cond_chunk():
+    pipe = tiny_sd3_pipeline(tiny_sd3_transformer(layers=3))
+    with apply_contextual_repulsion(pipe, STRONG, record_stats=True) as handle:
+        out = run_sd3(pipe, 1.0)
+    assert torch.isfinite(out).all()
+    assert {(s.branch, s.rows) for s in handle.stats} == {("cond", B)}
