@@ -1,0 +1,153 @@
+"""Specification of lib_ctxrep.config.RepulsionConfig: validation naming the field, block selection, plain data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lib_ctxrep.config import DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+
+INVALID = [
+    ("enabled", 1),
+    ("strength", -0.1),
+    ("strength", math.nan),
+    ("strength", math.inf),
+    ("strength", "0.1"),
+    ("eta", 0.0),
+    ("eta", -5.0),
+    ("eta", math.nan),
+    ("iterations", 0),
+    ("iterations", True),
+    ("iterations", 2.0),
+    ("iterations", 10_001),
+    ("window", 0),
+    ("window", 1.5),
+    ("window", -0.1),
+    ("window", True),
+    ("blocks", "bogus"),
+    ("blocks", "5:2"),
+    ("blocks", "a:b"),
+    ("blocks", (3, 3)),
+    ("blocks", (-1, 4)),
+    ("blocks", (True, 4)),
+    ("single_blocks", "x"),
+    ("branches", ("foo",)),
+    ("branches", "cond"),
+    ("chunks", ()),
+    ("chunks", ("cond", "bar")),
+    ("group_size", 0),
+    ("group_size", True),
+    ("memory", "yes"),
+    ("memory_size", 0),
+    ("memory_size", 1025),
+    ("memory_mb", 0),
+    ("memory_mb", 1e6),
+]
+
+
+def test_defaults_are_valid():
+    cfg = RepulsionConfig()
+    assert cfg.enabled and cfg.eta is None and not cfg.memory
+    assert cfg.strength == DEFAULT_STRENGTH and cfg.window == DEFAULT_WINDOW
+    assert cfg.branches == ("cond", "uncond") and cfg.chunks is None and cfg.group_size is None
+
+
+@pytest.mark.parametrize(("field", "value"), INVALID, ids=[f"{f}={v!r}" for f, v in INVALID])
+def test_invalid_field_raises_value_error_naming_it(field, value):
+    with pytest.raises(ValueError, match=rf"RepulsionConfig\.{field}\b"):
+        RepulsionConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("strength", 0),
+        ("eta", 8e9),
+        ("iterations", 1),
+        ("window", 1),
+        ("single_blocks", "text"),
+        ("branches", ()),
+        ("chunks", ("uncond", "cond")),
+        ("group_size", 3),
+        ("memory_size", 1024),
+        ("memory_mb", 1),
+    ],
+)
+def test_boundary_values_are_accepted(field, value):
+    assert getattr(RepulsionConfig(**{field: value}), field) == value
+
+
+def test_lists_are_normalised_to_tuples():
+    cfg = RepulsionConfig(branches=["cond"], chunks=["uncond", "cond"], blocks=[2, 5])
+    assert cfg.branches == ("cond",) and cfg.chunks == ("uncond", "cond") and cfg.blocks == (2, 5)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "expected"),
+    [
+        ("all", list(range(19))),
+        ("first", list(range(6))),
+        ("middle", list(range(6, 13))),
+        ("last", list(range(13, 19))),
+        ("2:5", [2, 3, 4]),
+        ((2, 5), [2, 3, 4]),
+        ("17:40", [17, 18]),
+        ((30, 40), []),
+    ],
+)
+def test_block_indices_for_19_blocks(blocks, expected):
+    assert RepulsionConfig(blocks=blocks).block_indices(19) == expected
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2, 3, 19, 57])
+def test_thirds_partition_all_blocks_in_order(num_blocks):
+    thirds = [RepulsionConfig(blocks=b).block_indices(num_blocks) for b in ("first", "middle", "last")]
+    assert thirds[0] + thirds[1] + thirds[2] == list(range(num_blocks))
+
+
+def test_range_string_is_parsed_to_a_tuple():
+    assert RepulsionConfig(blocks="2:5").blocks == (2, 5)
+
+
+def test_to_dict_from_dict_round_trip_through_json():
+    cfg = RepulsionConfig(
+        enabled=False,
+        strength=0.2,
+        eta=5e6,
+        iterations=7,
+        window=0.3,
+        blocks="2:9",
+        single_blocks="text",
+        branches=("cond",),
+        chunks=("uncond", "cond"),
+        group_size=2,
+        memory=True,
+        memory_size=4,
+        memory_mb=64.0,
+    )
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert RepulsionConfig.from_dict(data) == cfg
+
+
+def test_default_round_trip():
+    assert RepulsionConfig.from_dict(json.loads(json.dumps(RepulsionConfig().to_dict()))) == RepulsionConfig()
+
+
+def test_from_dict_unknown_key_raises_naming_it():
+    data = RepulsionConfig().to_dict()
+    data["bogus_key"] = 1
+    with pytest.raises(ValueError, match="bogus_key"):
+        RepulsionConfig.from_dict(data)
+
+
+def test_from_dict_validates_values():
+    with pytest.raises(ValueError, match=r"RepulsionConfig\.window"):
+        RepulsionConfig.from_dict({"window": 2.0})
+
+
+def test_from_dict_does_not_mutate_its_argument():
+    data = {"branches": ["cond"], "blocks": [1, 3]}
+    RepulsionConfig.from_dict(data)
+    assert data == {"branches": ["cond"], "blocks": [1, 3]}
