@@ -1,4 +1,4 @@
-"""Configuration of contextual repulsion: one dataclass, validated on construction with messages that name the field."""
+"""Configuration of contextual repulsion: a dataclass, validated on construction with messages naming the field."""
 
 from __future__ import annotations
 
@@ -71,7 +71,11 @@ class RepulsionConfig:
             raise _fail("strength", "a finite number >= 0", self.strength)
         if self.eta is not None and (not _is_real(self.eta) or not math.isfinite(self.eta) or self.eta <= 0):
             raise _fail("eta", "None or a finite number > 0", self.eta)
-        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 1 <= self.iterations <= 10_000:
+        if (
+            isinstance(self.iterations, bool)
+            or not isinstance(self.iterations, int)
+            or not 1 <= self.iterations <= 10_000
+        ):
             raise _fail("iterations", "an integer in [1, 10000]", self.iterations)
         if not _is_real(self.window) or not 0 < self.window <= 1:
             raise _fail("window", "a number in (0, 1]", self.window)
@@ -93,7 +97,11 @@ class RepulsionConfig:
             raise _fail("group_size", "None or an integer >= 1", self.group_size)
         if not isinstance(self.memory, bool):
             raise _fail("memory", "True or False", self.memory)
-        if isinstance(self.memory_size, bool) or not isinstance(self.memory_size, int) or not 1 <= self.memory_size <= 1024:
+        if (
+            isinstance(self.memory_size, bool)
+            or not isinstance(self.memory_size, int)
+            or not 1 <= self.memory_size <= 1024
+        ):
             raise _fail("memory_size", "an integer in [1, 1024]", self.memory_size)
         if not _is_real(self.memory_mb) or not 1 <= self.memory_mb <= 65536:
             raise _fail("memory_mb", "a number of MiB in [1, 65536]", self.memory_mb)

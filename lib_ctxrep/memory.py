@@ -4,7 +4,7 @@ With batch size 1 intra-batch repulsion has nothing to push against. The memory 
 the post-repulsion rows of earlier batches so later batches are repelled from them too.
 
 Storage per key: an anchor row (the first row stored, in the stream dtype) and, per remembered sample, the residual
-(row - anchor) in int8 with one float16 scale per group of 64 values. Samples of one prompt differ from each other
+(row - anchor) in int8 with one float32 scale per group of 64 values. Samples of one prompt differ from each other
 by a small fraction of their norm, so the residual's int8 error is a small fraction of a small difference: about
 1 byte per feature, and the kernel and push directions it gives match the full-precision ones closely.
 
@@ -28,11 +28,11 @@ _GROUP = 64
 class _Entry:
     seq: int
     q: torch.Tensor  # int8 [P_padded]
-    scale: torch.Tensor  # float16 [P_padded / GROUP]
+    scale: torch.Tensor  # float32 [P_padded / GROUP]
 
     @property
     def nbytes(self) -> int:
-        return self.q.numel() + 2 * self.scale.numel()
+        return self.q.numel() + 4 * self.scale.numel()
 
 
 @dataclass
@@ -54,11 +54,11 @@ def _quantize(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     groups = flat.view(-1, _GROUP)
     scale = (groups.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
     q = torch.round(groups / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(-1), scale.to(torch.float16).clamp_min(torch.finfo(torch.float16).tiny)
+    return q.reshape(-1), scale
 
 
 def _dequantize(entry: _Entry, numel: int) -> torch.Tensor:
-    groups = entry.q.view(-1, _GROUP).to(torch.float32) * entry.scale.to(torch.float32)[:, None]
+    groups = entry.q.view(-1, _GROUP).to(torch.float32) * entry.scale[:, None]
     return groups.reshape(-1)[:numel]
 
 

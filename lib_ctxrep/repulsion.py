@@ -50,7 +50,7 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_columns(x: torch.Tensor, target_itemsize: int) -> int:
-    """Columns per chunk so that a [rows, chunk] temporary of ``target_itemsize`` bytes is at most one copy of ``x``."""
+    """Columns per chunk so a [rows, chunk] temporary of ``target_itemsize`` bytes is at most one copy of ``x``."""
     cols = x.shape[1]
     if x.element_size() >= target_itemsize:
         return max(cols, 1)
@@ -75,7 +75,7 @@ def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def combine_rows(coefficients: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """``coefficients @ x`` for [B, R] coefficients and [R, P] rows, computed in float32 or better, cast to ``out_dtype``.
+    """``coefficients @ x`` for [B, R] coefficients and [R, P] rows, in float32 or better, cast to ``out_dtype``.
 
     fp16/bf16 rows are processed in column chunks (one copy of temporary at most).
     """
@@ -121,27 +121,30 @@ def coefficient_flow(
     basis = np.vstack([coef, fixed])  # rows of Y (current rows move, memory rows stay) expressed over X
     gy = gram
     idx = np.arange(b)
+    step = (eta if eta is not None else strength) / iterations
+    finite = True
     for _ in range(iterations):
         norms = np.sqrt(np.diagonal(gy))
         inv = 1.0 / norms
-        kernel = gy * inv[:, None] * inv[None, :]
+        kernel = gy * np.outer(inv, inv)
         np.fill_diagonal(kernel, 1.0)
-        _, grad = entropy_and_gradient(kernel)
+        if not np.isfinite(kernel).all():
+            finite = False
+            break
+        _, grad = entropy_and_gradient(kernel, drop_null=True)
         g_cur = grad[:b]
         # Row i of w: the coefficients of dH/dc_i over the rows of Y.
-        w = 2.0 * g_cur * inv[:b, None] * inv[None, :]
-        pull = (g_cur * kernel[:b]).sum(axis=1) - g_cur[idx, idx]
-        w[idx, idx] = -2.0 * pull * inv[:b] ** 2
-        if eta is not None:
-            w *= eta / iterations
-        else:
-            w *= (strength / iterations) * norms[:b, None] ** 2
-        basis[:b] = basis[:b] + w @ basis
+        w = g_cur * np.outer(2.0 * inv[:b], inv)
+        w[idx, idx] = -2.0 * ((g_cur * kernel[:b]).sum(axis=1) - g_cur[idx, idx]) * inv[:b] ** 2
+        w *= step if eta is not None else step * norms[:b, None] ** 2
+        basis[:b] += w @ basis
         gy = basis @ gram @ basis.T
     coef = basis[:b]
-    finite = bool(np.isfinite(coef).all() and np.isfinite(gy).all())
+    finite = finite and bool(np.isfinite(coef).all() and np.isfinite(gy).all())
+    if not finite:
+        return FlowResult(np.eye(b, r), math.nan, math.nan, False)
     before = after = math.nan
-    if want_entropy and finite:
+    if want_entropy:
         before = entropy_and_gradient(_cosine_from_gram(gram[:b, :b]))[0]
         after = entropy_and_gradient(_cosine_from_gram(gy[:b, :b]))[0]
     return FlowResult(coef, before, after, finite)
@@ -172,16 +175,16 @@ def repel_parts(
     b = parts[0].shape[0]
     rows = [_rows_2d(p) for p in parts]
     if memory is not None:
-        rows = [torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory)]
+        rows = [
+            torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory, strict=True)
+        ]
     with torch.no_grad():  # the B x B coefficients are constants: no backprop through the kernel's eigenvectors
         gram = gram_matrix(rows).cpu().numpy()
-    result = coefficient_flow(
-        gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy
-    )
+    result = coefficient_flow(gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy)
     if not result.finite:
         return list(parts), result
     coef = torch.from_numpy(result.coefficients).to(parts[0].device)
-    new_parts = [combine_rows(coef, x, p.dtype).reshape(p.shape) for x, p in zip(rows, parts)]
+    new_parts = [combine_rows(coef, x, p.dtype).reshape(p.shape) for x, p in zip(rows, parts, strict=True)]
     return new_parts, result
 
 
@@ -189,7 +192,9 @@ def _validate_repel_args(features: torch.Tensor, iterations: int) -> None:
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
         raise ValueError("repel: features must be a floating-point tensor [B, N, D]")
     if features.ndim < 2:
-        raise ValueError(f"repel: features must have shape [B, ...] with a batch dimension, got {tuple(features.shape)}")
+        raise ValueError(
+            f"repel: features must have shape [B, ...] with a batch dimension, got {tuple(features.shape)}"
+        )
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"repel: iterations must be an integer >= 1, got {iterations!r}")
 

@@ -29,13 +29,19 @@ def cosine_kernel(x: torch.Tensor) -> torch.Tensor:
     unit = flat / norms[:, None]
     kernel = unit @ unit.T
     # Exact unit diagonal (also for zero rows) without an in-place write, so the kernel stays differentiable.
-    return kernel - torch.diag(torch.diagonal(kernel)) + torch.eye(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
+    return (
+        kernel
+        - torch.diag(torch.diagonal(kernel))
+        + torch.eye(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
+    )
 
 
 def log_vendi_score(x: torch.Tensor) -> torch.Tensor:
     """log of the cosine-kernel Vendi score of ``x`` [B, ...]: the von Neumann entropy of K/B (float64 scalar)."""
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"vendi_score: x must have a batch dimension with at least one sample, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"vendi_score: x must have a batch dimension with at least one sample, got shape {tuple(x.shape)}"
+        )
     kernel = cosine_kernel(x)
     lam = torch.linalg.eigvalsh(kernel / kernel.shape[0])
     lam = lam.clamp_min(0.0)
@@ -48,18 +54,29 @@ def vendi_score(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_vendi_score(x))
 
 
-def entropy_and_gradient(kernel: np.ndarray) -> tuple[float, np.ndarray]:
+#: Eigen-directions of K/R below this are null directions of the batch (a combination of rows that is ~0).
+NULL_EIG = 1e-10
+
+
+def entropy_and_gradient(kernel: np.ndarray, *, drop_null: bool = False) -> tuple[float, np.ndarray]:
     """Entropy H of K/R and its gradient dH/dK, for an R x R cosine kernel (numpy float64, host).
 
     With K/R = U diag(lambda) U^T and tr(K/R) = 1, dH/dK = -(log(K/R) + I) / R. The identity part only touches the
     diagonal, which is constant (= 1) for a cosine kernel, so callers use the off-diagonal entries.
     Eigenvalues are clamped at ``EIG_FLOOR`` inside the logarithm, so a degenerate spectrum (near-identical samples,
     the normal case at the first step) gives large but finite values.
+
+    ``drop_null``: give eigen-directions with lambda <= ``NULL_EIG`` a zero coefficient. They are combinations of the
+    rows that are (numerically) the zero vector, so they add nothing to the gradient *vectors*; in coefficient space,
+    though, their large |log lambda| would inflate the coefficients of a zero combination and turn into rounding error.
     """
     r = kernel.shape[-1]
     lam, vecs = np.linalg.eigh(kernel / r)
     lam = np.maximum(lam, 0.0)
     log_lam = np.log(np.maximum(lam, EIG_FLOOR))
     entropy = float(-(lam * np.where(lam > EIG_FLOOR, log_lam, 0.0)).sum())
-    grad = -((vecs * (log_lam + 1.0)) @ vecs.T) / r
+    weight = log_lam + 1.0
+    if drop_null:
+        weight = np.where(lam > NULL_EIG, weight, 0.0)
+    grad = -((vecs * weight) @ vecs.T) / r
     return entropy, grad

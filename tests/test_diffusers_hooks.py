@@ -127,9 +127,11 @@ def capture_block_outputs(transformer, call) -> dict:
         seen[key] = None
 
         def hook(module, args, output, key=key):
-            seen[key] = tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in output) if isinstance(
-                output, tuple
-            ) else output.clone()
+            seen[key] = (
+                tuple(o.clone() if isinstance(o, torch.Tensor) else o for o in output)
+                if isinstance(output, tuple)
+                else output.clone()
+            )
 
         handles.append(block.register_forward_hook(hook))
     try:
@@ -257,7 +259,10 @@ def test_memory_is_cleared_between_jobs(flux_pipe):
 def test_bf16_transformer_runs_and_changes_output():
     transformer = tiny_flux_transformer(layers=2, single_layers=1).to(torch.bfloat16)
     inputs = flux_inputs()
-    inputs = {k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    inputs = {
+        k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+        for k, v in inputs.items()
+    }
     base = transformer(**inputs)[0]
     with apply_contextual_repulsion(transformer, STRONG):
         out = transformer(**inputs)[0]
@@ -347,7 +352,9 @@ def test_sd3_rows_of_different_branches_never_mix():
 
 def test_sd3_only_cond_branch_when_configured():
     pipe = tiny_sd3_pipeline(tiny_sd3_transformer(layers=3))
-    with apply_contextual_repulsion(pipe, RepulsionConfig(strength=0.5, window=0.3, iterations=3, branches=("cond",)), record_stats=True) as handle:
+    with apply_contextual_repulsion(
+        pipe, RepulsionConfig(strength=0.5, window=0.3, iterations=3, branches=("cond",)), record_stats=True
+    ) as handle:
         run_sd3(pipe, 3.5)
     assert {s.branch for s in handle.stats} == {"cond"}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -208,12 +207,6 @@ def test_identical_samples_feel_no_force(fn, b):
     torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coefficient_flow grows the coefficients exponentially along the null space of a singular Gram matrix "
-    "(identical or rank-deficient rows: the floored eigenvalues give G ~ -log(1e-12)/R there); combine_rows then "
-    "cancels huge coefficients, so rounding error of size |coef| * eps reaches the output",
-)
 @pytest.mark.parametrize(
     ("dtype", "strength", "atol"), [(torch.float64, 0.5, 1e-12), (torch.float32, 1.0, 1e-5)], ids=["f64", "f32"]
 )
@@ -271,12 +264,6 @@ def test_large_eta_gives_finite_output_float64(eta, iterations):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-@pytest.mark.xfail(
-    strict=True,
-    raises=np.linalg.LinAlgError,
-    reason="coefficient_flow does not check finiteness between inner steps: once basis/gy overflow, "
-    "np.linalg.eigh gets a NaN kernel and raises LinAlgError instead of returning the input unchanged",
-)
 @pytest.mark.parametrize(("fn", "size"), [(repel, 1e200), (repel_angular, 1e10)], ids=["repel", "repel_angular"])
 def test_huge_step_gives_finite_output_or_input_unchanged(fn, size):
     x = clustered((4, 8, 16), seed=26)
