@@ -91,19 +91,19 @@ def run(args: argparse.Namespace) -> dict:
     model = build_flux(heads, args.double, args.single, device, dtype)
     active = flux_inputs(b, n, img, 1.0, device, dtype)
     inactive = flux_inputs(b, n, img, 0.5, device, dtype)
-    config = RepulsionConfig(strength=0.05, iterations=args.iterations, window=0.05, single_blocks="all")
+    config = RepulsionConfig(iterations=args.iterations, window=0.05, single_blocks=args.single_mode)
     itemsize = torch.tensor([], dtype=dtype).element_size()
 
     # The floor: per hooked block, one Gram matrix and one combination over [B, P].
-    p_double, p_single = n * d, (n + img) * d
+    p_double, p_single = n * d, (n + img if args.single_mode == "all" else n) * d
     rep_flops = args.double * 4 * b * b * p_double + args.single * 4 * b * b * p_single
     rep_bytes = args.double * 3 * b * p_double * itemsize + args.single * 3 * b * p_single * itemsize
     params = sum(p.numel() for p in model.parameters())
     fwd_flops = 2 * params * b * (n + img)  # linear layers; attention adds more
     print(f"[bench] device={device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
     print(
-        f"[bench] blocks: {args.double} double + {args.single} single, {params / 1e6:.0f} M parameters, "
-        f"M={args.iterations}"
+        f"[bench] blocks: {args.double} double + {args.single} single ({args.single_mode} tokens), "
+        f"{params / 1e6:.0f} M parameters, M={args.iterations}"
     )
     print(
         f"[bench] floor: repulsion {rep_flops / 1e9:.2f} GFLOP and {rep_bytes / 2**20:.0f} MiB moved per call, "
@@ -205,7 +205,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--image-tokens", type=int, default=None, help="default 64 on CPU, 4096 on GPU (1024 px)")
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=50, help="M (the paper's Flux setting: 50)")
+    parser.add_argument("--single-mode", default="all", choices=("all", "text"), help="single blocks: paper = all")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1, help="plain calls before timing")
 

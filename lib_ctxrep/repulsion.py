@@ -24,15 +24,14 @@ never move; R = B + (memory rows) is the kernel's size.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .vendi import entropy_and_gradient
-
-_EXACT_DTYPES = (torch.float32, torch.float64)
+from .vendi import EIG_FLOOR, NULL_EIG, entropy_and_gradient
 
 
 @dataclass
@@ -49,44 +48,61 @@ def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _chunk_columns(x: torch.Tensor, target_itemsize: int) -> int:
-    """Columns per chunk so a [rows, chunk] temporary of ``target_itemsize`` bytes is at most one copy of ``x``."""
-    cols = x.shape[1]
-    if x.element_size() >= target_itemsize:
-        return max(cols, 1)
-    return max(1, math.ceil(cols * x.element_size() / target_itemsize))
+def _as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """View [R, ...] as [R, T, C] with the last dimension as C (a strided view, no copy, for [R, N, D] streams)."""
+    if x.ndim >= 3:
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+    return x.reshape(x.shape[0], 1, -1)
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul(device: torch.device):
+    """Disable TF32 for the Gram matrix (hosts such as ComfyUI turn it on; its 10-bit mantissa would blur 1 - cos)."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Float64 Gram matrix sum_k X_k X_k^T of row blocks ``parts`` (each [R, P_k], any float dtype, same device).
+    """Float64 Gram matrix sum_k X_k X_k^T of row blocks ``parts`` (each [R, ...], any float dtype, same device).
 
-    Low-precision inputs are upcast chunk by chunk, so the temporary never exceeds one copy of the input.
+    Computed as a batched product over tokens (one R x R product per token, summed in float64), which keeps the
+    huge reduction dimension parallel on a GPU and the accumulation error small. float64 rows are multiplied in
+    float64; others in float32, with fp16/bf16 upcast a slice of tokens at a time (at most one copy of the input).
     """
     total: torch.Tensor | None = None
     for x in parts:
-        x = _rows_2d(x)
-        step = _chunk_columns(x, 8)
-        for start in range(0, x.shape[1], step):
-            chunk = x[:, start : start + step].to(torch.float64)
-            g = chunk @ chunk.T
-            total = g if total is None else total + g
+        tokens = _as_tokens(x)
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        step = tokens.shape[1]
+        if x.element_size() < torch.finfo(work).bits // 8:
+            step = max(1, math.ceil(step * x.element_size() / (torch.finfo(work).bits // 8)))
+        with _full_fp32_matmul(x.device):
+            for start in range(0, tokens.shape[1], step):
+                chunk = tokens[:, start : start + step].to(work).transpose(0, 1)  # [T, R, C]
+                g = torch.bmm(chunk, chunk.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
+                total = g if total is None else total + g
     assert total is not None
     return total
 
 
-def combine_rows(coefficients: torch.Tensor, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-    """``coefficients @ x`` for [B, R] coefficients and [R, P] rows, in float32 or better, cast to ``out_dtype``.
+def combine_rows(coefficients: torch.Tensor, x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """New current rows = ``coefficients`` @ ``x`` for [B, R] coefficients and rows ``x`` [R, P] = [current; memory].
 
-    fp16/bf16 rows are processed in column chunks (one copy of temporary at most).
+    Computed as current + (coefficients - [I 0]) @ x in one fused product with float32 (or float64) accumulation.
+    The update's coefficients enter in the stream dtype: for fp16/bf16 their rounding is a relative 2^-8 of the
+    *update*, below the rounding of the output itself to the stream dtype.
     """
-    if x.dtype in _EXACT_DTYPES:
-        return (coefficients.to(x.dtype) @ x).to(out_dtype)
-    coef32 = coefficients.to(torch.float32)
-    out = torch.empty((coefficients.shape[0], x.shape[1]), dtype=out_dtype, device=x.device)
-    step = _chunk_columns(x, 4)
-    for start in range(0, x.shape[1], step):
-        out[:, start : start + step] = coef32 @ x[:, start : start + step].to(torch.float32)
-    return out
+    b = current.shape[0]
+    delta = coefficients.clone()
+    delta[:, :b] -= torch.eye(b, dtype=delta.dtype, device=delta.device)
+    return torch.addmm(current, delta.to(x.dtype), x)
 
 
 def coefficient_flow(
@@ -109,34 +125,37 @@ def coefficient_flow(
     gram = np.asarray(gram, dtype=np.float64)
     r = gram.shape[0]
     b = n_current
-    coef = np.zeros((b, r))
-    coef[:, :b] = np.eye(b)
+    coef = np.eye(b, r)
     if not np.isfinite(gram).all():
         return FlowResult(coef, math.nan, math.nan, False)
     diag = np.diagonal(gram)
     if (diag <= 0.0).any():
         # A zero row has no direction: there is nothing to repel from or towards. Leave the group unchanged.
         return FlowResult(coef, math.nan, math.nan, True)
-    fixed = np.eye(r)[b:]  # memory rows in X coordinates
-    basis = np.vstack([coef, fixed])  # rows of Y (current rows move, memory rows stay) expressed over X
+    basis = np.eye(r)  # rows of Y over X: current rows move, memory rows (the last R - B) stay
     gy = gram
     idx = np.arange(b)
     step = (eta if eta is not None else strength) / iterations
+    eigh = np.linalg.eigh
     finite = True
     for _ in range(iterations):
-        norms = np.sqrt(np.diagonal(gy))
-        inv = 1.0 / norms
-        kernel = gy * np.outer(inv, inv)
-        np.fill_diagonal(kernel, 1.0)
-        if not np.isfinite(kernel).all():
+        sq = np.diagonal(gy)
+        inv = 1.0 / np.sqrt(sq)
+        kernel = gy * inv[:, None] * inv
+        try:
+            lam, vecs = eigh(kernel)
+        except np.linalg.LinAlgError:  # a non-finite kernel
             finite = False
             break
-        _, grad = entropy_and_gradient(kernel, drop_null=True)
-        g_cur = grad[:b]
-        # Row i of w: the coefficients of dH/dc_i over the rows of Y.
-        w = g_cur * np.outer(2.0 * inv[:b], inv)
-        w[idx, idx] = -2.0 * ((g_cur * kernel[:b]).sum(axis=1) - g_cur[idx, idx]) * inv[:b] ** 2
-        w *= step if eta is not None else step * norms[:b, None] ** 2
+        lam = lam / r
+        # dH/dK = -(log(K/R) + I) / R; null directions (zero combinations of rows) get no weight (see vendi.py).
+        weight = np.log(np.maximum(lam, EIG_FLOOR)) + 1.0
+        weight[lam <= NULL_EIG] = 0.0
+        g = (vecs[:b] * weight) @ vecs.T  # = -R * dH/dK, current rows only
+        # dH/dc_i = sum_k w_ik y_k with w_ik = 2 G_ik / (n_i n_k) (k != i), w_ii = -2 sum_{k != i} G_ik K_ik / n_i^2
+        w = g * (inv[:b, None] * (-2.0 / r) * inv)
+        w[idx, idx] = ((g * kernel[:b]).sum(axis=1) - g[idx, idx]) * (2.0 / r) * inv[:b] ** 2
+        w *= step if eta is not None else (step * sq[:b])[:, None]  # eta_i = strength * ||c_i||^2
         basis[:b] += w @ basis
         gy = basis @ gram @ basis.T
     coef = basis[:b]
@@ -173,7 +192,7 @@ def repel_parts(
     A non-finite update is not applied (the inputs are returned and ``result.finite`` is False).
     """
     b = parts[0].shape[0]
-    rows = [_rows_2d(p) for p in parts]
+    rows = currents = [_rows_2d(p) for p in parts]
     if memory is not None:
         rows = [
             torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory, strict=True)
@@ -184,7 +203,9 @@ def repel_parts(
     if not result.finite:
         return list(parts), result
     coef = torch.from_numpy(result.coefficients).to(parts[0].device)
-    new_parts = [combine_rows(coef, x, p.dtype).reshape(p.shape) for x, p in zip(rows, parts, strict=True)]
+    new_parts = [
+        combine_rows(coef, x, c).reshape(p.shape) for x, c, p in zip(rows, currents, parts, strict=True)
+    ]
     return new_parts, result
 
 

@@ -311,9 +311,11 @@ def test_low_precision_result_is_the_float64_result_rounded(fn, dtype):
     out = fn(x, size, 20)
     ref = fn(x.to(torch.float64), size, 20)
     eps = torch.finfo(dtype).eps
-    # One unit in the last place of ``dtype``, plus the float32 arithmetic of the final combination.
+    # Two units in the last place of ``dtype``: the output's own rounding, plus the update's coefficients entering
+    # the fused combination in ``dtype`` (a relative eps of the update, which is smaller than the output); plus the
+    # float32 arithmetic of the Gram matrix.
     atol = 8 * torch.finfo(torch.float32).eps * ref.abs().max().item()
-    torch.testing.assert_close(out.to(torch.float64), ref.to(dtype).to(torch.float64), rtol=eps, atol=atol)
+    torch.testing.assert_close(out.to(torch.float64), ref.to(dtype).to(torch.float64), rtol=2 * eps, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
