@@ -92,17 +92,14 @@ def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def combine_rows(coefficients: torch.Tensor, x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """New current rows = ``coefficients`` @ ``x`` for [B, R] coefficients and rows ``x`` [R, P] = [current; memory].
+def combine_rows(delta: torch.Tensor, x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+    """New current rows = ``current`` + ``delta`` @ ``x``, for [B, R] update coefficients and rows ``x`` = [current;
+    memory] ([R, P]), as one fused product with float32 (or float64) accumulation.
 
-    Computed as current + (coefficients - [I 0]) @ x in one fused product with float32 (or float64) accumulation.
-    The update's coefficients enter in the stream dtype: for fp16/bf16 their rounding is a relative 2^-8 of the
-    *update*, below the rounding of the output itself to the stream dtype.
+    ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is given in the stream dtype: for fp16/bf16 its rounding is
+    a relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype.
     """
-    b = current.shape[0]
-    delta = coefficients.clone()
-    delta[:, :b] -= torch.eye(b, dtype=delta.dtype, device=delta.device)
-    return torch.addmm(current, delta.to(x.dtype), x)
+    return torch.addmm(current, delta, x)
 
 
 def coefficient_flow(
@@ -202,10 +199,11 @@ def repel_parts(
     result = coefficient_flow(gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy)
     if not result.finite:
         return list(parts), result
-    coef = torch.from_numpy(result.coefficients).to(parts[0].device)
-    new_parts = [
-        combine_rows(coef, x, c).reshape(p.shape) for x, c, p in zip(rows, currents, parts, strict=True)
-    ]
+    delta = result.coefficients - np.eye(b, result.coefficients.shape[1])
+    if parts[0].dtype != torch.float64:
+        delta = delta.astype(np.float32)
+    coef = torch.from_numpy(delta).to(device=parts[0].device, dtype=parts[0].dtype)
+    new_parts = [combine_rows(coef, x, c).reshape(p.shape) for x, c, p in zip(rows, currents, parts, strict=True)]
     return new_parts, result
 
 
