@@ -170,6 +170,8 @@ def run(args: argparse.Namespace) -> dict:
     )
     print(f"[bench] ratio inside the window (hooked / plain): {ratio:.4f}  (+{(ratio - 1) * 100:.2f} %)")
     print(f"[bench] ratio outside the window (inactive hooks): {late:.4f}")
+    whole = (med["hooked"] + (args.steps - 1) * med["hooked_late"]) / (args.steps * med["plain"])
+    print(f"[bench] whole {args.steps}-step generation, repulsion on the first step only: ratio {whole:.4f}")
     print(
         f"[bench] per block (text stream [{b}, {n}, {d}]): {per_block[1] * 1e3:.2f} ms at M=1, "
         f"{per_block[args.iterations] * 1e3:.2f} ms at M={args.iterations}; "
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
             f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
             f"({stream_bytes / 2**20:.1f} MiB)"
         )
-    return dict(ratio=ratio, inactive_ratio=late, per_block=per_block, passes=(passes_1, passes_m), times=med)
+    return dict(ratio=ratio, inactive_ratio=late, whole=whole, per_block=per_block, passes=(passes_1, passes_m), times=med)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -203,6 +205,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--double", type=int, default=None, help="double blocks (default 1 on CPU, 19 on GPU)")
     parser.add_argument("--single", type=int, default=None, help="single blocks (default 1 on CPU, 38 on GPU)")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20, help="steps of the whole generation (window: the first)")
     parser.add_argument("--text-tokens", type=int, default=512)
     parser.add_argument("--image-tokens", type=int, default=None, help="default 64 on CPU, 4096 on GPU (1024 px)")
     parser.add_argument("--iterations", type=int, default=50, help="M (the paper's Flux setting: 50)")
