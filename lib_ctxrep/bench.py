@@ -192,7 +192,9 @@ def run(args: argparse.Namespace) -> dict:
             f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
             f"({stream_bytes / 2**20:.1f} MiB)"
         )
-    return dict(ratio=ratio, inactive_ratio=late, whole=whole, per_block=per_block, passes=(passes_1, passes_m), times=med)
+    return dict(
+        ratio=ratio, inactive_ratio=late, whole=whole, per_block=per_block, passes=(passes_1, passes_m), times=med
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
