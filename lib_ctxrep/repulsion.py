@@ -44,9 +44,6 @@ class FlowResult:
     finite: bool  #: False when the input Gram or the result was not finite (the update must then be skipped)
 
 
-_TALL_MIN_COLUMNS = 1 << 20
-
-
 def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
 
@@ -95,22 +92,13 @@ def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
     return total
 
 
-def combine_rows(
-    delta: torch.Tensor, x: torch.Tensor, current: torch.Tensor, *, transposed: bool | None = None
-) -> torch.Tensor:
+def combine_rows(delta: torch.Tensor, x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
     """New current rows = ``current`` + ``delta`` @ ``x``, for [B, R] update coefficients and rows ``x`` = [current;
     memory] ([R, P]), as one fused product with float32 (or float64) accumulation.
 
     ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is given in the stream dtype: for fp16/bf16 its rounding is
     a relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype.
-
-    ``transposed``: compute [P, R] @ [R, B] and transpose back (one extra copy), which GPUs run far faster than a
-    [B, R] @ [R, P] product when P is in the millions; None = do so on CUDA for wide rows.
     """
-    if transposed is None:
-        transposed = x.is_cuda and x.shape[1] >= _TALL_MIN_COLUMNS
-    if transposed:
-        return torch.addmm(current.T, x.T, delta.T).T.contiguous()
     return torch.addmm(current, delta, x)
 
 
