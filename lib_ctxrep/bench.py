@@ -71,8 +71,15 @@ def flux_inputs(batch: int, text: int, image: int, sigma: float, device: torch.d
 
 
 def _peak(device: torch.device, fn: Callable[[], object]) -> int | None:
+    """Peak memory (bytes) after running ``fn``: CUDA's allocator peak, or on the CPU the process's peak RSS
+    (monotone, so call this for the plain variant first: the difference is what the hooked one adds on top)."""
     if device.type != "cuda":
-        return None
+        try:
+            import resource
+        except ImportError:  # not on Windows
+            return None
+        fn()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
@@ -188,7 +195,8 @@ def run(args: argparse.Namespace) -> dict:
     if plain_peak is not None and hooked_peak is not None:
         grow = hooked_peak - plain_peak
         print(
-            f"[bench] peak memory: plain {plain_peak / 2**20:.0f} MiB, hooked {hooked_peak / 2**20:.0f} MiB, growth "
+            f"[bench] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain_peak / 2**20:.0f} MiB, "
+            f"hooked {hooked_peak / 2**20:.0f} MiB, growth "
             f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
             f"({stream_bytes / 2**20:.1f} MiB)"
         )
@@ -209,7 +217,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="steps of the whole generation (window: the first)")
     parser.add_argument("--text-tokens", type=int, default=512)
-    parser.add_argument("--image-tokens", type=int, default=None, help="default 64 on CPU, 4096 on GPU (1024 px)")
+    parser.add_argument("--image-tokens", type=int, default=None, help="default 16 on CPU, 4096 on GPU (1024 px)")
     parser.add_argument("--iterations", type=int, default=50, help="M (the paper's Flux setting: 50)")
     parser.add_argument("--single-mode", default="all", choices=("all", "text"), help="single blocks: paper = all")
     parser.add_argument("--repeats", type=int, default=None)
@@ -222,6 +230,6 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
     args.double = args.double if args.double is not None else (19 if gpu else 1)
     args.single = args.single if args.single is not None else (38 if gpu else 1)
-    args.image_tokens = args.image_tokens if args.image_tokens is not None else (4096 if gpu else 64)
-    args.repeats = args.repeats if args.repeats is not None else (10 if gpu else 2)
+    args.image_tokens = args.image_tokens if args.image_tokens is not None else (4096 if gpu else 16)
+    args.repeats = args.repeats if args.repeats is not None else (10 if gpu else 3)
     return args
