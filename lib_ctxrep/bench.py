@@ -127,14 +127,17 @@ def run(args: argparse.Namespace) -> dict:
         with apply_contextual_repulsion(model, config):
             hooked_peak = _peak(device, hooked_fn)
 
-        # Alternate the variants so that drifts of the machine hit both alike; a plain call costs the same at any
+        # Alternate the variants so that drifts of the machine hit all alike; a plain call costs the same at any
         # sigma, so one plain timing serves as the reference for the calls inside and outside the window.
         times: dict[str, list[float]] = {"plain": [], "hooked": [], "hooked_late": []}
-        for _ in range(args.repeats):
-            times["plain"].append(_time(plain_fn, device))
-            with apply_contextual_repulsion(model, config):
-                times["hooked"].append(_time(hooked_fn, device))
-                times["hooked_late"].append(_time(inactive_fn, device))
+        variants = [("plain", plain_fn, False), ("hooked", hooked_fn, True), ("hooked_late", inactive_fn, True)]
+        for r in range(args.repeats):
+            for name, fn, hooked in variants if r % 2 == 0 else variants[::-1]:  # ABC CBA ...: drift cancels
+                if hooked:
+                    with apply_contextual_repulsion(model, config):
+                        times[name].append(_time(fn, device))
+                else:
+                    times[name].append(_time(fn, device))
         med = {k: min(v) for k, v in times.items()}
 
         # Cost per block, and independence of the [B, N, D] work from M.

@@ -35,8 +35,8 @@ def flux_inputs(batch: int = B, seed: int = 0, sigma: float = 1.0) -> dict:
     )
 
 
-def run_flux(pipe, batch: int = B, steps: int = 4, seed: int = 0, **kw) -> torch.Tensor:
-    embeds, pooled = prompt_embeddings(batch, 12, 32, 32)
+def run_flux(pipe, batch: int = B, steps: int = 4, seed: int = 0, embeddings: tuple | None = None, **kw):
+    embeds, pooled = embeddings if embeddings is not None else prompt_embeddings(batch, 12, 32, 32)
     return pipe(
         prompt_embeds=embeds,
         pooled_prompt_embeds=pooled,
@@ -218,15 +218,7 @@ def test_prompt_embeddings_are_never_modified(flux_pipe):
     embeds, pooled = prompt_embeddings(B, 12, 32, 32)
     keep = embeds.clone()
     with apply_contextual_repulsion(flux_pipe, STRONG):
-        flux_pipe(
-            prompt_embeds=embeds,
-            pooled_prompt_embeds=pooled,
-            height=16,
-            width=16,
-            num_inference_steps=3,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(0),
-        )
+        run_flux(flux_pipe, steps=3, embeddings=(embeds, pooled))
     assert torch.equal(embeds, keep)
 
 
