@@ -117,9 +117,10 @@ class RepulsionEngine:
         for ci, label in enumerate(chunks):
             if label not in cfg.branches:
                 continue
+            occurrence = chunks[:ci].count(label)  # e.g. the 2nd cond chunk of an AND prompt: its own memory
             for gi, start in enumerate(range(ci * per_chunk, (ci + 1) * per_chunk, group)):
                 rows_in = [p[start : start + group] for p in parts]
-                key = (block, round(self._progress, 6), label, gi)
+                key = (block, round(self._progress, 6), label, occurrence, gi)
                 remembered = self.memory.rows(key) if memory_on else None
                 if group < 2 and remembered is None:
                     if memory_on:

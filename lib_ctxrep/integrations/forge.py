@@ -1,0 +1,205 @@
+"""Forge front end (lllyasviel/stable-diffusion-webui-forge, and Forge Neo): a chained model-function wrapper.
+
+Nothing here imports Forge; it works on the objects Forge hands to a script. Mirrors, from Forge main (dfdcbab6):
+
+- ``backend/patcher/base.py`` ``ModelPatcher.set_model_unet_function_wrapper`` / ``model_options
+  ["model_function_wrapper"]``: one slot, so an existing wrapper (MultiDiffusion's) is chained, never dropped;
+- ``backend/sampling/sampling_function.py`` ``calc_cond_uncond_batch``: the wrapper is called as
+  ``wrapper(model.apply_model, {"input", "timestep", "c", "cond_or_uncond"})``; rows are ``len(cond_or_uncond)``
+  whole chunks of B rows (0 = cond, 1 = uncond; several cond chunks for AND prompts; chunks may come in separate
+  calls under low VRAM); ``timestep`` is sigma; ``c["c_crossattn"]`` is the text;
+- ``backend/nn/flux.py`` ``DoubleStreamBlock.forward(img, txt, vec, pe) -> (img, txt)``, ``SingleStreamBlock`` on
+  ``cat((txt, img), 1)``; ``backend/nn/chroma.py`` (same shapes); ``backend/nn/mmditx.py``
+  ``JointBlock -> (context, x)`` with ``context`` None on the last block;
+- ``backend/modules/k_prediction.py``: flow predictors keep ``sigmas``, a table of the (shifted) sigma over evenly
+  spaced model time; ``percent_to_sigma(p) = 1 - p`` on that sigma.
+
+Block hooks are attached by the wrapper for the duration of one in-window model call and removed in ``finally``:
+outside the window nothing is attached at all, and no exception, interrupt or hires pass can leave a hook on the
+shared model. The wrapper itself lives only in the patched clone's ``model_options``, which Forge discards before
+the next sampling.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..config import RepulsionConfig
+from ..engine import RepulsionEngine
+from ..schedule import progress_from_sigma
+
+#: Diffusion-model classes whose blocks are hooked, and how their text stream is laid out.
+SUPPORTED_MODELS = {
+    "IntegratedFluxTransformer2DModel": "flux",
+    "IntegratedChromaTransformer2DModel": "flux",
+    "MMDiTX": "mmditx",
+}
+_LABELS = {0: "cond", 1: "uncond"}
+
+
+def model_kind(diffusion_model: Any) -> str | None:
+    """'flux' (double + single blocks, txt at output index 1), 'mmditx' (joint blocks, context at index 0) or None."""
+    kind = SUPPORTED_MODELS.get(type(diffusion_model).__name__)
+    if kind is not None:
+        return kind
+    if hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks"):
+        return "flux"
+    if hasattr(diffusion_model, "joint_blocks"):
+        return "mmditx"
+    return None
+
+
+class PredictorWindow:
+    """Progress of a call from its sigma, through the predictor's own sigma table.
+
+    Forge's flow predictors tabulate sigma over evenly spaced model time (with the model's shift applied), and its
+    schedulers pick steps from that table; so the table position of a sigma is the fraction of the trajectory, and
+    ``window`` = 0.05 is the first step of 20 with the "simple" schedule, as in the diffusers front end. Predictors
+    without a table fall back to ``1 - sigma`` (= Forge's ``percent_to_sigma`` inverse for flow models).
+    """
+
+    def __init__(self, predictor: Any) -> None:
+        table = getattr(predictor, "sigmas", None)
+        self._table: list[float] | None = None
+        if isinstance(table, torch.Tensor) and table.numel() > 1:
+            values = [float(v) for v in table.detach().float().cpu().flatten()]
+            if all(a <= b for a, b in zip(values, values[1:], strict=False)):
+                self._table = values
+        self._cache: dict[float, float] = {}
+
+    def progress(self, sigma: float) -> float:
+        """Fraction of the trajectory (0 = pure noise) at which a call at ``sigma`` is."""
+        cached = self._cache.get(sigma)
+        if cached is not None:
+            return cached
+        if self._table is None:
+            value = progress_from_sigma(sigma)
+        else:
+            table = self._table
+            index = bisect.bisect_left(table, sigma - 1e-6 * max(1.0, abs(sigma)))
+            value = 1.0 - min(index + 1, len(table)) / len(table)
+        self._cache[sigma] = value = max(0.0, min(1.0, value))
+        return value
+
+
+class ForgeRepulsion:
+    """Contextual repulsion for one Forge job (one generation, across its batch count).
+
+    ``patch(unet)`` installs the wrapper on a UnetPatcher *clone*; call it before every sampling. The engine (with its
+    cross-batch memory) lives as long as this object: make one per job.
+    """
+
+    def __init__(self, config: RepulsionConfig, *, record_stats: bool = False) -> None:
+        self.engine = RepulsionEngine(config, record_stats=record_stats)
+        self.kind: str | None = None
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._text_len = 0
+
+    @property
+    def config(self) -> RepulsionConfig:
+        """The job's settings."""
+        return self.engine.config
+
+    @property
+    def attached_hooks(self) -> int:
+        """Number of block hooks currently attached (non-zero only during an in-window model call)."""
+        return len(self._hooks)
+
+    def supports(self, unet: Any) -> bool:
+        """Whether ``unet``'s diffusion model has MM-DiT blocks this front end can hook."""
+        return model_kind(unet.model.diffusion_model) is not None
+
+    def patch(self, unet: Any) -> bool:
+        """Install the chained wrapper on ``unet`` (a clone); False (nothing installed) for unsupported models."""
+        diffusion_model = unet.model.diffusion_model
+        self.kind = model_kind(diffusion_model)
+        if self.kind is None:
+            return False
+        window = PredictorWindow(getattr(unet.model, "predictor", None))
+        previous: Callable | None = unet.model_options.get("model_function_wrapper")
+        engine = self.engine
+
+        def ctxrep_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+            def call() -> torch.Tensor:
+                if previous is not None:
+                    return previous(apply_model, args)
+                return apply_model(args["input"], args["timestep"], **args["c"])
+
+            if not engine.config.enabled:
+                return call()
+            sigma = float(args["timestep"].reshape(-1)[0])
+            chunks = tuple(_LABELS.get(int(c), "cond") for c in args["cond_or_uncond"])
+            if not engine.begin_call(window.progress(sigma), chunks):
+                return call()
+            text = args["c"].get("c_crossattn")
+            self._text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
+            self._attach(diffusion_model)
+            try:
+                return call()
+            finally:
+                self._detach()
+                engine.end_call()
+
+        unet.set_model_unet_function_wrapper(ctxrep_model_function_wrapper)
+        return True
+
+    def _attach(self, diffusion_model: torch.nn.Module) -> None:
+        self._detach()
+        cfg = self.config
+        engine = self.engine
+        if self.kind == "mmditx":
+            blocks = diffusion_model.joint_blocks
+            for i in cfg.block_indices(len(blocks)):
+                self._hooks.append(blocks[i].register_forward_hook(_replace_output(engine, f"double.{i}", 0)))
+            return
+        blocks = diffusion_model.double_blocks
+        for i in cfg.block_indices(len(blocks)):
+            self._hooks.append(blocks[i].register_forward_hook(_replace_output(engine, f"double.{i}", 1)))
+        if cfg.single_blocks != "off":
+            for i, block in enumerate(diffusion_model.single_blocks):
+                self._hooks.append(block.register_forward_hook(self._single_hook(f"single.{i}", cfg.single_blocks)))
+
+    def _single_hook(self, name: str, mode: str) -> Callable:
+        engine = self.engine
+
+        def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+            if not engine.active or not isinstance(output, torch.Tensor):
+                return None
+            if mode == "all":
+                new = engine.process(name, [output], use_memory=False)
+                return None if new is None else new[0]
+            length = self._text_len
+            new = engine.process(name, [output[:, :length]])
+            return None if new is None else torch.cat([new[0], output[:, length:]], dim=1)
+
+        return hook
+
+    def _detach(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+    def close(self) -> None:
+        """End the job: remove any hook (normally none is left) and clear the memory."""
+        self._detach()
+        self.engine.new_job()
+
+
+def _replace_output(engine: RepulsionEngine, name: str, index: int) -> Callable:
+    """Forward hook replacing element ``index`` (the text stream) of a block's output tuple."""
+
+    def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        if not engine.active or not isinstance(output, tuple) or output[index] is None:
+            return None
+        new = engine.process(name, [output[index]])
+        if new is None:
+            return None
+        out = list(output)
+        out[index] = new[0]
+        return tuple(out)
+
+    return hook

@@ -1,0 +1,244 @@
+"""Small stand-ins of exactly the Forge API the extension uses, written from Forge main's source (dfdcbab6).
+
+No Forge code is copied; each class names the Forge file whose behaviour it reproduces. Shapes and call conventions
+are Forge's; the maths inside the blocks is a small stand-in (joint attention over [txt; img] with linear layers), so
+the text stream depends on the image stream as in the real MM-DiT blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+# --- backend/modules/k_prediction.py: PredictionFlux / PredictionDiscreteFlow -------------------------------------
+class PredictionFlux(nn.Module):
+    """Mirrors ``PredictionFlux``: a table of sigmas over 10000 evenly spaced times, shifted by mu; the model gets
+    ``timestep(sigma) = sigma``; ``percent_to_sigma(p) = 1 - p``."""
+
+    def __init__(self, mu: float = 1.15, pseudo_timestep_range: int = 10000) -> None:
+        super().__init__()
+        t = torch.arange(1, pseudo_timestep_range + 1, 1) / pseudo_timestep_range
+        self.register_buffer("sigmas", math.exp(mu) / (math.exp(mu) + (1 / t - 1)))  # diffusers' time_shift
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma
+
+    def percent_to_sigma(self, percent: float) -> float:
+        return 1.0 if percent <= 0.0 else 0.0 if percent >= 1.0 else 1.0 - percent
+
+    def calculate_input(self, sigma, x):
+        return x
+
+    def calculate_denoised(self, sigma, model_output, model_input):
+        return model_input - model_output * sigma.reshape(-1, *[1] * (model_input.ndim - 1))
+
+
+class PredictionDiscreteFlow(PredictionFlux):
+    """Mirrors ``PredictionDiscreteFlow(shift=3.0)`` (SD3): sigma table over 1000 steps; timestep = sigma * 1000."""
+
+    def __init__(self, shift: float = 3.0) -> None:
+        nn.Module.__init__(self)
+        t = torch.arange(1, 1001, 1) / 1000.0
+        self.register_buffer("sigmas", shift * t / (1 + (shift - 1) * t))
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        return sigma * 1000
+
+
+# --- backend/nn/flux.py: DoubleStreamBlock, SingleStreamBlock, IntegratedFluxTransformer2DModel ------------------
+class _Joint(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        att = torch.softmax(self.q(seq) @ self.k(seq).transpose(1, 2) / math.sqrt(seq.shape[-1]), dim=-1)
+        return att @ self.v(seq)
+
+
+class DoubleStreamBlock(nn.Module):
+    """``forward(self, img, txt, vec, pe)`` returns ``(img, txt)`` (image first); not in place."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.joint = _Joint(dim)
+        self.txt_mlp, self.img_mlp = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, img, txt, vec, pe):
+        mixed = self.joint(torch.cat((txt, img), 1) + vec[:, None])
+        txt = txt + self.txt_mlp(mixed[:, : txt.shape[1]])
+        img = img + self.img_mlp(mixed[:, txt.shape[1] :])
+        return img, txt
+
+
+class SingleStreamBlock(nn.Module):
+    """``forward(self, x, vec, pe)`` on ``x = cat((txt, img), 1)``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.joint = _Joint(dim)
+
+    def forward(self, x, vec, pe):
+        return x + self.joint(x + vec[:, None])
+
+
+class IntegratedFluxTransformer2DModel(nn.Module):
+    """``forward(self, x, timestep, context, y, guidance=None, **kwargs)``: ``transformer_options`` arrives in kwargs
+    and is dropped; blocks are called with keywords; single blocks run on ``cat((txt, img), 1)``."""
+
+    def __init__(self, channels: int = 4, dim: int = 32, context_dim: int = 16, depth: int = 3, depth_single: int = 2):
+        super().__init__()
+        self.img_in, self.txt_in = nn.Linear(channels, dim), nn.Linear(context_dim, dim)
+        self.time_in = nn.Linear(1, dim)
+        self.double_blocks = nn.ModuleList(DoubleStreamBlock(dim) for _ in range(depth))
+        self.single_blocks = nn.ModuleList(SingleStreamBlock(dim) for _ in range(depth_single))
+        self.final = nn.Linear(dim, channels)
+
+    def inner_forward(self, img, txt, timesteps):
+        img, txt = self.img_in(img), self.txt_in(txt)
+        vec = self.time_in(timesteps.reshape(-1, 1).to(img.dtype))
+        for block in self.double_blocks:
+            img, txt = block(img=img, txt=txt, vec=vec, pe=None)
+        img = torch.cat((txt, img), 1)
+        for block in self.single_blocks:
+            img = block(img, vec=vec, pe=None)
+        return self.final(img[:, txt.shape[1] :])
+
+    def forward(self, x, timestep, context, y=None, guidance=None, **kwargs):
+        b, c, h, w = x.shape
+        tokens = x.reshape(b, c, h * w).transpose(1, 2)
+        out = self.inner_forward(tokens, context, timestep)
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+# --- backend/nn/mmditx.py: JointBlock (block_mixing), MMDiTX ------------------------------------------------------
+class JointBlock(nn.Module):
+    """``forward(context, x, c=...)`` returns ``(context, x)`` (text first); ``context`` is None when ``pre_only``."""
+
+    def __init__(self, dim: int, pre_only: bool) -> None:
+        super().__init__()
+        self.pre_only = pre_only
+        self.joint = _Joint(dim)
+        self.context_mlp, self.x_mlp = nn.Linear(dim, dim), nn.Linear(dim, dim)
+
+    def forward(self, context, x, c):
+        mixed = self.joint(torch.cat((context, x), 1) + c[:, None])
+        x = x + self.x_mlp(mixed[:, context.shape[1] :])
+        context = None if self.pre_only else context + self.context_mlp(mixed[:, : context.shape[1]])
+        return context, x
+
+
+class MMDiTX(nn.Module):
+    """``forward(self, x, t, y=None, context=None, control=None, transformer_options={}, **kwargs)``; loops
+    ``context, x = block(context, x, c=c_mod)``; the last block is ``pre_only``."""
+
+    def __init__(self, channels: int = 4, dim: int = 32, context_dim: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        self.x_in, self.context_in, self.t_in = (
+            nn.Linear(channels, dim),
+            nn.Linear(context_dim, dim),
+            nn.Linear(1, dim),
+        )
+        self.joint_blocks = nn.ModuleList(JointBlock(dim, pre_only=i == depth - 1) for i in range(depth))
+        self.final = nn.Linear(dim, channels)
+
+    def forward(self, x, t, y=None, context=None, control=None, transformer_options={}, **kwargs):  # noqa: B006
+        b, ch, h, w = x.shape
+        tokens = self.x_in(x.reshape(b, ch, h * w).transpose(1, 2))
+        context = self.context_in(context)
+        c_mod = self.t_in((t / 1000.0).reshape(-1, 1).to(tokens.dtype))
+        for block in self.joint_blocks:
+            context, tokens = block(context, tokens, c=c_mod)
+        return self.final(tokens).transpose(1, 2).reshape(b, ch, h, w)
+
+
+# --- backend/modules/k_model.py: KModel.apply_model -------------------------------------------------------------
+class KModel(nn.Module):
+    """``apply_model(x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs)``:
+    sigma -> model timestep through the predictor, calls the diffusion model, returns the denoised prediction."""
+
+    def __init__(self, diffusion_model: nn.Module, predictor: nn.Module) -> None:
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.predictor = predictor
+
+    def apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):  # noqa: B006
+        sigma = t
+        xc = self.predictor.calculate_input(sigma, x)
+        timestep = self.predictor.timestep(t).float()
+        out = self.diffusion_model(xc, timestep, context=c_crossattn, control=control,
+                                   transformer_options=transformer_options)  # fmt: skip
+        return self.predictor.calculate_denoised(sigma, out, x)
+
+
+# --- backend/patcher/base.py ModelPatcher / backend/patcher/unet.py UnetPatcher -----------------------------------
+class UnetPatcher:
+    """``clone()`` shares the model and deep-copies ``model_options``; ``set_model_unet_function_wrapper`` fills the
+    single ``model_options["model_function_wrapper"]`` slot."""
+
+    def __init__(self, model: KModel) -> None:
+        self.model = model
+        self.model_options: dict = {"transformer_options": {}}
+
+    def clone(self) -> UnetPatcher:
+        n = UnetPatcher(self.model)
+        n.model_options = copy.deepcopy(self.model_options)
+        return n
+
+    def set_model_unet_function_wrapper(self, unet_wrapper_function) -> None:
+        self.model_options["model_function_wrapper"] = unet_wrapper_function
+
+
+# --- backend/sampling/sampling_function.py: calc_cond_uncond_batch ---------------------------------------------
+def calc_cond_uncond_batch(model: KModel, cond: list, uncond: list | None, x_in, timestep, model_options: dict,
+                           max_chunks_per_call: int | None = None):  # fmt: skip
+    """Forge's chunk batching: one chunk of all B rows per cond entry (AND sub-prompt) and one for uncond; chunks are
+    popped highest index first, so when they fit together uncond comes first; ``max_chunks_per_call`` imitates low
+    VRAM (Forge's ``memory_required(...) < free_memory`` loop) by splitting chunks over separate calls. Conditions
+    are dicts with ``c_crossattn`` (all conditions have the same text length here)."""
+    to_run = [(x, 0) for x in cond] + ([(x, 1) for x in uncond] if uncond is not None else [])
+    out_cond, out_uncond = torch.zeros_like(x_in), torch.zeros_like(x_in)
+    while to_run:
+        to_batch = list(range(len(to_run)))
+        to_batch.reverse()
+        if max_chunks_per_call is not None:
+            to_batch = to_batch[:max_chunks_per_call]
+        picked = [to_run.pop(i) for i in to_batch]
+        cond_or_uncond = [kind for _, kind in picked]
+        chunks = len(picked)
+        input_x = torch.cat([x_in] * chunks)
+        c = {"c_crossattn": torch.cat([cond_["c_crossattn"] for cond_, _ in picked])}
+        timestep_ = torch.cat([timestep] * chunks)
+        transformer_options = model_options.get("transformer_options", {}).copy()
+        transformer_options["cond_or_uncond"] = cond_or_uncond[:]
+        transformer_options["sigmas"] = timestep
+        transformer_options["cond_indices"] = [i for i, k in enumerate(cond_or_uncond) if k == 0]
+        transformer_options["uncond_indices"] = [i for i, k in enumerate(cond_or_uncond) if k == 1]
+        c["transformer_options"] = transformer_options
+        if "model_function_wrapper" in model_options:
+            args = {"input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": cond_or_uncond}
+            output = model_options["model_function_wrapper"](model.apply_model, args).chunk(chunks)
+        else:
+            output = model.apply_model(input_x, timestep_, **c).chunk(chunks)
+        for o, kind in zip(output, cond_or_uncond, strict=True):
+            if kind == 0:
+                out_cond += o
+            else:
+                out_uncond += o
+    return out_cond, out_uncond
+
+
+def sampling_function_inner(model: KModel, x, timestep, uncond, cond, cond_scale: float, model_options: dict,
+                            max_chunks_per_call: int | None = None):  # fmt: skip
+    """``sampling_function_inner``: CFG 1 skips the uncond rows (unless ``disable_cfg1_optimization``)."""
+    if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
+        uncond = None
+    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond, x, timestep, model_options,
+                                                    max_chunks_per_call)  # fmt: skip
+    if uncond is None:
+        return cond_pred
+    return uncond_pred + (cond_pred - uncond_pred) * cond_scale

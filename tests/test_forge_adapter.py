@@ -1,0 +1,235 @@
+"""The Forge front end (lib_ctxrep.integrations.forge) on stand-ins of Forge's patcher, sampler batching and blocks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lib_ctxrep import RepulsionConfig
+from lib_ctxrep.integrations.forge import ForgeRepulsion, PredictorWindow
+from tests.forge_standins import (
+    IntegratedFluxTransformer2DModel,
+    KModel,
+    MMDiTX,
+    PredictionDiscreteFlow,
+    PredictionFlux,
+    UnetPatcher,
+    sampling_function_inner,
+)
+
+B = 4
+CONFIG = RepulsionConfig(strength=0.5, iterations=4)
+
+
+def flux_unet(seed: int = 0) -> UnetPatcher:
+    torch.manual_seed(seed)
+    return UnetPatcher(KModel(IntegratedFluxTransformer2DModel(), PredictionFlux()))
+
+
+def sd3_unet(seed: int = 0) -> UnetPatcher:
+    torch.manual_seed(seed)
+    return UnetPatcher(KModel(MMDiTX(), PredictionDiscreteFlow()))
+
+
+def conditions(seed: int = 1, prompts: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    cond = [{"c_crossattn": torch.randn(1, 6, 16, generator=g).expand(B, -1, -1)} for _ in range(prompts)]
+    uncond = [{"c_crossattn": torch.randn(1, 6, 16, generator=g).expand(B, -1, -1)}]
+    return cond, uncond
+
+
+def sample(unet: UnetPatcher, sigma: float = 1.0, cfg: float = 1.0, seed: int = 0, batch: int = B, **kw):
+    x = torch.randn(batch, 4, 3, 3, generator=torch.Generator().manual_seed(seed))
+    cond, uncond = conditions()
+    cond = [{"c_crossattn": c["c_crossattn"][:batch]} for c in cond]
+    uncond = [{"c_crossattn": c["c_crossattn"][:batch]} for c in uncond]
+    with torch.inference_mode():
+        return sampling_function_inner(unet.model, x, torch.full((batch,), sigma), uncond, cond, cfg,
+                                       unet.model_options, **kw)  # fmt: skip
+
+
+def patched(unet: UnetPatcher, config: RepulsionConfig = CONFIG, **kw):
+    job = ForgeRepulsion(config, **kw)
+    clone = unet.clone()
+    assert job.patch(clone)
+    return job, clone
+
+
+def block_hooks(unet: UnetPatcher) -> int:
+    return sum(len(m._forward_hooks) for m in unet.model.diffusion_model.modules())
+
+
+def test_cond_only_batch_at_cfg_1_is_repelled():
+    unet = flux_unet()
+    base = sample(unet)
+    job, clone = patched(unet, record_stats=True)
+    out = sample(clone)
+    assert not torch.allclose(out, base)
+    assert {s.branch for s in job.engine.stats} == {"cond"}
+    assert all(s.vendi_after > s.vendi_before for s in job.engine.stats)
+
+
+def test_no_hook_stays_on_the_shared_model_after_a_call():
+    unet = flux_unet()
+    job, clone = patched(unet)
+    sample(clone)
+    assert job.attached_hooks == 0 and block_hooks(unet) == 0
+
+
+def test_no_hook_stays_after_an_exception_inside_the_model():
+    unet = flux_unet()
+    job, clone = patched(unet)
+
+    def explode(module, args, output):
+        raise RuntimeError("interrupted")
+
+    handle = unet.model.diffusion_model.single_blocks[0].register_forward_hook(explode)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        sample(clone)
+    handle.remove()
+    assert job.attached_hooks == 0 and block_hooks(unet) == 0
+    assert not job.engine.active
+
+
+def test_the_original_patcher_is_untouched_and_gives_bit_identical_output():
+    unet = flux_unet()
+    base = sample(unet)
+    _, clone = patched(unet)
+    sample(clone)
+    assert "model_function_wrapper" not in unet.model_options
+    assert torch.equal(sample(unet), base)
+
+
+def test_disabled_config_is_bit_identical():
+    unet = flux_unet()
+    base = sample(unet)
+    _, clone = patched(unet, RepulsionConfig(enabled=False))
+    assert torch.equal(sample(clone), base)
+
+
+def test_outside_the_window_nothing_is_attached_or_changed():
+    unet = flux_unet()
+    base = sample(unet, sigma=0.5)
+    job, clone = patched(unet)
+    seen = []
+    unet.model.diffusion_model.double_blocks[0].register_forward_pre_hook(
+        lambda m, a: seen.append(len(m._forward_hooks))
+    )
+    out = sample(clone, sigma=0.5)
+    assert torch.equal(out, base)
+    assert seen == [0]
+
+
+def test_cond_and_uncond_chunks_are_repelled_separately_uncond_first():
+    unet = flux_unet()
+    job, clone = patched(unet, record_stats=True)
+    calls = []
+    previous = clone.model_options["model_function_wrapper"]
+
+    def spy(apply_model, args):
+        calls.append(list(args["cond_or_uncond"]))
+        return previous(apply_model, args)
+
+    clone.model_options["model_function_wrapper"] = spy
+    sample(clone, cfg=3.5)
+    assert calls == [[1, 0]]
+    assert {s.branch for s in job.engine.stats} == {"cond", "uncond"}
+    assert all(s.rows == B for s in job.engine.stats)
+
+
+def test_low_vram_separate_calls_give_the_same_result_as_one_batched_call():
+    unet = flux_unet()
+    _, batched = patched(unet)
+    _, split = patched(unet)
+    together = sample(batched, cfg=3.5)
+    apart = sample(split, cfg=3.5, max_chunks_per_call=1)
+    torch.testing.assert_close(apart, together, rtol=1e-5, atol=1e-5)
+
+
+def test_and_prompts_add_cond_chunks_each_repelled_on_its_own():
+    unet = flux_unet()
+    job, clone = patched(unet, record_stats=True)
+    x = torch.randn(B, 4, 3, 3)
+    cond, uncond = conditions(prompts=2)
+    with torch.inference_mode():
+        sampling_function_inner(clone.model, x, torch.ones(B), uncond, cond, 3.5, clone.model_options)
+    first_block = [s for s in job.engine.stats if s.block == "double.0"]
+    assert sorted(s.branch for s in first_block) == ["cond", "cond", "uncond"]
+
+
+def test_an_existing_model_function_wrapper_is_chained_not_dropped():
+    unet = flux_unet()
+    calls = []
+
+    def multidiffusion_like(apply_model, args):
+        calls.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    unet.set_model_unet_function_wrapper(multidiffusion_like)
+    base = sample(unet)
+    _, clone = patched(unet)
+    out = sample(clone)
+    assert len(calls) == 2
+    assert not torch.allclose(out, base)
+
+
+def test_batch_size_one_without_memory_changes_nothing():
+    unet = flux_unet()
+    base = sample(unet, batch=1)
+    _, clone = patched(unet)
+    assert torch.equal(sample(clone, batch=1), base)
+
+
+def test_memory_spans_the_batch_count_of_one_job():
+    unet = flux_unet()
+    plain = [sample(unet, batch=1, seed=s) for s in range(3)]
+    job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, memory=True))
+    outs = []
+    for s in range(3):
+        outs.append(sample(clone, batch=1, seed=s))
+        job.engine.new_batch()
+    assert torch.equal(outs[0], plain[0])
+    assert not torch.allclose(outs[1], plain[1]) and not torch.allclose(outs[2], plain[2])
+    job.close()
+    assert len(job.engine.memory) == 0
+
+
+def test_sd3_joint_blocks_are_repelled_and_the_last_block_is_left_alone():
+    unet = sd3_unet()
+    base = sample(unet, cfg=3.5)
+    job, clone = patched(unet, record_stats=True)
+    out = sample(clone, cfg=3.5)
+    assert not torch.allclose(out, base)
+    assert {s.block for s in job.engine.stats} == {"double.0", "double.1", "double.2"}
+    assert {s.branch for s in job.engine.stats} == {"cond", "uncond"}
+
+
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_flux_single_block_modes(mode):
+    unet = flux_unet()
+    job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, single_blocks=mode), record_stats=True)
+    sample(clone)
+    assert {s.block for s in job.engine.stats if s.block.startswith("single")} == {"single.0", "single.1"}
+
+
+def test_unsupported_models_are_reported_and_left_unpatched():
+    unet = UnetPatcher(KModel(torch.nn.Linear(2, 2), PredictionFlux()))
+    job = ForgeRepulsion(CONFIG)
+    clone = unet.clone()
+    assert not job.supports(clone)
+    assert not job.patch(clone)
+    assert "model_function_wrapper" not in clone.model_options
+
+
+@pytest.mark.parametrize("predictor", [PredictionFlux(), PredictionDiscreteFlow()], ids=["flux", "sd3"])
+def test_window_from_the_predictor_is_the_first_step_of_20_with_the_simple_schedule(predictor):
+    window = PredictorWindow(predictor)
+    table = predictor.sigmas
+    steps = 20
+    sigmas = [float(table[math.floor((len(table) - 1) * (1 - i / steps))]) for i in range(steps)]
+    progress = [window.progress(s) for s in sigmas]
+    assert progress[0] == 0.0
+    assert [p < 0.05 - 1e-9 for p in progress].count(True) == 1
+    assert progress == sorted(progress)
