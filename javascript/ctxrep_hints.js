@@ -1,0 +1,25 @@
+// Tooltips for the Contextual Repulsion accordion (txt2img and img2img). Forge loads every javascript/*.js file.
+(function () {
+    const hints = {
+        enabled: "Push the images of one batch apart in composition, pose and style (Flux, Chroma, SD3/SD3.5, Flux Kontext). Off: output identical to not having the extension.",
+        strength: "Scale-free strength: how far each image's text-stream tokens turn away from the others per block. Means the same on every model and resolution. 0.05 is moderate; raise it for more variety, lower it if images drift from the prompt.",
+        window: "Fraction of the sampling steps, from the first, during which repulsion acts. 0.05 = the first step of 20 (the paper's setting), 3 of 50; the first step is always included.",
+        blocks: "Which dual-stream blocks repel: all of them, one third of them (the paper finds the middle third the best trade-off between diversity and fidelity), or a custom range.",
+        custom_blocks: "Block index range start:stop (stop excluded), e.g. 6:13 for the middle third of Flux's 19 double blocks.",
+        single_blocks: "Flux single-stream blocks: repel all tokens (the paper's choice), only their text tokens, or none.",
+        memory: "Cross-batch memory: later batches of the same generation (batch count) are also pushed away from earlier ones, so batch size 1 gets diverse too.",
+        hires: "Also repel during the hires-fix second pass (off: the second pass refines what the first produced).",
+        eta: "The paper's raw step size eta (e.g. 5e6 to 8e9 for Flux-dev, 5e2 to 5e6 for SD3.5-Large). 0 uses Strength instead.",
+        iterations: "Inner gradient steps per block (the paper: 50 on Flux, 100 on SD3.5). Costs only a tiny amount of CPU time per block.",
+    };
+    onUiLoaded(function () {
+        for (const tab of ["txt2img", "img2img"]) {
+            for (const [name, text] of Object.entries(hints)) {
+                const element = gradioApp().getElementById(`ctxrep_${tab}_${name}`);
+                if (element) {
+                    element.title = text;
+                }
+            }
+        }
+    });
+})();

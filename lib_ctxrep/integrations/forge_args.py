@@ -1,0 +1,188 @@
+"""The Forge script's arguments: positional order, the API dict form, infotext keys, and their validation.
+
+Pure Python (no Forge, no gradio), so the UI, the API (``alwayson_scripts``), paste / "Send to" and the XYZ axes all
+go through the same conversions, and so they can be tested without a webui.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+
+TITLE = "Contextual Repulsion"
+
+#: UI choices of the block preset, and what each means in RepulsionConfig.blocks.
+BLOCK_PRESETS = {"all": "all", "middle third": "middle", "first third": "first", "last third": "last", "custom": None}
+#: UI choices of the Flux single-block mode.
+SINGLE_MODES = {"all tokens": "all", "text only": "text", "off": "off"}
+
+#: Positional order of the script's arguments (the ``ui()`` return order and the API's ``args`` list).
+ARG_NAMES = (
+    "enabled",
+    "strength",
+    "window",
+    "blocks",
+    "custom_blocks",
+    "single_blocks",
+    "memory",
+    "hires",
+    "eta",
+    "iterations",
+)
+DEFAULTS: dict[str, Any] = {
+    "enabled": False,
+    "strength": DEFAULT_STRENGTH,
+    "window": DEFAULT_WINDOW,
+    "blocks": "all",
+    "custom_blocks": "",
+    "single_blocks": "all tokens",
+    "memory": True,
+    "hires": False,
+    "eta": 0.0,
+    "iterations": RepulsionConfig.iterations,
+}
+#: Readable infotext keys (no ',' or ':' in keys), per argument; "enabled" is implied by the presence of the keys.
+INFOTEXT_KEYS = {
+    "enabled": "CtxRep",
+    "strength": "CtxRep strength",
+    "window": "CtxRep window",
+    "blocks": "CtxRep blocks",
+    "custom_blocks": "CtxRep block range",
+    "single_blocks": "CtxRep single blocks",
+    "memory": "CtxRep memory",
+    "hires": "CtxRep hires",
+    "eta": "CtxRep eta",
+    "iterations": "CtxRep iterations",
+}
+
+
+@dataclass
+class ScriptSettings:
+    """The script's settings after validation."""
+
+    enabled: bool
+    hires: bool
+    config: RepulsionConfig
+    values: dict[str, Any]
+
+
+class ArgumentError(ValueError):
+    """A script argument is invalid; the message names it and says what is accepted."""
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise ArgumentError(f"{TITLE}: '{name}' must be true or false, got {value!r}")
+
+
+def _as_float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"{TITLE}: '{name}' must be a number, got {value!r}") from None
+
+
+def _as_choice(name: str, value: Any, choices: dict[str, Any]) -> str:
+    if isinstance(value, str):
+        if value in choices:
+            return value
+        for label, internal in choices.items():  # also accept the internal names ("middle", "text")
+            if internal == value:
+                return label
+    raise ArgumentError(f"{TITLE}: '{name}' must be one of {list(choices)}, got {value!r}")
+
+
+def normalise(args: list | tuple | dict) -> dict[str, Any]:
+    """Script arguments from the UI / API positional list, or the API dict form ``{"strength": 0.1, ...}``
+    (also accepted as the single element of the list), as a dict of every argument with defaults filled in."""
+    if isinstance(args, (list, tuple)) and len(args) == 1 and isinstance(args[0], dict):
+        args = args[0]
+    if isinstance(args, dict):
+        unknown = sorted(set(args) - set(ARG_NAMES))
+        if unknown:
+            raise ArgumentError(f"{TITLE}: unknown argument(s) {unknown}; known: {list(ARG_NAMES)}")
+        values = {**DEFAULTS, **args}
+    elif isinstance(args, (list, tuple)):
+        if len(args) > len(ARG_NAMES):
+            raise ArgumentError(
+                f"{TITLE}: got {len(args)} positional arguments, expected at most {len(ARG_NAMES)}: {list(ARG_NAMES)}"
+            )
+        values = {**DEFAULTS, **dict(zip(ARG_NAMES, args, strict=False))}
+    else:
+        raise ArgumentError(f"{TITLE}: arguments must be a list or a dict, got {type(args).__name__}")
+    return values
+
+
+def parse(args: list | tuple | dict) -> ScriptSettings:
+    """Validate script arguments into settings; raises :class:`ArgumentError` naming the bad argument."""
+    v = normalise(args)
+    enabled = _as_bool("enabled", v["enabled"])
+    hires = _as_bool("hires", v["hires"])
+    memory = _as_bool("memory", v["memory"])
+    blocks_label = _as_choice("blocks", v["blocks"], BLOCK_PRESETS)
+    single_label = _as_choice("single_blocks", v["single_blocks"], SINGLE_MODES)
+    eta = _as_float("eta", v["eta"])
+    iterations = _as_float("iterations", v["iterations"])
+    if not iterations.is_integer():
+        raise ArgumentError(f"{TITLE}: 'iterations' must be a whole number, got {v['iterations']!r}")
+    blocks: Any = BLOCK_PRESETS[blocks_label]
+    if blocks is None:
+        blocks = str(v["custom_blocks"]).strip()
+        if not blocks:
+            raise ArgumentError(f"{TITLE}: 'custom_blocks' must be a range 'start:stop' when blocks is 'custom'")
+    try:
+        config = RepulsionConfig(
+            strength=_as_float("strength", v["strength"]),
+            eta=eta if eta > 0 else None,
+            iterations=int(iterations),
+            window=_as_float("window", v["window"]),
+            blocks=blocks,
+            single_blocks=SINGLE_MODES[single_label],
+            memory=memory,
+        )
+    except ValueError as error:
+        raise ArgumentError(f"{TITLE}: {error}") from None
+    values = {**v, "enabled": enabled, "hires": hires, "memory": memory, "blocks": blocks_label}
+    values["single_blocks"] = single_label
+    return ScriptSettings(enabled, hires, config, values)
+
+
+def infotext(settings: ScriptSettings) -> dict[str, Any]:
+    """Infotext entries for an enabled run: readable keys, optional ones only when they differ from the default."""
+    v = settings.values
+    out: dict[str, Any] = {INFOTEXT_KEYS["enabled"]: True}
+    for name in ("strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
+        out[INFOTEXT_KEYS[name]] = v[name]
+    if v["blocks"] == "custom":
+        out[INFOTEXT_KEYS["custom_blocks"]] = str(v["custom_blocks"]).replace(":", "-")
+    if settings.config.eta is not None:
+        out[INFOTEXT_KEYS["eta"]] = settings.config.eta
+    return out
+
+
+def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
+    """Argument values recovered from pasted infotext ``params`` (missing keys give defaults; absent = disabled)."""
+    values = dict(DEFAULTS)
+    values["enabled"] = str(params.get(INFOTEXT_KEYS["enabled"], "False")).strip().lower() == "true"
+    for name, key in INFOTEXT_KEYS.items():
+        if name == "enabled" or key not in params:
+            continue
+        raw = params[key]
+        if name == "custom_blocks":
+            values[name] = str(raw).replace("-", ":")
+        elif name in ("memory", "hires"):
+            values[name] = str(raw).strip().lower() == "true"
+        elif name in ("strength", "window", "eta"):
+            values[name] = float(raw)
+        elif name == "iterations":
+            values[name] = int(float(raw))
+        else:
+            values[name] = str(raw)
+    return values

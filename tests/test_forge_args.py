@@ -1,0 +1,76 @@
+"""Script arguments of the Forge extension: positional (UI, API) and dict (API) forms, validation, infotext."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lib_ctxrep.integrations import forge_args as fa
+
+
+def test_positional_arguments_in_ui_order_become_a_config():
+    s = fa.parse([True, 0.1, 0.2, "middle third", "", "text only", False, True, 0, 12])
+    assert s.enabled and s.hires
+    c = s.config
+    assert (c.strength, c.window, c.blocks, c.single_blocks, c.memory, c.eta, c.iterations) == (
+        0.1, 0.2, "middle", "text", False, None, 12
+    )  # fmt: skip
+
+
+def test_dict_form_fills_defaults_and_may_be_the_single_list_element():
+    assert fa.parse({"enabled": True, "strength": 0.2}).config.strength == 0.2
+    s = fa.parse([{"enabled": True, "blocks": "custom", "custom_blocks": "2:5"}])
+    assert s.config.blocks == (2, 5) and s.config.strength == fa.DEFAULTS["strength"]
+
+
+def test_fewer_positional_arguments_take_defaults():
+    s = fa.parse([True])
+    assert s.enabled and s.config.window == fa.DEFAULTS["window"] and s.config.memory
+
+
+def test_raw_eta_above_zero_replaces_strength():
+    assert fa.parse({"enabled": True, "eta": 5e8}).config.eta == 5e8
+
+
+def test_internal_names_are_accepted_for_choices():
+    s = fa.parse({"enabled": True, "blocks": "middle", "single_blocks": "text"})
+    assert s.values["blocks"] == "middle third" and s.values["single_blocks"] == "text only"
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        ({"enabled": "maybe"}, "'enabled'"),
+        ({"strength": "strong"}, "'strength'"),
+        ({"strength": -1}, "strength"),
+        ({"window": 2}, "window"),
+        ({"blocks": "half"}, "'blocks'"),
+        ({"blocks": "custom"}, "'custom_blocks'"),
+        ({"blocks": "custom", "custom_blocks": "9:2"}, "blocks"),
+        ({"single_blocks": "some"}, "'single_blocks'"),
+        ({"iterations": 2.5}, "'iterations'"),
+        ({"colour": 1}, "unknown argument"),
+        (list(range(11)), "positional arguments"),
+        ("x", "must be a list or a dict"),
+    ],
+)
+def test_invalid_arguments_raise_a_message_naming_them(args, names):
+    with pytest.raises(fa.ArgumentError, match=names.replace("(", r"\(")) as info:
+        fa.parse(args)
+    assert str(info.value).startswith(fa.TITLE)
+
+
+def test_infotext_has_readable_keys_without_separators_and_round_trips():
+    s = fa.parse([True, 0.12, 0.1, "custom", "3:7", "off", False, True, 2e6, 20])
+    text = fa.infotext(s)
+    assert all("," not in k and ":" not in k for k in text)
+    assert all(":" not in str(v) and "," not in str(v) for v in text.values())
+    pasted = {k: json.loads(json.dumps(str(v))) for k, v in text.items()}  # infotext values come back as strings
+    again = fa.parse(fa.from_infotext(pasted))
+    assert again.config == s.config and again.enabled and again.hires
+
+
+def test_pasting_infotext_without_our_keys_gives_disabled_defaults():
+    values = fa.from_infotext({"Steps": "20"})
+    assert values == {**fa.DEFAULTS, "enabled": False}
