@@ -97,7 +97,8 @@ def test_ui_builds_the_controls_in_argument_order_with_ids_and_infotext(ctxrep):
     with gr.Blocks():
         components = script.ui(is_img2img=False)
     assert len(components) == len(forge_args.ARG_NAMES)
-    assert [c.elem_id for c in components] == [f"ctxrep_txt2img_{n}" for n in forge_args.ARG_NAMES]
+    assert [c.elem_id for c in components[1:]] == [f"ctxrep_txt2img_{n}" for n in forge_args.ARG_NAMES[1:]]
+    assert components[0].accordion.elem_id == "ctxrep_txt2img_enabled"  # InputAccordion: the accordion's id
     assert components[0].value is False  # off by default
     assert len(script.infotext_fields) == len(components)
     assert script.show(True) is ctxrep.scripts.AlwaysVisible and script.show(False) is ctxrep.scripts.AlwaysVisible
