@@ -94,6 +94,17 @@ class RepulsionEngine:
             self._warned.add(key)
             logger.warning(message)
 
+    def process_prefix(
+        self, block: str, sequence: torch.Tensor, length: int, *, use_memory: bool = True
+    ) -> torch.Tensor | None:
+        """Repel the first ``length`` tokens of ``sequence`` [rows, tokens, dim] and keep the rest as it is (e.g. the
+        text part of a single-stream block, or text + target image without Kontext's reference tokens)."""
+        if length >= sequence.shape[1]:
+            new = self.process(block, [sequence], use_memory=use_memory)
+            return None if new is None else new[0]
+        new = self.process(block, [sequence[:, :length]], use_memory=use_memory)
+        return None if new is None else torch.cat([new[0], sequence[:, length:]], dim=1)
+
     def process(self, block: str, parts: list[torch.Tensor], *, use_memory: bool = True) -> list[torch.Tensor] | None:
         """Repel the rows of ``parts`` (each [rows, ...]) within their branch groups; None when nothing changes."""
         if not self._active:

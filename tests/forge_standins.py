@@ -11,6 +11,7 @@ import copy
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 
@@ -92,11 +93,11 @@ class IntegratedFluxTransformer2DModel(nn.Module):
 
     def __init__(self, channels: int = 4, dim: int = 32, context_dim: int = 16, depth: int = 3, depth_single: int = 2):
         super().__init__()
-        self.img_in, self.txt_in = nn.Linear(channels, dim), nn.Linear(context_dim, dim)
+        self.img_in, self.txt_in = nn.Linear(4 * channels, dim), nn.Linear(context_dim, dim)
         self.time_in = nn.Linear(1, dim)
         self.double_blocks = nn.ModuleList(DoubleStreamBlock(dim) for _ in range(depth))
         self.single_blocks = nn.ModuleList(SingleStreamBlock(dim) for _ in range(depth_single))
-        self.final = nn.Linear(dim, channels)
+        self.final = nn.Linear(dim, 4 * channels)
 
     def inner_forward(self, img, txt, timesteps):
         img, txt = self.img_in(img), self.txt_in(txt)
@@ -110,9 +111,27 @@ class IntegratedFluxTransformer2DModel(nn.Module):
 
     def forward(self, x, timestep, context, y=None, guidance=None, **kwargs):
         b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).transpose(1, 2)
-        out = self.inner_forward(tokens, context, timestep)
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2))  # Forge pads to a multiple of the 2 x 2 patch
+        img = rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
+        out = self.inner_forward(img, context, timestep)
+        out = rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=(h + 1) // 2, ph=2, pw=2)
+        return out[:, :, :h, :w]
+
+
+def kontext_forward(reference: torch.Tensor):
+    """Mirrors DenOfEquity/forge2_flux_kontext ``patched_flux_forward`` (scripts/kontext.py), which replaces
+    ``IntegratedFluxTransformer2DModel.forward``: the reference latent's tokens (batch 1, repeated over the batch) are
+    appended after the noisy image's tokens, and the output is cropped back to the image tokens."""
+
+    def forward(self, x, timestep, context, y=None, guidance=None, **kwargs):
+        b, c, h, w = x.shape
+        img = rearrange(x, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
+        img_tokens = img.shape[1]
+        img = torch.cat([img, reference.repeat(b, 1, 1)], dim=1)
+        out = self.inner_forward(img, context, timestep)[:, :img_tokens]
+        return rearrange(out, "b (h w) (c ph pw) -> b c (h ph) (w pw)", h=h // 2, ph=2, pw=2)
+
+    return forward
 
 
 # --- backend/nn/mmditx.py: JointBlock (block_mixing), MMDiTX ------------------------------------------------------

@@ -357,3 +357,44 @@ def test_sd3_without_cfg_is_one_cond_chunk():
         out = run_sd3(pipe, 1.0)
     assert torch.isfinite(out).all()
     assert {(s.branch, s.rows) for s in handle.stats} == {("cond", B)}
+
+
+def test_flux_kontext_reference_tokens_are_never_repelled():
+    diffusers = pytest.importorskip("diffusers")
+    if not hasattr(diffusers, "FluxKontextPipeline"):
+        pytest.skip("FluxKontextPipeline needs diffusers >= 0.35")
+    from PIL import Image
+
+    pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=1, single_layers=2), kontext=True)
+    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
+    seen: dict = {}
+    transformer = pipe.transformer
+
+    def ids(module, args, kwargs):
+        seen.setdefault("img_ids", kwargs["img_ids"])
+
+    def before(module, args, output):  # registered before ours: the single block's output before repulsion
+        seen.setdefault("out", output[1].clone())
+
+    def after(module, args, kwargs):  # the next single block's input: after repulsion
+        seen.setdefault("next_in", kwargs["hidden_states"].clone())
+
+    hooks = [
+        transformer.register_forward_pre_hook(ids, with_kwargs=True),
+        transformer.single_transformer_blocks[0].register_forward_hook(before),
+        transformer.single_transformer_blocks[1].register_forward_pre_hook(after, with_kwargs=True),
+    ]
+    try:
+        with apply_contextual_repulsion(pipe, STRONG):
+            pipe(
+                image=Image.new("RGB", (32, 32), (120, 60, 30)), prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+                height=16, width=16, max_area=256, _auto_resize=False, num_inference_steps=2, output_type="latent",
+                generator=torch.Generator().manual_seed(0),
+            )  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+    target = int((seen["img_ids"][:, 0] == 0).sum())
+    assert 0 < target < seen["out"].shape[1]  # there are reference tokens after the target's
+    assert torch.equal(seen["next_in"][:, target:], seen["out"][:, target:])
+    assert not torch.equal(seen["next_in"][:, :target], seen["out"][:, :target])

@@ -233,3 +233,43 @@ def test_window_from_the_predictor_is_the_first_step_of_20_with_the_simple_sched
     assert progress[0] == 0.0
     assert [p < 0.05 - 1e-9 for p in progress].count(True) == 1
     assert progress == sorted(progress)
+
+
+def test_kontext_reference_tokens_are_never_repelled_and_its_forward_is_left_in_place():
+    from tests.forge_standins import kontext_forward
+
+    unet = flux_unet()
+    model = unet.model.diffusion_model
+    reference = torch.randn(1, 3, 16, generator=torch.Generator().manual_seed(5))  # 3 reference tokens
+    patched_forward = kontext_forward(reference)
+    original = IntegratedFluxTransformer2DModel.forward
+    IntegratedFluxTransformer2DModel.forward = patched_forward  # what forge2_flux_kontext does
+    seen = {}
+
+    def before(module, args, output):  # registered first: sees the single block's output before our hook
+        seen["out"] = output.clone()
+
+    def after(module, args):  # input of the next single block: after our hook
+        seen["next_in"] = args[0].clone()
+
+    hooks = [
+        model.single_blocks[0].register_forward_hook(before),
+        model.single_blocks[1].register_forward_pre_hook(after),
+    ]
+    try:
+        job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, single_blocks="all"), record_stats=True)
+        x = torch.randn(B, 4, 4, 4, generator=torch.Generator().manual_seed(0))
+        cond, _ = conditions()
+        with torch.inference_mode():
+            out = sampling_function_inner(clone.model, x, torch.ones(B), None, cond, 1.0, clone.model_options)
+        assert out.shape == x.shape
+        assert IntegratedFluxTransformer2DModel.forward is patched_forward
+        text, image = 6, 4
+        assert torch.equal(seen["next_in"][:, text + image :], seen["out"][:, text + image :])  # reference: untouched
+        assert not torch.equal(
+            seen["next_in"][:, : text + image], seen["out"][:, : text + image]
+        )  # text + image: repelled
+    finally:
+        IntegratedFluxTransformer2DModel.forward = original
+        for h in hooks:
+            h.remove()

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/verify_forge.py /path/to/stable-diffusion-webui-forge
+    python tools/verify_forge.py /path/to/stable-diffusion-webui-forge [--kontext /path/to/forge2_flux_kontext]
 
 The path must be a checkout (or an exported work tree) of lllyasviel/stable-diffusion-webui-forge; written against
 main at dfdcbab6. Nothing from Forge is copied here: the script imports Forge's own backend from that path at run
@@ -20,6 +20,22 @@ without repulsion, plus an already installed ``model_function_wrapper`` (chained
 ``PredictorWindow`` on Forge's own "simple" schedule (``modules/sd_schedulers.py``), and the flow predictors of
 ``tests/forge_standins.py`` against Forge's.
 
+Chroma (``backend/nn/chroma.py`` ``IntegratedChromaTransformer2DModel``, when the checkout has it) goes through the
+same cases (a)-(e), wrapped as ``backend/diffusion_engine/chroma.py`` does (``PredictionFlux(mu=1.0)``; its
+conditions are the bare T5 tensor, no pooled vector or guidance).
+
+Flux Kontext, with ``--kontext PATH`` (a checkout or exported work tree of DenOfEquity/forge2_flux_kontext; skipped
+with a note without it): that extension's ``scripts/kontext.py`` imports the webui (``modules.scripts``, ``gradio``,
+``modules.api``), so it cannot be imported here. The script parses that file with ``ast`` at run time and executes
+the extension's own ``patched_flux_forward`` from it (nothing is copied), with the file's own ``torch`` / ``numpy`` /
+``einops`` imports and, for the name ``forgeKontext``, a stand-in holding the two class attributes the function reads
+(``latent`` and ``ids``, batch 1, built as ``process_before_every_sampling`` builds them from a random reference
+latent). It is installed as the extension installs it, a class-level ``IntegratedFluxTransformer2DModel.forward =
+patched_flux_forward`` (the file is checked to contain that statement and the restoring one of ``postprocess``), and
+the original is restored at the end. Then Flux-dev runs with B rows per chunk through ``sampling_function_inner``:
+reference tokens appended after the image tokens, the output cropped back to the target's shape, with and without
+repulsion, inside and outside the window; the class ``forward`` must still be the extension's after every job.
+
 Environment: Python 3.10+ with torch (CPU), diffusers==0.31.0, transformers==4.46.1, huggingface_hub<0.27, einops,
 safetensors, sentencepiece, scipy, numpy<2, psutil (Forge's pins); no GPU, no network, no model files. The script
 puts the Forge root and its ``packages_3rdparty/`` on ``sys.path`` and ``--always-cpu`` in ``sys.argv`` before the
@@ -33,14 +49,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import contextlib
 import copy
 import inspect
 import io
 import math
 import subprocess
+import symtable
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +139,11 @@ class Forge:
         self.condition = condition
         self.sf = sampling_function
         self.simple_scheduler = self._load_function("modules/sd_schedulers.py", "simple_scheduler")
+        self.chroma = None  # backend/nn/chroma.py (Forge main since 2025-05); older checkouts: Chroma is skipped
+        if (root / "backend/nn/chroma.py").exists():
+            from backend.nn import chroma
+
+            self.chroma = chroma
 
     def _load_function(self, relpath: str, name: str) -> Callable:
         """One top-level function of a Forge file that cannot be imported without the webui (modules.shared):
@@ -173,6 +196,28 @@ class Forge:
         )
         return self._unet(model, self.k_prediction.PredictionFlux())
 
+    def chroma_unet(self, seed: int = 0):
+        """backend/loader.py: IntegratedChromaTransformer2DModel(**config); backend/diffusion_engine/chroma.py:
+        UnetPatcher.from_model(..., k_predictor=PredictionFlux(mu=1.0))."""
+        torch.manual_seed(seed)
+        model = self.chroma.IntegratedChromaTransformer2DModel(
+            in_channels=16,
+            vec_in_dim=16,
+            context_in_dim=32,
+            hidden_size=64,
+            mlp_ratio=4.0,
+            num_heads=2,
+            depth=2,
+            depth_single_blocks=2,
+            axes_dim=[8, 12, 12],
+            theta=10000,
+            qkv_bias=True,
+            guidance_out_dim=64,  # = hidden_size (the modulation vectors), as 3072 is for the real model
+            guidance_hidden_dim=32,
+            guidance_n_layers=2,
+        )
+        return self._unet(model, self.k_prediction.PredictionFlux(mu=1.0))
+
     def sd3_unet(self, seed: int = 0):
         torch.manual_seed(seed)
         depth = 3  # MMDiTX: hidden_size = 64 * depth, num_heads = depth
@@ -219,13 +264,25 @@ def forward_hooks(diffusion_model: torch.nn.Module) -> int:
 class Scenario:
     """One model (Flux or SD3) with its fixed inputs; runs Forge's sampling_function_inner."""
 
-    def __init__(self, forge: Forge, name: str, unet, ctx_len: int, unctx_len: int, guidance: bool) -> None:
+    def __init__(
+        self,
+        forge: Forge,
+        name: str,
+        unet,
+        ctx_len: int,
+        unctx_len: int,
+        guidance: bool,
+        *,
+        tensor_text: bool = False,
+    ) -> None:
         self.forge, self.name, self.unet = forge, name, unet
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(B, 16, 8, 8, generator=g)
 
-        def text(length: int) -> dict:
+        def text(length: int) -> dict | torch.Tensor:
             # One prompt for the whole batch, as Forge's engines return it: B identical rows.
+            if tensor_text:  # Chroma's get_learned_conditioning: the T5 tensor alone
+                return torch.randn(1, length, 32, generator=g).repeat(B, 1, 1)
             d = {
                 "crossattn": torch.randn(1, length, 32, generator=g).repeat(B, 1, 1),
                 "vector": torch.randn(1, 16, generator=g).repeat(B, 1),
@@ -237,6 +294,10 @@ class Scenario:
         self.cond_text = [text(ctx_len), text(ctx_len)]  # the second one is an AND sub-prompt
         self.uncond_text = text(unctx_len)
         self.uncond_short = text(max(1, ctx_len // 2))  # for (e): Forge repeats it to the lcm length when batching
+
+    @staticmethod
+    def text_len(text: dict | torch.Tensor) -> int:
+        return int((text if isinstance(text, torch.Tensor) else text["crossattn"]).shape[1])
 
     def sample(
         self, unet, sigma: float, cfg: float, *, prompts: int = 1, low_vram: bool = False, short_uncond: bool = False
@@ -436,7 +497,7 @@ def verify_model(
         base = sc.sample(unet, SIGMA_IN, 3.5, short_uncond=True)
         job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
         out = sc.sample(clone, SIGMA_IN, 3.5, short_uncond=True)
-        length = sc.cond_text[0]["crossattn"].shape[1]
+        length = sc.text_len(sc.cond_text[0])
         check(
             f"{tag}: one batched call [[1, 0]], c_crossattn padded to {length} tokens",
             spy.calls == [[1, 0]] and spy.text_lens == [length],
@@ -497,6 +558,329 @@ def verify_model(
     )
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Flux Kontext: DenOfEquity/forge2_flux_kontext, executed from the given path
+# --------------------------------------------------------------------------------------------------------------------
+KONTEXT_FILE = "scripts/kontext.py"
+#: Top-level modules of the extension's imports that are executed here (the rest need the running webui).
+KONTEXT_IMPORTABLE = ("torch", "numpy", "einops")
+
+
+def kontext_file_or_exit(path: str) -> Path:
+    file = Path(path).expanduser().resolve() / KONTEXT_FILE
+    if not file.is_file():
+        _die(
+            f"verify_forge: {path!r} is not a forge2_flux_kontext checkout (no {KONTEXT_FILE}).\n"
+            "Usage: python tools/verify_forge.py /path/to/forge [--kontext /path/to/forge2_flux_kontext]"
+        )
+    return file
+
+
+class KontextState:
+    """Stands for the extension's ``class forgeKontext(scripts.Script)`` as ``patched_flux_forward`` sees it: the
+    class attributes ``latent`` / ``ids`` (set by ``process_before_every_sampling``, cleared by ``postprocess``) and
+    ``original_forward`` (set by ``__init__``). ``ids`` is read once per forward when a reference is set: counted."""
+
+    def __init__(self) -> None:
+        self.latent: torch.Tensor | None = None
+        self._ids: torch.Tensor | None = None
+        self.original_forward: Callable | None = None
+        self.ids_reads = 0
+
+    @property
+    def ids(self) -> torch.Tensor | None:
+        self.ids_reads += 1
+        return self._ids
+
+    @ids.setter
+    def ids(self, value: torch.Tensor | None) -> None:
+        self._ids = value
+
+
+class KontextExtension:
+    """The extension's own ``patched_flux_forward``, compiled from its ``scripts/kontext.py`` at run time.
+
+    The file cannot be imported outside the webui (``from modules import scripts``, ``gradio``, ``modules.api``), so
+    it is parsed with ``ast``: its top-level imports of torch / numpy / einops are executed, then its function
+    ``patched_flux_forward`` is compiled and executed from that file, with ``forgeKontext`` bound to a
+    ``KontextState``. Every global name the function reads is checked to be bound (``symtable``).
+    """
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.root = file.parent.parent
+        source = file.read_text(encoding="utf-8")
+        tree = ast.parse(source, str(file))
+        node = next(
+            (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "patched_flux_forward"), None
+        )
+        if node is None:
+            _die(f"verify_forge: {file} has no top-level function patched_flux_forward")
+        imports = [
+            n
+            for n in tree.body
+            if (isinstance(n, ast.Import) and all(a.name.split(".")[0] in KONTEXT_IMPORTABLE for a in n.names))
+            or (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] in KONTEXT_IMPORTABLE)
+        ]
+        self.state = KontextState()
+        namespace: dict[str, Any] = {"__name__": "forge2_flux_kontext_kontext", "__file__": str(file)}
+        exec(compile(ast.Module(body=[*imports, node], type_ignores=[]), str(file), "exec"), namespace)  # noqa: S102
+        namespace["forgeKontext"] = self.state
+        self.forward: Callable = namespace["patched_flux_forward"]
+        table = symtable.symtable(ast.get_source_segment(source, node) or "", str(file), "exec").get_children()[0]
+        self.unbound = sorted(n for n in table.get_globals() if n not in namespace and not hasattr(builtins, n))
+        self.statements = {ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Assign)}
+        self.imports_flux_class = any(
+            isinstance(n, ast.ImportFrom)
+            and n.module == "backend.nn.flux"
+            and any(a.name == "IntegratedFluxTransformer2DModel" for a in n.names)
+            for n in tree.body
+        )
+
+    def commit(self) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(self.root), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+            return out.stdout.strip()[:12]
+        except (OSError, subprocess.SubprocessError):
+            return "unknown (not a git work tree)"
+
+    def set_reference(self, seed: int = 3, latent_hw: tuple[int, int] = (8, 12)) -> int:
+        """A random reference latent (batch 1), packed and given ids as process_before_every_sampling does: 2x2
+        patches into tokens, ids (1, h, w) for one reference image. Returns the number of reference tokens."""
+        from einops import rearrange, repeat
+
+        g = torch.Generator().manual_seed(seed)
+        k_latent = torch.randn(1, 16, *latent_hw, generator=g)
+        kh, kw = latent_hw[0] // 2, latent_hw[1] // 2
+        k_id = torch.zeros((kh, kw, 3))
+        k_id[:, :, 0] = 1
+        k_id[:, :, 1] += torch.linspace(0, kh - 1, steps=kh)[:, None]
+        k_id[:, :, 2] += torch.linspace(0, kw - 1, steps=kw)[None, :]
+        self.state.latent = rearrange(k_latent, "b c (h ph) (w pw) -> b (h w) (c ph pw)", ph=2, pw=2)
+        self.state.ids = repeat(k_id, "h w c -> b (h w) c", b=1)
+        return kh * kw
+
+    @contextlib.contextmanager
+    def installed(self, flux_class: type) -> Iterator[None]:
+        """forgeKontext.__init__ keeps the original forward; process_before_every_sampling does
+        ``IntegratedFluxTransformer2DModel.forward = patched_flux_forward``; postprocess restores it."""
+        self.state.original_forward = flux_class.forward
+        flux_class.forward = self.forward
+        try:
+            yield
+        finally:
+            self.state.latent = None
+            self.state.ids = None
+            flux_class.forward = self.state.original_forward
+
+
+def observe_blocks(sc: Scenario, config: RepulsionConfig, cfg: float = 1.0) -> dict[str, tuple[Any, Any]]:
+    """One repelled run recording every block's output before repulsion (a hook prepended ahead of ForgeRepulsion's)
+    and after it (a hook behind it). The observers are attached inside the model call only, after ForgeRepulsion's
+    own hooks, and removed before it returns."""
+    dm = sc.unet.model.diffusion_model
+    job = ForgeRepulsion(config)
+    clone = sc.unet.clone()
+    job.patch(clone)
+    previous = clone.model_options["model_function_wrapper"]
+    seen: dict[str, list[Any]] = {}
+
+    def snapshot(out: Any) -> Any:
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+    def observing(apply_model, args):
+        def observed_apply_model(*a, **k):
+            handles = []
+            for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)):
+                for i, block in enumerate(blocks):
+                    slot = seen.setdefault(f"{kind}.{i}", [None, None])
+
+                    def before(m, a_, out, slot=slot):
+                        slot[0] = snapshot(out)
+
+                    def after(m, a_, out, slot=slot):
+                        slot[1] = snapshot(out)
+
+                    handles.append(block.register_forward_hook(before, prepend=True))
+                    handles.append(block.register_forward_hook(after))
+            try:
+                return apply_model(*a, **k)
+            finally:
+                for h in handles:
+                    h.remove()
+
+        return previous(observed_apply_model, args)
+
+    clone.model_options["model_function_wrapper"] = observing
+    sc.sample(clone, SIGMA_IN, cfg)
+    return {name: (b, a) for name, (b, a) in seen.items()}
+
+
+def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
+    flux_class = forge.flux.IntegratedFluxTransformer2DModel
+    original = flux_class.forward
+    print(f"\n== Flux Kontext: {ext.root} (commit {ext.commit()}), patched_flux_forward from {ext.file.name} ==")
+    check(
+        "extension file installs class-level forward and restores it (as mirrored here)",
+        ext.imports_flux_class
+        and "IntegratedFluxTransformer2DModel.forward = patched_flux_forward" in ext.statements
+        and "IntegratedFluxTransformer2DModel.forward = forgeKontext.original_forward" in ext.statements,
+    )
+    check(
+        "patched_flux_forward: every global it reads is bound (torch, rearrange, repeat, forgeKontext)",
+        not ext.unbound,
+        f"unbound: {ext.unbound}" if ext.unbound else "",
+    )
+
+    def params(fn: Callable) -> list[str]:
+        return [str(p) for p in inspect.signature(fn).parameters.values()]
+
+    check(
+        "patched_flux_forward has Forge's IntegratedFluxTransformer2DModel.forward signature",
+        params(ext.forward) == params(original),
+        f"{params(ext.forward)} vs {params(original)}",
+    )
+
+    sc = Scenario(forge, "Flux Kontext", forge.flux_unet(seed=5), ctx_len=8, unctx_len=8, guidance=True)
+    dm = sc.unet.model.diffusion_model
+    plain = sc.sample(sc.unet, SIGMA_IN, 1.0)
+    n_ref = ext.set_reference()
+    n_img = (sc.x.shape[2] // 2) * (sc.x.shape[3] // 2)
+    print(f"      target {tuple(sc.x.shape)} = {n_img} image tokens, reference {n_ref} tokens (index 1), B={B}")
+
+    def still_extension(tag: str) -> None:
+        check(
+            f"{tag}: IntegratedFluxTransformer2DModel.forward is still the extension's (none on the instance)",
+            flux_class.forward is ext.forward and "forward" not in vars(dm) and dm.forward.__func__ is ext.forward,
+            getattr(flux_class.forward, "__qualname__", flux_class.forward),
+        )
+
+    def run(tag: str, unet, cfg: float, sigma: float) -> torch.Tensor:
+        reads = ext.state.ids_reads
+        out = sc.sample(unet, sigma, cfg)
+        calls = ext.state.ids_reads - reads
+        check(
+            f"{tag}: output {tuple(out.shape)} = the target's (reference tokens cropped), extension forward ran",
+            out.shape == sc.x.shape and calls == 1 and bool(torch.isfinite(out).all()),
+            f"{calls} forward(s) with the reference",
+        )
+        return out
+
+    with ext.installed(flux_class):
+        check(
+            "installed: the class forward is the extension's function, compiled from its file",
+            flux_class.forward is ext.forward and ext.forward.__code__.co_filename == str(ext.file),
+            ext.forward.__code__.co_filename,
+        )
+        base = run("plain patcher with Kontext", sc.unet, 1.0, SIGMA_IN)
+        check(
+            "plain patcher with Kontext: reference tokens change the output",
+            not torch.allclose(base, plain),
+            f"max |diff| {float((base - plain).abs().max()):.3e}",
+        )
+        blocks = {"double.0", "double.1", "single.0", "single.1"}
+        for single in ("all", "text"):
+            tag = f"Kontext cond only, cfg 1, sigma {SIGMA_IN}, single_blocks={single!r}"
+            job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks=single))
+            out = run(tag, clone, 1.0, SIGMA_IN)
+            check(f"{tag}: wrapper saw [[0]]", spy.calls == [[0]], spy.calls)
+            check(
+                f"{tag}: output differs from the plain patcher with Kontext",
+                not torch.allclose(out, base),
+                f"max |diff| {float((out - base).abs().max()):.3e}",
+            )
+            stats = job.engine.stats
+            check(
+                f"{tag}: stats: double and single blocks repelled, branch cond, {B} rows",
+                {s.block for s in stats} == blocks
+                and len(stats) == len(blocks)
+                and all(s.branch == "cond" and s.rows == B for s in stats),
+                stats_summary(job),
+            )
+            check(f"{tag}: hooks attached during the call", spy.hooks_during == [len(blocks)], spy.hooks_during)
+            check(
+                f"{tag}: no forward hook left",
+                forward_hooks(dm) == 0 and job.attached_hooks == 0,
+                f"{forward_hooks(dm)} hooks",
+            )
+            still_extension(tag)
+            job.close()
+
+        # Which tokens are repelled: text always; target image tokens in single blocks with "all"; never the reference
+        n_txt = sc.text_len(sc.cond_text[0])
+        for single, repelled in (("all", n_txt + n_img), ("text", n_txt)):
+            tag = f"Kontext single_blocks={single!r}: tokens changed in the blocks"
+            seen = observe_blocks(sc, RepulsionConfig(strength=0.5, iterations=4, single_blocks=single))
+            doubles = [seen[f"double.{i}"] for i in range(len(dm.double_blocks))]
+            singles = [seen[f"single.{i}"] for i in range(len(dm.single_blocks))]
+            check(
+                f"{tag}: double blocks: text stream repelled, image stream ({n_img} + {n_ref} reference) untouched",
+                all(not torch.equal(b[1], a[1]) and torch.equal(b[0], a[0]) for b, a in doubles),
+            )
+            ok = all(
+                not torch.equal(b[:, :repelled], a[:, :repelled]) and torch.equal(b[:, repelled:], a[:, repelled:])
+                for b, a in singles
+            )
+            first_b, first_a = singles[0]
+            changed = (first_b != first_a).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
+            check(
+                f"{tag}: single blocks: first {repelled} tokens (text {n_txt}"
+                + (f" + image {n_img}" if single == "all" else "")
+                + f") repelled, the {n_txt + n_img + n_ref - repelled} after them (incl. {n_ref} reference) untouched",
+                ok,
+                f"single.0 changed tokens {changed[:3]}..{changed[-3:]} of {first_b.shape[1]}"
+                if changed
+                else "single.0 unchanged",
+            )
+            check(f"{tag}: observers removed, no hook left", forward_hooks(dm) == 0)
+            still_extension(tag)
+
+        tag = f"Kontext cond+uncond, cfg 3.5, sigma {SIGMA_IN}"
+        base_cfg = run(f"{tag} (plain)", sc.unet, 3.5, SIGMA_IN)
+        job, clone, spy = sc.patched()
+        out = run(tag, clone, 3.5, SIGMA_IN)
+        stats = job.engine.stats
+        check(
+            f"{tag}: one batched call [[1, 0]], repelled per branch, {B} rows each",
+            spy.calls == [[1, 0]]
+            and not torch.allclose(out, base_cfg)
+            and {s.block for s in stats} == blocks
+            and all(s.rows == B for s in stats)
+            and [s.branch for s in stats if s.block == "double.0"] == ["uncond", "cond"],
+            f"{spy.calls}; {stats_summary(job)}",
+        )
+        check(f"{tag}: no forward hook left", forward_hooks(dm) == 0 and job.attached_hooks == 0)
+        still_extension(tag)
+
+        tag = f"Kontext cond only, cfg 1, sigma {SIGMA_OUT} (outside the window)"
+        base_out = run(f"{tag} (plain)", sc.unet, 1.0, SIGMA_OUT)
+        job, clone, spy = sc.patched()
+        out = run(tag, clone, 1.0, SIGMA_OUT)
+        check(f"{tag}: bit-identical to the plain patcher", torch.equal(out, base_out))
+        check(
+            f"{tag}: nothing attached, no repulsion recorded",
+            spy.hooks_during == [0] and not job.engine.stats and forward_hooks(dm) == 0,
+            f"{spy.hooks_during}; {stats_summary(job)}",
+        )
+        still_extension(tag)
+
+        tag = f"Kontext enabled=False, sigma {SIGMA_IN}"
+        _, clone, _ = sc.patched(RepulsionConfig(enabled=False))
+        check(f"{tag}: bit-identical to the plain patcher", torch.equal(run(tag, clone, 1.0, SIGMA_IN), base))
+        still_extension(tag)
+
+    check(
+        "after the extension's postprocess: original forward restored, output as before Kontext",
+        flux_class.forward is original and torch.equal(sc.sample(sc.unet, SIGMA_IN, 1.0), plain),
+    )
+
+
 def verify_standins(forge: Forge, check: Checks) -> list[str]:
     """Compare tests/forge_standins.py with the real Forge: checks where the adapter relies on it, notes elsewhere."""
     print("\n== tests/forge_standins.py vs the real Forge ==")
@@ -509,6 +893,7 @@ def verify_standins(forge: Forge, check: Checks) -> list[str]:
     kp = forge.k_prediction
     for name, real, fake in (
         ("PredictionFlux()", kp.PredictionFlux(), st.PredictionFlux()),
+        ("PredictionFlux(mu=1.0) (Chroma, schnell)", kp.PredictionFlux(mu=1.0), st.PredictionFlux(mu=1.0)),
         ("PredictionDiscreteFlow(shift=3.0)", kp.PredictionDiscreteFlow(shift=3.0), st.PredictionDiscreteFlow(3.0)),
     ):
         s = torch.tensor([1.0, 0.5, 0.1])
@@ -565,8 +950,14 @@ def verify_standins(forge: Forge, check: Checks) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("forge", help="path to a stable-diffusion-webui-forge checkout")
+    parser.add_argument(
+        "--kontext",
+        metavar="PATH",
+        help="path to a DenOfEquity/forge2_flux_kontext checkout: also verify Flux Kontext through that extension",
+    )
     ns = parser.parse_args(argv)
     root = forge_root_or_exit(ns.forge)
+    kontext_file = kontext_file_or_exit(ns.kontext) if ns.kontext else None
     forge = Forge(root)
     torch.set_grad_enabled(False)
     print(
@@ -590,6 +981,32 @@ def main(argv: list[str] | None = None) -> int:
         "MMDiTX: the last (pre_only) joint block is never repelled",
         sd3.unet.model.diffusion_model.joint_blocks[-1].context_block.pre_only,
     )
+
+    if forge.chroma is not None:
+        chroma = Scenario(
+            forge,
+            "Chroma (T5 only, real CFG)",
+            forge.chroma_unet(),
+            ctx_len=8,
+            unctx_len=8,
+            guidance=False,
+            tensor_text=True,
+        )
+        verify_model(
+            forge,
+            chroma,
+            check,
+            hooked_blocks=4,
+            expect_blocks={"double.0", "double.1", "single.0", "single.1"},
+            single_blocks=2,
+        )
+    else:
+        print("\n== Chroma: skipped (this checkout has no backend/nn/chroma.py) ==")
+
+    if kontext_file is not None:
+        verify_kontext(forge, KontextExtension(kontext_file), check)
+    else:
+        print("\n== Flux Kontext: skipped (no --kontext /path/to/forge2_flux_kontext given) ==")
 
     verify_standins(forge, check)
 

@@ -12,6 +12,7 @@ exists from 0.33).
   as it came. SD3's last block returns no text stream and is left alone.
 - Flux single-stream blocks ("text" or "all" tokens): before diffusers 0.35 they take and return the concatenated
   [text; image] sequence, from 0.35 on they return ``(encoder_hidden_states, hidden_states)``; both are handled.
+  Kontext's reference-image tokens (image ids with a first coordinate of 1) are never repelled: they are the input.
 Hooks read only the output, so positional calls (gradient checkpointing) work too.
 """
 
@@ -28,7 +29,8 @@ from ..schedule import progress_from_schedule, progress_from_sigma
 
 SUPPORTED_CLASSES = ("FluxTransformer2DModel", "SD3Transformer2DModel")
 _ATTR = "_ctxrep_handle"
-_TIMESTEP_POSITION = 3  # forward(hidden_states, encoder_hidden_states, pooled_projections, timestep, ...)
+_TIMESTEP_POSITION = 3  # forward(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, ...)
+_IMG_IDS_POSITION = 4
 
 
 def _model_kind(module: Any) -> str:
@@ -98,6 +100,7 @@ class _CallState:
 
     def __init__(self) -> None:
         self.text_len = 0
+        self.target_tokens: int | None = None  # image tokens of the target (Kontext appends reference tokens)
         self.sigma: float | None = None
         self.calls_at_sigma = 0
 
@@ -175,7 +178,14 @@ def apply_contextual_repulsion(
             state.calls_at_sigma += 1
         else:
             state.sigma, state.calls_at_sigma = sigma, 0
-        engine.begin_call(progress_of(sigma), chunks_of(kwargs))
+        active = engine.begin_call(progress_of(sigma), chunks_of(kwargs))
+        state.target_tokens = None
+        if active and kind == "flux" and config.single_blocks == "all":
+            ids = kwargs.get("img_ids", args[_IMG_IDS_POSITION] if len(args) > _IMG_IDS_POSITION else None)
+            if isinstance(ids, torch.Tensor):
+                ids = ids[0] if ids.ndim == 3 else ids
+                # Kontext marks reference-image tokens with a first id of 1; they are the input image, not repelled
+                state.target_tokens = int((ids[:, 0] == 0).sum())
 
     def double_hook(name: str):
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
@@ -195,14 +205,17 @@ def apply_contextual_repulsion(
                 if mode == "text":
                     new = engine.process(name, [text])
                     return None if new is None else (new[0], image, *output[2:])
-                new = engine.process(name, [text, image], use_memory=False)
-                return None if new is None else (new[0], new[1], *output[2:])
+                target = image.shape[1] if state.target_tokens is None else state.target_tokens
+                new = engine.process(name, [text, image[:, :target]], use_memory=False)
+                if new is None:
+                    return None
+                new_image = new[1] if target >= image.shape[1] else torch.cat([new[1], image[:, target:]], dim=1)
+                return (new[0], new_image, *output[2:])
             length = state.text_len  # diffusers < 0.35: one [text; image] sequence
             if mode == "text":
-                new = engine.process(name, [output[:, :length]])
-                return None if new is None else torch.cat([new[0], output[:, length:]], dim=1)
-            new = engine.process(name, [output], use_memory=False)
-            return None if new is None else new[0]
+                return engine.process_prefix(name, output, length)
+            target = output.shape[1] - length if state.target_tokens is None else state.target_tokens
+            return engine.process_prefix(name, output, length + target, use_memory=False)
 
         return hook
 

@@ -98,6 +98,7 @@ class ForgeRepulsion:
         self.kind: str | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._text_len = 0
+        self._image_tokens: int | None = None
 
     @property
     def config(self) -> RepulsionConfig:
@@ -137,6 +138,11 @@ class ForgeRepulsion:
                 return call()
             text = args["c"].get("c_crossattn")
             self._text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
+            latent = args["input"]
+            # Flux patchifies 2 x 2: target image tokens; reference tokens (Kontext) follow them and are not repelled
+            self._image_tokens = (
+                ((latent.shape[-2] + 1) // 2) * ((latent.shape[-1] + 1) // 2) if latent.ndim == 4 else None
+            )
             self._attach(diffusion_model)
             try:
                 return call()
@@ -169,12 +175,10 @@ class ForgeRepulsion:
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
             if not engine.active or not isinstance(output, torch.Tensor):
                 return None
-            if mode == "all":
-                new = engine.process(name, [output], use_memory=False)
-                return None if new is None else new[0]
-            length = self._text_len
-            new = engine.process(name, [output[:, :length]])
-            return None if new is None else torch.cat([new[0], output[:, length:]], dim=1)
+            if mode == "text":
+                return engine.process_prefix(name, output, self._text_len)
+            image = output.shape[1] - self._text_len if self._image_tokens is None else self._image_tokens
+            return engine.process_prefix(name, output, self._text_len + image, use_memory=False)
 
         return hook
 
