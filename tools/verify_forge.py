@@ -34,7 +34,9 @@ latent). It is installed as the extension installs it, a class-level ``Integrate
 patched_flux_forward`` (the file is checked to contain that statement and the restoring one of ``postprocess``), and
 the original is restored at the end. Then Flux-dev runs with B rows per chunk through ``sampling_function_inner``:
 reference tokens appended after the image tokens, the output cropped back to the target's shape, with and without
-repulsion, inside and outside the window; the class ``forward`` must still be the extension's after every job.
+repulsion, inside and outside the window; the class ``forward`` must still be the extension's after every job; and,
+observed around ForgeRepulsion's own hooks, which tokens each block changes: the text stream in double blocks, text
+(+ target image with ``single_blocks="all"``) in single blocks, never the reference tokens.
 
 Environment: Python 3.10+ with torch (CPU), diffusers==0.31.0, transformers==4.46.1, huggingface_hub<0.27, einops,
 safetensors, sentencepiece, scipy, numpy<2, psutil (Forge's pins); no GPU, no network, no model files. The script
