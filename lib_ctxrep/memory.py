@@ -98,7 +98,8 @@ class ContextMemory:
 
     def stage(self, key: Hashable, parts: list[torch.Tensor]) -> None:
         """Offer the current batch's rows for ``key`` (each part [B, ...]); replaces what was staged for that key."""
-        self._staged[key] = [p.detach() for p in parts]
+        # A copy: some hosts (Forge Neo's blocks) update the stream in place after this point.
+        self._staged[key] = [p.detach().clone() for p in parts]
 
     def commit(self) -> None:
         """Make the staged rows visible (call when a new batch starts), then enforce the bounds."""

@@ -212,3 +212,15 @@ def test_stage_detaches_from_autograd():
     memory.stage("k", [x * 2])
     memory.commit()
     assert not memory.rows("k")[0].requires_grad
+
+
+def test_staged_rows_are_a_copy_unaffected_by_later_in_place_updates():
+    # Forge Neo's blocks update the text stream in place after a hook has returned it.
+    memory = ContextMemory()
+    rows = torch.randn(2, 4, 8)
+    keep = rows.clone()
+    memory.stage("k", [rows])
+    rows += 100.0
+    memory.commit()
+    (restored,) = memory.rows("k")
+    torch.testing.assert_close(restored, keep, rtol=0, atol=0.02)

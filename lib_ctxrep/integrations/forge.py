@@ -139,10 +139,11 @@ class ForgeRepulsion:
             text = args["c"].get("c_crossattn")
             self._text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
             latent = args["input"]
-            # Flux patchifies 2 x 2: target image tokens; reference tokens (Kontext) follow them and are not repelled
-            self._image_tokens = (
-                ((latent.shape[-2] + 1) // 2) * ((latent.shape[-1] + 1) // 2) if latent.ndim == 4 else None
-            )
+            # Target image tokens (Flux.1 patchifies 2 x 2, Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext)
+            # follow them and are not repelled
+            patch = int(getattr(diffusion_model, "patch_size", 2) or 2)
+            rows, cols = (latent.shape[-2] + patch - 1) // patch, (latent.shape[-1] + patch - 1) // patch
+            self._image_tokens = rows * cols if latent.ndim == 4 else None
             self._attach(diffusion_model)
             try:
                 return call()
