@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .vendi import EIG_FLOOR, NULL_EIG, entropy_and_gradient
+from .vendi import entropy_and_gradient, gradient_weights
 
 
 @dataclass
@@ -144,11 +144,7 @@ def coefficient_flow(
         except np.linalg.LinAlgError:  # a non-finite kernel
             finite = False
             break
-        lam = lam / r
-        # dH/dK = -(log(K/R) + I) / R; null directions (zero combinations of rows) get no weight (see vendi.py).
-        weight = np.log(np.maximum(lam, EIG_FLOOR)) + 1.0
-        weight[lam <= NULL_EIG] = 0.0
-        g = (vecs[:b] * weight) @ vecs.T  # = -R * dH/dK, current rows only
+        g = (vecs[:b] * gradient_weights(lam / r, drop_null=True)) @ vecs.T  # = -R * dH/dK, current rows only
         # dH/dc_i = sum_k w_ik y_k with w_ik = 2 G_ik / (n_i n_k) (k != i), w_ii = -2 sum_{k != i} G_ik K_ik / n_i^2
         w = g * (inv[:b, None] * (-2.0 / r) * inv)
         w[idx, idx] = ((g * kernel[:b]).sum(axis=1) - g[idx, idx]) * (2.0 / r) * inv[:b] ** 2

@@ -58,25 +58,30 @@ def vendi_score(x: torch.Tensor) -> torch.Tensor:
 NULL_EIG = 1e-10
 
 
-def entropy_and_gradient(kernel: np.ndarray, *, drop_null: bool = False) -> tuple[float, np.ndarray]:
+def gradient_weights(lam: np.ndarray, *, drop_null: bool = False) -> np.ndarray:
+    """Per-eigenvalue weights w of dH/dK = -(U diag(w) U^T) / R for eigenvalues ``lam`` of K/R: w = log(lambda) + 1.
+
+    Eigenvalues are floored at ``EIG_FLOOR`` inside the logarithm, so a degenerate spectrum (near-identical samples,
+    the normal case at the first step) gives large but finite weights. ``drop_null`` gives directions with
+    lambda <= ``NULL_EIG`` a zero weight: they are combinations of the rows that are (numerically) the zero vector, so
+    they add nothing to the gradient *vectors*, but in coefficient space their large |log lambda| would inflate the
+    coefficients of a zero combination and turn into rounding error.
+    """
+    weight = np.log(np.maximum(lam, EIG_FLOOR)) + 1.0
+    if drop_null:
+        weight[lam <= NULL_EIG] = 0.0
+    return weight
+
+
+def entropy_and_gradient(kernel: np.ndarray) -> tuple[float, np.ndarray]:
     """Entropy H of K/R and its gradient dH/dK, for an R x R cosine kernel (numpy float64, host).
 
     With K/R = U diag(lambda) U^T and tr(K/R) = 1, dH/dK = -(log(K/R) + I) / R. The identity part only touches the
     diagonal, which is constant (= 1) for a cosine kernel, so callers use the off-diagonal entries.
-    Eigenvalues are clamped at ``EIG_FLOOR`` inside the logarithm, so a degenerate spectrum (near-identical samples,
-    the normal case at the first step) gives large but finite values.
-
-    ``drop_null``: give eigen-directions with lambda <= ``NULL_EIG`` a zero coefficient. They are combinations of the
-    rows that are (numerically) the zero vector, so they add nothing to the gradient *vectors*; in coefficient space,
-    though, their large |log lambda| would inflate the coefficients of a zero combination and turn into rounding error.
     """
     r = kernel.shape[-1]
     lam, vecs = np.linalg.eigh(kernel / r)
     lam = np.maximum(lam, 0.0)
-    log_lam = np.log(np.maximum(lam, EIG_FLOOR))
-    entropy = float(-(lam * np.where(lam > EIG_FLOOR, log_lam, 0.0)).sum())
-    weight = log_lam + 1.0
-    if drop_null:
-        weight = np.where(lam > NULL_EIG, weight, 0.0)
-    grad = -((vecs * weight) @ vecs.T) / r
+    entropy = float(-(lam * np.where(lam > EIG_FLOOR, np.log(np.maximum(lam, EIG_FLOOR)), 0.0)).sum())
+    grad = -((vecs * gradient_weights(lam)) @ vecs.T) / r
     return entropy, grad
