@@ -7,7 +7,8 @@ K / n for a positive semi-definite kernel K with unit diagonal. It counts the "e
 Two flavours live here:
 - ``vendi_score`` / ``log_vendi_score``: torch, any device, float64 inside, differentiable through ``eigvalsh``
   (whose backward has no 1/(lambda_i - lambda_j) terms, so it is safe on degenerate spectra);
-- ``entropy_and_gradient``: numpy float64 on the host, used by the repulsion's B x B inner loop.
+- ``gradient_weights`` / ``entropy_and_gradient``: numpy float64 on the host, for the repulsion's B x B inner loop
+  and its statistics.
 """
 
 from __future__ import annotations
