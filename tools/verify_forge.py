@@ -53,25 +53,43 @@ import argparse
 import ast
 import builtins
 import contextlib
-import copy
 import inspect
-import io
 import math
-import subprocess
 import symtable
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# tools/ for forge_verify_common, which puts the repository root on sys.path (lib_ctxrep, tests/) and never imports
+# Forge's backend (Forge() below puts it on sys.path first).
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
 
 import torch  # noqa: E402
+from forge_verify_common import (  # noqa: E402
+    FLUX_BLOCKS,
+    SIGMA_IN,
+    SIGMA_OUT,
+    B,
+    Checks,
+    ModelChecks,
+    Scenario,
+    die,
+    forward_hooks,
+    git_commit,
+    load_function,
+    max_diff,
+    prepare_model,
+    removing,
+    repulsion,
+    stats_summary,
+    tiny_flux_config,
+)
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations.forge import ForgeRepulsion, PredictorWindow  # noqa: E402
+from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 
 #: Files whose presence marks a Forge checkout (all imported or read below).
 FORGE_MARKERS = (
@@ -87,25 +105,15 @@ FORGE_MARKERS = (
     "packages_3rdparty",
 )
 
-B = 4  # rows per chunk (batch size)
-STEPS = 20
-SIGMA_IN, SIGMA_OUT = 1.0, 0.5
-CONFIG = RepulsionConfig(strength=0.5, iterations=4)
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Loading Forge
 # --------------------------------------------------------------------------------------------------------------------
-def _die(message: str) -> None:
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
-
-
 def forge_root_or_exit(path: str) -> Path:
     root = Path(path).expanduser().resolve()
     missing = [m for m in FORGE_MARKERS if not (root / m).exists()]
     if not root.is_dir() or missing:
-        _die(
+        die(
             f"verify_forge: {path!r} is not a stable-diffusion-webui-forge checkout "
             f"(missing: {', '.join(missing) if root.is_dir() else 'the directory itself'}).\n"
             "Usage: python tools/verify_forge.py /path/to/stable-diffusion-webui-forge"
@@ -118,7 +126,7 @@ class Forge:
 
     def __init__(self, root: Path) -> None:
         if "backend" in sys.modules:
-            _die("verify_forge: a module named 'backend' is already imported; run this script in a fresh process")
+            die("verify_forge: a module named 'backend' is already imported; run this script in a fresh process")
         for p in (str(root / "packages_3rdparty"), str(root)):
             if p not in sys.path:
                 sys.path.insert(0, p)
@@ -131,7 +139,7 @@ class Forge:
             from backend.patcher.unet import UnetPatcher
             from backend.sampling import condition, sampling_function
         except ImportError as exc:
-            _die(f"verify_forge: cannot import Forge's backend from {root}: {exc!r} (install its dependencies)")
+            die(f"verify_forge: cannot import Forge's backend from {root}: {exc!r} (install its dependencies)")
         self.root = root
         self.mm = memory_management
         self.k_prediction = k_prediction
@@ -151,51 +159,20 @@ class Forge:
         """One top-level function of a Forge file that cannot be imported without the webui (modules.shared):
         compiled from the checkout's own source, not copied."""
         path = self.root / relpath
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-        node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-        namespace: dict[str, Any] = {"torch": torch}
-        exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
-        return namespace[name]
+        return load_function(path, path.read_text(encoding="utf-8"), name)
 
     def commit(self) -> str:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(self.root), "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-            return out.stdout.strip()[:12]
-        except (OSError, subprocess.SubprocessError):
-            return "unknown (not a git work tree)"
+        return git_commit(self.root)
 
     # --- models, wrapped as backend/diffusion_engine/{flux,sd35}.py and backend/loader.py do ---------------------
     def _unet(self, model: torch.nn.Module, predictor: torch.nn.Module):
         model = model.float().eval()
-        device = self.mm.get_torch_device()
-        model.storage_dtype = model.computation_dtype = torch.float32
-        model.load_device = device
-        model.offload_device = self.mm.unet_offload_device()
-        model.initial_device = device
+        prepare_model(model, self.mm, initial_device=self.mm.get_torch_device())
         return self.UnetPatcher.from_model(model=model, diffusers_scheduler=None, config=None, k_predictor=predictor)
 
     def flux_unet(self, seed: int = 0):
         torch.manual_seed(seed)
-        model = self.flux.IntegratedFluxTransformer2DModel(
-            in_channels=16,
-            vec_in_dim=16,
-            context_in_dim=32,
-            hidden_size=64,
-            mlp_ratio=4.0,
-            num_heads=2,
-            depth=2,
-            depth_single_blocks=2,
-            axes_dim=[8, 12, 12],
-            theta=10000,
-            qkv_bias=True,
-            guidance_embed=True,
-        )
+        model = self.flux.IntegratedFluxTransformer2DModel(**tiny_flux_config(), guidance_embed=True)
         return self._unet(model, self.k_prediction.PredictionFlux())
 
     def chroma_unet(self, seed: int = 0):
@@ -203,17 +180,7 @@ class Forge:
         UnetPatcher.from_model(..., k_predictor=PredictionFlux(mu=1.0))."""
         torch.manual_seed(seed)
         model = self.chroma.IntegratedChromaTransformer2DModel(
-            in_channels=16,
-            vec_in_dim=16,
-            context_in_dim=32,
-            hidden_size=64,
-            mlp_ratio=4.0,
-            num_heads=2,
-            depth=2,
-            depth_single_blocks=2,
-            axes_dim=[8, 12, 12],
-            theta=10000,
-            qkv_bias=True,
+            **tiny_flux_config(),
             guidance_out_dim=64,  # = hidden_size (the modulation vectors), as 3072 is for the real model
             guidance_hidden_dim=32,
             guidance_n_layers=2,
@@ -244,316 +211,22 @@ class Forge:
 # --------------------------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------------------------
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failures: list[str] = []
-
-    def __call__(self, name: str, ok: bool, detail: Any = "") -> bool:
-        ok = bool(ok)
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f"  ({detail})" if detail != "" else ""))
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(f"{name}" + (f" ({detail})" if detail != "" else ""))
-        return ok
-
-
-def forward_hooks(diffusion_model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in diffusion_model.modules())
-
-
-class Scenario:
-    """One model (Flux or SD3) with its fixed inputs; runs Forge's sampling_function_inner."""
-
-    def __init__(
-        self,
-        forge: Forge,
-        name: str,
-        unet,
-        ctx_len: int,
-        unctx_len: int,
-        guidance: bool,
-        *,
-        tensor_text: bool = False,
-    ) -> None:
-        self.forge, self.name, self.unet = forge, name, unet
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(B, 16, 8, 8, generator=g)
-
-        def text(length: int) -> dict | torch.Tensor:
-            # One prompt for the whole batch, as Forge's engines return it: B identical rows.
-            if tensor_text:  # Chroma's get_learned_conditioning: the T5 tensor alone
-                return torch.randn(1, length, 32, generator=g).repeat(B, 1, 1)
-            d = {
-                "crossattn": torch.randn(1, length, 32, generator=g).repeat(B, 1, 1),
-                "vector": torch.randn(1, 16, generator=g).repeat(B, 1),
-            }
-            if guidance:
-                d["guidance"] = torch.FloatTensor([3.5] * B)
-            return d
-
-        self.cond_text = [text(ctx_len), text(ctx_len)]  # the second one is an AND sub-prompt
-        self.uncond_text = text(unctx_len)
-        self.uncond_short = text(max(1, ctx_len // 2))  # for (e): Forge repeats it to the lcm length when batching
-
-    @staticmethod
-    def text_len(text: dict | torch.Tensor) -> int:
-        return int((text if isinstance(text, torch.Tensor) else text["crossattn"]).shape[1])
-
-    def sample(
-        self, unet, sigma: float, cfg: float, *, prompts: int = 1, low_vram: bool = False, short_uncond: bool = False
-    ) -> torch.Tensor:
-        f = self.forge
-        cond = []
-        for t in self.cond_text[:prompts]:
-            cond += f.condition.compile_conditions(t)
-        uncond = f.condition.compile_conditions(self.uncond_short if short_uncond else self.uncond_text)
-        timestep = torch.full((B,), sigma)
-        if low_vram:
-            # Only as seen from backend/sampling/sampling_function.py (the attention code asks for free memory too).
-            f.sf.memory_management = _NoFreeMemory(f.mm)
-        try:
-            with torch.inference_mode(), contextlib.redirect_stdout(io.StringIO()):  # Forge's "Moving model(s)" lines
-                f.sf.sampling_prepare(unet, self.x)
-                out = f.sf.sampling_function_inner(unet.model, self.x, timestep, uncond, cond, cfg, unet.model_options)
-                f.sf.sampling_cleanup(unet)
-        finally:
-            f.sf.memory_management = f.mm
-        return out
-
-    def patched(self, config: RepulsionConfig = CONFIG):
-        job = ForgeRepulsion(config, record_stats=True)
-        clone = self.unet.clone()
-        if not job.patch(clone):
-            raise RuntimeError(f"ForgeRepulsion.patch returned False for {type(self.unet.model.diffusion_model)}")
-        spy = Spy(clone, self.unet.model.diffusion_model)
-        return job, clone, spy
-
-
-class _NoFreeMemory:
-    """backend.memory_management as seen by calc_cond_uncond_batch under low VRAM: no free memory at all, so every
-    cond/uncond chunk goes to the model in a call of its own."""
-
-    def __init__(self, module: Any) -> None:
-        self._module = module
-
-    def get_free_memory(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-
-class Spy:
-    """Wraps the clone's model_function_wrapper: records cond_or_uncond, c keys, and hooks attached inside the call."""
-
-    def __init__(self, clone, diffusion_model: torch.nn.Module) -> None:
-        self.calls: list[list[int]] = []
-        self.c_keys: list[list[str]] = []
-        self.text_lens: list[int] = []
-        self.hooks_during: list[int] = []
-        previous = clone.model_options["model_function_wrapper"]
-
-        def spy(apply_model, args):
-            self.calls.append(list(args["cond_or_uncond"]))
-            self.c_keys.append(sorted(args["c"]))
-            self.text_lens.append(int(args["c"]["c_crossattn"].shape[1]))
-
-            def counting_apply_model(*a, **k):
-                self.hooks_during.append(forward_hooks(diffusion_model))
-                return apply_model(*a, **k)
-
-            return previous(counting_apply_model, args)
-
-        clone.model_options["model_function_wrapper"] = spy
-
-
-def stats_summary(job: ForgeRepulsion) -> str:
-    stats = job.engine.stats
-    blocks = sorted({s.block for s in stats})
-    rows = sorted({s.rows for s in stats})
-    return f"{len(stats)} stats, blocks {blocks}, branches {[s.branch for s in stats]}, rows {rows}"
-
-
 def verify_model(
-    forge: Forge, sc: Scenario, check: Checks, *, hooked_blocks: int, expect_blocks: set[str], single_blocks: int = 0
+    forge: Forge,
+    sc: Scenario,
+    check: Checks,
+    *,
+    hooked_blocks: int,
+    expect_blocks: Set[str],
+    single_blocks: int = 0,
 ) -> None:
-    unet = sc.unet
-    dm = unet.model.diffusion_model
-    options_before = copy.deepcopy(unet.model_options)
-    print(f"\n== {sc.name}: {type(dm).__name__}, predictor {type(unet.model.predictor).__name__}, B={B} ==")
-
-    def common(tag: str, job, spy, out, base, inside: bool) -> None:
-        check(
-            f"{tag}: no forward hook left on the diffusion model",
-            forward_hooks(dm) == 0 and job.attached_hooks == 0,
-            f"{forward_hooks(dm)} hooks",
-        )
-        if inside:
-            check(
-                f"{tag}: output differs from the plain patcher",
-                not torch.allclose(out, base),
-                f"max |diff| {float((out - base).abs().max()):.3e}",
-            )
-            check(
-                f"{tag}: hooks attached during each call",
-                spy.hooks_during == [hooked_blocks] * len(spy.calls),
-                spy.hooks_during,
-            )
-        else:
-            check(f"{tag}: bit-identical to the plain patcher", torch.equal(out, base))
-            check(
-                f"{tag}: nothing attached during the call", spy.hooks_during == [0] * len(spy.calls), spy.hooks_during
-            )
-            check(f"{tag}: no repulsion recorded", not job.engine.stats, stats_summary(job))
-
-    def groups_ok(job, order: list[str]) -> tuple[bool, str]:
-        """Stats per block come in chunk order; every group has B rows; blocks are the expected ones."""
-        stats = job.engine.stats
-        by_block: dict[str, list[str]] = {}
-        for s in stats:
-            by_block.setdefault(s.block, []).append(s.branch)
-        ok = (
-            set(by_block) == expect_blocks
-            and all(branches == order for branches in by_block.values())
-            and all(s.rows == B for s in stats)
-        )
-        return ok, stats_summary(job)
-
-    # (a) cond only, CFG 1 --------------------------------------------------------------------------------------------
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(a) cond only, cfg 1, sigma {sigma}"
-        base = sc.sample(unet, sigma, 1.0)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 1.0)
-        check(f"{tag}: wrapper saw cond_or_uncond [[0]]", spy.calls == [[0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            print(f"      c keys given to the wrapper: {spy.c_keys[0]}")
-            ok, detail = groups_ok(job, ["cond"])
-            check(f"{tag}: stats: branch cond, {B} rows, blocks {sorted(expect_blocks)}", ok, detail)
-            check(
-                f"{tag}: Vendi score rises in every group",
-                all(s.vendi_after > s.vendi_before for s in job.engine.stats),
-            )
-            _, dclone, _ = sc.patched(RepulsionConfig(enabled=False))
-            check(f"{tag}: enabled=False is bit-identical", torch.equal(sc.sample(dclone, sigma, 1.0), base))
-
-    # (b) cond + uncond, CFG 3.5, one batched call --------------------------------------------------------------------
-    batched_in = None
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(b) cond+uncond, cfg 3.5, sigma {sigma}"
-        base = sc.sample(unet, sigma, 3.5)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 3.5)
-        check(f"{tag}: wrapper saw one batched call, uncond first [[1, 0]]", spy.calls == [[1, 0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            batched_in = out
-            ok, detail = groups_ok(job, ["uncond", "cond"])
-            check(f"{tag}: stats: uncond then cond per block, {B} rows each", ok, detail)
-            _, dclone, _ = sc.patched(RepulsionConfig(enabled=False))
-            check(f"{tag}: enabled=False is bit-identical", torch.equal(sc.sample(dclone, sigma, 3.5), base))
-
-    # (c) low VRAM: the same chunks in separate calls -------------------------------------------------------------
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(c) cond+uncond split by low VRAM, sigma {sigma}"
-        base = sc.sample(unet, sigma, 3.5, low_vram=True)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 3.5, low_vram=True)
-        check(f"{tag}: wrapper saw separate calls [[1], [0]]", spy.calls == [[1], [0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            stats = job.engine.stats
-            half = len(stats) // 2
-            ok = (
-                {s.block for s in stats} == expect_blocks
-                and [s.branch for s in stats] == ["uncond"] * half + ["cond"] * half
-                and all(s.rows == B for s in stats)
-            )
-            check(f"{tag}: stats: all uncond blocks, then all cond blocks, {B} rows each", ok, stats_summary(job))
-            close = batched_in is not None and torch.allclose(out, batched_in, rtol=1e-4, atol=1e-5)
-            check(
-                f"{tag}: same result as the batched call (b)",
-                close,
-                f"max |diff| {float((out - batched_in).abs().max()):.3e}" if batched_in is not None else "",
-            )
-
-    # (d) two AND sub-prompts + uncond ----------------------------------------------------------------------------
-    tag = f"(d) 2 AND prompts + uncond, cfg 3.5, sigma {SIGMA_IN}"
-    base = sc.sample(unet, SIGMA_IN, 3.5, prompts=2)
-    job, clone, spy = sc.patched()
-    out = sc.sample(clone, SIGMA_IN, 3.5, prompts=2)
-    check(f"{tag}: wrapper saw [[1, 0, 0]]", spy.calls == [[1, 0, 0]], spy.calls)
-    common(tag, job, spy, out, base, True)
-    ok, detail = groups_ok(job, ["uncond", "cond", "cond"])
-    check(f"{tag}: stats: uncond, cond, cond per block, {B} rows each", ok, detail)
-
-    # (e) cond and uncond texts of different lengths (Flux: T5 chunks), single blocks on their text tokens only -----
-    if single_blocks:
-        tag = f"(e) uncond text half as long, single_blocks='text', cfg 3.5, sigma {SIGMA_IN}"
-        base = sc.sample(unet, SIGMA_IN, 3.5, short_uncond=True)
-        job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
-        out = sc.sample(clone, SIGMA_IN, 3.5, short_uncond=True)
-        length = sc.text_len(sc.cond_text[0])
-        check(
-            f"{tag}: one batched call [[1, 0]], c_crossattn padded to {length} tokens",
-            spy.calls == [[1, 0]] and spy.text_lens == [length],
-            f"{spy.calls}, lengths {spy.text_lens}",
-        )
-        common(tag, job, spy, out, base, True)
-        ok, detail = groups_ok(job, ["uncond", "cond"])
-        check(f"{tag}: stats: uncond then cond per block, {B} rows each", ok, detail)
-
-    # chained wrapper ---------------------------------------------------------------------------------------------
-    tag = "existing model_function_wrapper"
-    seen: list[int] = []
-
-    def other_wrapper(apply_model, args):
-        seen.append(args["input"].shape[0])
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    host = unet.clone()
-    host.set_model_unet_function_wrapper(other_wrapper)
-    base = sc.sample(host, SIGMA_IN, 1.0)
-    job = ForgeRepulsion(CONFIG)
-    clone = host.clone()
-    job.patch(clone)
-    out = sc.sample(clone, SIGMA_IN, 1.0)
-    check(f"{tag}: chained (called in both runs) and repelled", seen == [B, B] and not torch.allclose(out, base), seen)
-
-    # the shared patcher ------------------------------------------------------------------------------------------
-    check(
-        "original UnetPatcher.model_options unchanged",
-        unet.model_options == options_before,
-        f"keys {sorted(unet.model_options)}",
-    )
-    again = sc.sample(unet, SIGMA_IN, 3.5)
-    check(
-        "plain patcher still bit-identical after all patched runs",
-        torch.equal(again, sc.sample(unet.clone(), SIGMA_IN, 3.5)),
-    )
-
-    # the window from the real predictor ------------------------------------------------------------------------------
-    predictor = unet.model.predictor
-    window = PredictorWindow(predictor)
-
-    class ScheduleLinker:  # k_diffusion/external.py ForgeScheduleLinker: .sigmas is predictor.sigmas
-        sigmas = predictor.sigmas
-
-    sigmas = forge.simple_scheduler(STEPS, None, None, ScheduleLinker, torch.device("cpu"))[:-1].tolist()
-    progress = [window.progress(s) for s in sigmas]
-    shown = [round(s, 4) for s in sigmas[:3]]
-    print(f"      simple-schedule sigmas[:3] {shown} -> progress {[round(p, 4) for p in progress[:3]]}")
-    check(
-        f"PredictorWindow on Forge's simple schedule ({STEPS} steps): only the first step < 0.05",
-        progress[0] == 0.0 and [p < 0.05 - 1e-9 for p in progress].count(True) == 1 and progress == sorted(progress),
-        f"progress[:3] {[round(p, 4) for p in progress[:3]]}",
-    )
+    """Cases (a)-(d), (e) with single blocks, a chained wrapper, the shared patcher, the window on Forge's schedule."""
+    model = ModelChecks(sc, check, hooked_blocks=hooked_blocks, expect_blocks=expect_blocks)
+    model.cases("wrapper saw cond_or_uncond", short_uncond=bool(single_blocks))
+    model.chained_wrapper()
+    model.shared_patcher()
+    model.schedule_window(forge.simple_scheduler, "Forge")
+    predictor = sc.unet.model.predictor
     check(
         "predictor.percent_to_sigma(p) == 1 - p (flow)",
         all(math.isclose(predictor.percent_to_sigma(p), 1 - p) for p in (0.05, 0.3, 0.9)),
@@ -571,7 +244,7 @@ KONTEXT_IMPORTABLE = ("torch", "numpy", "einops")
 def kontext_file_or_exit(path: str) -> Path:
     file = Path(path).expanduser().resolve() / KONTEXT_FILE
     if not file.is_file():
-        _die(
+        die(
             f"verify_forge: {path!r} is not a forge2_flux_kontext checkout (no {KONTEXT_FILE}).\n"
             "Usage: python tools/verify_forge.py /path/to/forge [--kontext /path/to/forge2_flux_kontext]"
         )
@@ -617,7 +290,7 @@ class KontextExtension:
             (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "patched_flux_forward"), None
         )
         if node is None:
-            _die(f"verify_forge: {file} has no top-level function patched_flux_forward")
+            die(f"verify_forge: {file} has no top-level function patched_flux_forward")
         imports = [
             n
             for n in tree.body
@@ -640,17 +313,7 @@ class KontextExtension:
         )
 
     def commit(self) -> str:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(self.root), "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-            return out.stdout.strip()[:12]
-        except (OSError, subprocess.SubprocessError):
-            return "unknown (not a git work tree)"
+        return git_commit(self.root)
 
     def set_reference(self, seed: int = 3, latent_hw: tuple[int, int] = (8, 12)) -> int:
         """A random reference latent (batch 1), packed and given ids as process_before_every_sampling does: 2x2
@@ -711,11 +374,8 @@ def observe_blocks(sc: Scenario, config: RepulsionConfig, cfg: float = 1.0) -> d
 
                     handles.append(block.register_forward_hook(before, prepend=True))
                     handles.append(block.register_forward_hook(after))
-            try:
+            with removing(handles):
                 return apply_model(*a, **k)
-            finally:
-                for h in handles:
-                    h.remove()
 
         return previous(observed_apply_model, args)
 
@@ -774,6 +434,12 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
         )
         return out
 
+    def compare(tag: str, cfg: float, sigma: float):
+        """The plain patcher with Kontext, then a patched clone: (job, spy, base, out)."""
+        base = run(f"{tag} (plain)", sc.unet, cfg, sigma)
+        job, clone, spy = sc.patched()
+        return job, spy, base, run(tag, clone, cfg, sigma)
+
     with ext.installed(flux_class):
         check(
             "installed: the class forward is the extension's function, compiled from its file",
@@ -784,18 +450,18 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
         check(
             "plain patcher with Kontext: reference tokens change the output",
             not torch.allclose(base, plain),
-            f"max |diff| {float((base - plain).abs().max()):.3e}",
+            max_diff(base, plain),
         )
-        blocks = {"double.0", "double.1", "single.0", "single.1"}
+        blocks = FLUX_BLOCKS
         for single in ("all", "text"):
             tag = f"Kontext cond only, cfg 1, sigma {SIGMA_IN}, single_blocks={single!r}"
-            job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks=single))
+            job, clone, spy = sc.patched(repulsion(single_blocks=single))
             out = run(tag, clone, 1.0, SIGMA_IN)
             check(f"{tag}: wrapper saw [[0]]", spy.calls == [[0]], spy.calls)
             check(
                 f"{tag}: output differs from the plain patcher with Kontext",
                 not torch.allclose(out, base),
-                f"max |diff| {float((out - base).abs().max()):.3e}",
+                max_diff(out, base),
             )
             stats = job.engine.stats
             check(
@@ -818,7 +484,7 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
         n_txt = sc.text_len(sc.cond_text[0])
         for single, repelled in (("all", n_txt + n_img), ("text", n_txt)):
             tag = f"Kontext single_blocks={single!r}: tokens changed in the blocks"
-            seen = observe_blocks(sc, RepulsionConfig(strength=0.5, iterations=4, single_blocks=single))
+            seen = observe_blocks(sc, repulsion(single_blocks=single))
             doubles = [seen[f"double.{i}"] for i in range(len(dm.double_blocks))]
             singles = [seen[f"single.{i}"] for i in range(len(dm.single_blocks))]
             check(
@@ -844,9 +510,7 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
             still_extension(tag)
 
         tag = f"Kontext cond+uncond, cfg 3.5, sigma {SIGMA_IN}"
-        base_cfg = run(f"{tag} (plain)", sc.unet, 3.5, SIGMA_IN)
-        job, clone, spy = sc.patched()
-        out = run(tag, clone, 3.5, SIGMA_IN)
+        job, spy, base_cfg, out = compare(tag, 3.5, SIGMA_IN)
         stats = job.engine.stats
         check(
             f"{tag}: one batched call [[1, 0]], repelled per branch, {B} rows each",
@@ -861,9 +525,7 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
         still_extension(tag)
 
         tag = f"Kontext cond only, cfg 1, sigma {SIGMA_OUT} (outside the window)"
-        base_out = run(f"{tag} (plain)", sc.unet, 1.0, SIGMA_OUT)
-        job, clone, spy = sc.patched()
-        out = run(tag, clone, 1.0, SIGMA_OUT)
+        job, spy, base_out, out = compare(tag, 1.0, SIGMA_OUT)
         check(f"{tag}: bit-identical to the plain patcher", torch.equal(out, base_out))
         check(
             f"{tag}: nothing attached, no repulsion recorded",
@@ -968,14 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     check = Checks()
 
     flux = Scenario(forge, "Flux (dev-like, guidance embed)", forge.flux_unet(), ctx_len=8, unctx_len=8, guidance=True)
-    verify_model(
-        forge,
-        flux,
-        check,
-        hooked_blocks=4,
-        expect_blocks={"double.0", "double.1", "single.0", "single.1"},
-        single_blocks=2,
-    )
+    verify_model(forge, flux, check, hooked_blocks=4, expect_blocks=FLUX_BLOCKS, single_blocks=2)
 
     sd3 = Scenario(forge, "SD3 (MMDiT-X, depth 3)", forge.sd3_unet(), ctx_len=8, unctx_len=8, guidance=False)
     verify_model(forge, sd3, check, hooked_blocks=3, expect_blocks={"double.0", "double.1"})
@@ -994,14 +649,7 @@ def main(argv: list[str] | None = None) -> int:
             guidance=False,
             tensor_text=True,
         )
-        verify_model(
-            forge,
-            chroma,
-            check,
-            hooked_blocks=4,
-            expect_blocks={"double.0", "double.1", "single.0", "single.1"},
-            single_blocks=2,
-        )
+        verify_model(forge, chroma, check, hooked_blocks=4, expect_blocks=FLUX_BLOCKS, single_blocks=2)
     else:
         print("\n== Chroma: skipped (this checkout has no backend/nn/chroma.py) ==")
 
@@ -1011,15 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== Flux Kontext: skipped (no --kontext /path/to/forge2_flux_kontext given) ==")
 
     verify_standins(forge, check)
-
-    print()
-    if check.failures:
-        print(f"FAILED: {len(check.failures)} of {check.passed + len(check.failures)} checks")
-        for f in check.failures:
-            print(f"  - {f}")
-        return 1
-    print(f"VERIFIED: {check.passed} checks passed")
-    return 0
+    return check.report()
 
 
 if __name__ == "__main__":

@@ -41,29 +41,48 @@ exit 2 when the path is not a Forge Neo work tree or Neo's backend cannot be imp
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
-import copy
 import hashlib
 import inspect
 import io
 import math
 import re
-import subprocess
 import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+# tools/ for forge_verify_common, which puts the repository root on sys.path (lib_ctxrep) and never imports Neo's
+# backend (Neo() below puts it on sys.path first).
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
 
 import torch  # noqa: E402
+from forge_verify_common import (  # noqa: E402
+    CONFIG,
+    FLUX_BLOCKS,
+    SIGMA_IN,
+    B,
+    Checks,
+    ModelChecks,
+    die,
+    forward_hooks,
+    git,
+    keep,
+    load_function,
+    max_diff,
+    prepare_model,
+    removing,
+    repulsion,
+    stats_summary,
+    tiny_flux_config,
+    window_sigmas,
+)
+from forge_verify_common import Scenario as BaseScenario  # noqa: E402
 
-from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations.forge import ForgeRepulsion, PredictorWindow  # noqa: E402
+from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 
 #: Files whose presence marks a Neo work tree (all imported or read below).
 NEO_MARKERS = (
@@ -95,27 +114,8 @@ FINGERPRINT_FILES = (
     "backend/sampling/sampling_function.py",
 )
 
-B = 4  # rows per chunk (batch size)
-STEPS = 20
-SIGMA_IN, SIGMA_OUT = 1.0, 0.5
-CONFIG = RepulsionConfig(strength=0.5, iterations=4)
 #: A tiny Flux.1-dev-like transformer (hidden 64 = 2 heads x 32 = sum(axes_dim)).
-FLUX1_CONFIG = dict(
-    in_channels=16,
-    out_channels=16,
-    vec_in_dim=16,
-    context_in_dim=32,
-    hidden_size=64,
-    mlp_ratio=4.0,
-    num_heads=2,
-    depth=2,
-    depth_single_blocks=2,
-    axes_dim=[8, 12, 12],
-    theta=10000,
-    patch_size=2,
-    qkv_bias=True,
-    guidance_embed=True,
-)
+FLUX1_CONFIG = dict(tiny_flux_config(), out_channels=16, patch_size=2, guidance_embed=True)
 #: A tiny Flux.2-Klein-like transformer, the same class with the flags huggingface_guess/detection.py sets for Flux.2
 #: (global modulation, SiLU-gated MLP, no biases, 4 rope axes, patch 1, text position ids, "index" references).
 FLUX2_CONFIG = dict(
@@ -145,11 +145,6 @@ FLUX2_CONFIG = dict(
 # --------------------------------------------------------------------------------------------------------------------
 # Loading Neo
 # --------------------------------------------------------------------------------------------------------------------
-def _die(message: str) -> None:
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace").replace("\r\n", "\n")
 
@@ -158,15 +153,15 @@ def neo_root_or_exit(path: str) -> Path:
     root = Path(path).expanduser().resolve()
     usage = "Usage: python tools/verify_forge_neo.py /path/to/forge-neo (Haoming02/sd-webui-forge-classic, branch neo)"
     if not root.is_dir():
-        _die(f"verify_forge_neo: {path!r} is not a directory.\n{usage}")
+        die(f"verify_forge_neo: {path!r} is not a directory.\n{usage}")
     missing = [m for m in NEO_MARKERS if not (root / m).exists()]
     if missing:
-        _die(f"verify_forge_neo: {path!r} is not a Forge Neo work tree (missing: {', '.join(missing)}).\n{usage}")
+        die(f"verify_forge_neo: {path!r} is not a Forge Neo work tree (missing: {', '.join(missing)}).\n{usage}")
     for rel, needles in NEO_SIGNATURES.items():
         text = _read(root / rel)
         absent = [n for n in needles if n not in text]
         if absent:
-            _die(
+            die(
                 f"verify_forge_neo: {path!r} is not a Forge Neo work tree ({rel} lacks {', '.join(absent)}; "
                 "Forge main? use tools/verify_forge.py for it).\n" + usage
             )
@@ -178,7 +173,7 @@ class Neo:
 
     def __init__(self, root: Path) -> None:
         if "backend" in sys.modules or "modules" in sys.modules:
-            _die("verify_forge_neo: a module named 'backend' or 'modules' is already imported; use a fresh process")
+            die("verify_forge_neo: a module named 'backend' or 'modules' is already imported; use a fresh process")
         for p in (str(root / "modules_forge" / "packages"), str(root)):
             if p not in sys.path:
                 sys.path.insert(0, p)
@@ -198,9 +193,9 @@ class Neo:
                 from backend.sampling import condition, sampling_function
                 from huggingface_guess import model_list
         except ImportError as exc:
-            _die(f"verify_forge_neo: cannot import Neo's backend from {root}: {exc!r} (install its dependencies)")
+            die(f"verify_forge_neo: cannot import Neo's backend from {root}: {exc!r} (install its dependencies)")
         if not neo_args.args.cpu:
-            _die("verify_forge_neo: Neo's backend.args did not see --cpu")
+            die("verify_forge_neo: Neo's backend.args did not see --cpu")
         self.args = neo_args
         self.mm = memory_management
         self.operations = operations
@@ -234,29 +229,15 @@ class Neo:
         """One top-level function of a Neo file that cannot be imported without the webui: compiled from the work
         tree's own source, not copied."""
         path = self.root / relpath
-        tree = ast.parse(_read(path), str(path))
-        node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-        namespace: dict[str, Any] = {"torch": torch}
-        exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)  # noqa: S102
-        return namespace[name]
+        return load_function(path, _read(path), name)
 
     def describe(self) -> str:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(self.root), "rev-parse", "--abbrev-ref", "HEAD", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-            branch, commit = out.stdout.split()
-            git = f"branch {branch}, commit {commit[:12]}"
-        except (OSError, subprocess.SubprocessError, ValueError):
-            git = "not a git work tree"
+        out = (git(self.root, "rev-parse", "--abbrev-ref", "HEAD", "HEAD") or "").split()
+        where = f"branch {out[0]}, commit {out[1][:12]}" if len(out) == 2 else "not a git work tree"
         digest = hashlib.sha256()
         for rel in FINGERPRINT_FILES:
             digest.update(_read(self.root / rel).encode())
-        return f"{git}; backend fingerprint {digest.hexdigest()[:12]}"
+        return f"{where}; backend fingerprint {digest.hexdigest()[:12]}"
 
     # --- dynamic_args: a dict in some Neo versions, a class with __getitem__/__setitem__ in others -----------------
     def get_dynamic(self, key: str) -> Any:
@@ -297,10 +278,7 @@ class Neo:
         if log.getvalue().strip():
             raise RuntimeError(f"loading the state dict into Neo's model: {log.getvalue().strip()}")
         model.config = config
-        model.storage_dtype = model.computation_dtype = torch.float32
-        model.load_device = self.mm.get_torch_device()
-        model.offload_device = self.mm.unet_offload_device()
-        model.initial_device = cpu
+        prepare_model(model, self.mm, initial_device=cpu)
         # The predictor as diffusion_engine/flux.py makes it for Flux-dev: from the model config in newer Neo versions
         # (base.py _get_predictor), from Flux-dev's shift parameters in older ones.
         # For Flux.2 Klein: diffusion_engine/flux2.py, PredictionFlux2(estimated_config) or, in newer versions,
@@ -327,143 +305,21 @@ class Neo:
 # --------------------------------------------------------------------------------------------------------------------
 # Checks
 # --------------------------------------------------------------------------------------------------------------------
-class Checks:
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failures: list[str] = []
+class Scenario(BaseScenario):
+    """The Flux model with its fixed inputs (and a Kontext reference latent); runs Neo's sampling_function_inner.
 
-    def __call__(self, name: str, ok: bool, detail: Any = "") -> bool:
-        ok = bool(ok)
-        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f"  ({detail})" if detail != "" else ""))
-        if ok:
-            self.passed += 1
-        else:
-            self.failures.append(f"{name}" + (f" ({detail})" if detail != "" else ""))
-        return ok
-
-
-def forward_hooks(diffusion_model: torch.nn.Module) -> int:
-    return sum(len(m._forward_hooks) for m in diffusion_model.modules())
-
-
-def _keep(store: dict, key: str, value: Any) -> None:
-    """Record the first value seen for key (hooks must return None to leave the call alone)."""
-    store.setdefault(key, value)
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor) -> str:
-    return f"max |diff| {float((a - b).abs().max()):.3e}"
-
-
-class _NoFreeMemory:
-    """backend.memory_management as seen by calc_cond_uncond_batch under low VRAM: no free memory at all, so every
-    cond/uncond chunk goes to the model in a call of its own."""
-
-    def __init__(self, module: Any) -> None:
-        self._module = module
-
-    def get_free_memory(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-
-class Spy:
-    """Wraps the clone's model_function_wrapper: records cond_or_uncond, c keys, and hooks attached inside the call."""
-
-    def __init__(self, clone, diffusion_model: torch.nn.Module) -> None:
-        self.calls: list[list[int]] = []
-        self.c_keys: list[list[str]] = []
-        self.text_lens: list[int] = []
-        self.hooks_during: list[int] = []
-        previous = clone.model_options["model_function_wrapper"]
-
-        def spy(apply_model, args):
-            self.calls.append(list(args["cond_or_uncond"]))
-            self.c_keys.append(sorted(args["c"]))
-            self.text_lens.append(int(args["c"]["c_crossattn"].shape[1]))
-
-            def counting_apply_model(*a, **k):
-                self.hooks_during.append(forward_hooks(diffusion_model))
-                return apply_model(*a, **k)
-
-            return previous(counting_apply_model, args)
-
-        clone.model_options["model_function_wrapper"] = spy
-
-
-class Scenario:
-    """The Flux model with its fixed inputs; runs Neo's sampling_function_inner."""
+    Flux.1: T5 + pooled CLIP + distilled guidance (diffusion_engine/flux.py); Flux.2 Klein (``pooled=False``): the
+    text tensor only (flux2.py). Conditions are cut to the rows of the batch sampled."""
 
     def __init__(self, neo: Neo, name: str, unet, ctx_len: int = 8, pooled: bool = True) -> None:
-        self.neo, self.name, self.unet = neo, name, unet
+        super().__init__(neo, name, unet, ctx_len, guidance=pooled, vector=pooled, reference=True)
+        self.neo = neo
         self.patch = unet.model.diffusion_model.patch_size
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randn(B, 16, 8, 8, generator=g)
-        self.ref = torch.randn(1, 16, 8, 8, generator=g)  # a Kontext reference latent (encode_first_stage keeps one)
 
-        def text(length: int) -> dict:
-            # One prompt for the whole batch, as Neo's engines return it: B identical rows. Flux.1: T5 + pooled CLIP
-            # + distilled guidance (diffusion_engine/flux.py); Flux.2 Klein: the text tensor only (flux2.py).
-            d = {"crossattn": torch.randn(1, length, 32, generator=g).repeat(B, 1, 1)}
-            if pooled:
-                d["vector"] = torch.randn(1, 16, generator=g).repeat(B, 1)
-                d["guidance"] = torch.FloatTensor([3.5] * B)
-            return d
-
-        self.ctx_len = ctx_len
-        self.cond_text = [text(ctx_len), text(ctx_len)]  # the second one is an AND sub-prompt
-        self.uncond_text = text(ctx_len)
-        self.uncond_short = text(max(1, ctx_len // 2))  # for (e): Neo repeats it to the lcm length when batching
-
-    def sample(
-        self,
-        unet,
-        sigma: float,
-        cfg: float,
-        *,
-        prompts: int = 1,
-        low_vram: bool = False,
-        short_uncond: bool = False,
-        x: torch.Tensor | None = None,
-        no_grad: bool = False,
-    ) -> torch.Tensor:
-        f = self.neo
-        x = self.x if x is None else x
-        cond = []
-        for t in self.cond_text[:prompts]:
-            cond += f.condition.compile_conditions(self._cond(t, x.shape[0]))
-        uncond_text = self.uncond_short if short_uncond else self.uncond_text
-        uncond = f.condition.compile_conditions(self._cond(uncond_text, x.shape[0]))
-        timestep = torch.full((x.shape[0],), sigma)
-        if low_vram:
-            # Only as seen from backend/sampling/sampling_function.py (the attention code asks for free memory too).
-            f.sf.memory_management = _NoFreeMemory(f.mm)
-        # Neo's processing.py samples under torch.inference_mode(); no_grad covers the callers that do not.
-        mode = torch.no_grad() if no_grad else torch.inference_mode()
-        try:
-            with mode, contextlib.redirect_stdout(io.StringIO()):
-                f.sf.sampling_prepare(unet, x)
-                out = f.sf.sampling_function_inner(unet.model, x, timestep, uncond, cond, cfg, unet.model_options)
-                f.sf.sampling_cleanup(unet)
-        finally:
-            f.sf.memory_management = f.mm
-        return out
-
-    @staticmethod
-    def _cond(text: dict, rows: int) -> dict | torch.Tensor:
+    def conditioning(self, text: dict, rows: int) -> dict | torch.Tensor:
         if len(text) == 1:
             return text["crossattn"][:rows]
         return {k: v[:rows] for k, v in text.items()}
-
-    def patched(self, config: RepulsionConfig = CONFIG, unet=None):
-        job = ForgeRepulsion(config, record_stats=True)
-        clone = (unet or self.unet).clone()
-        if not job.patch(clone):
-            raise RuntimeError(f"ForgeRepulsion.patch returned False for {type(self.unet.model.diffusion_model)}")
-        spy = Spy(clone, self.unet.model.diffusion_model)
-        return job, clone, spy
 
 
 @contextlib.contextmanager
@@ -477,167 +333,32 @@ def kontext_reference(neo: Neo, ref: torch.Tensor):
         neo.set_dynamic("ref_latents", previous)
 
 
-def stats_summary(job: ForgeRepulsion) -> str:
-    stats = job.engine.stats
-    blocks = sorted({s.block for s in stats})
-    rows = sorted({s.rows for s in stats})
-    return f"{len(stats)} stats, blocks {blocks}, branches {[s.branch for s in stats]}, rows {rows}"
-
-
 def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
     unet = sc.unet
     dm = unet.model.diffusion_model
-    hooked_blocks = 4
-    expect_blocks = {"double.0", "double.1", "single.0", "single.1"}
-    options_before = copy.deepcopy(unet.model_options)
-    print(f"\n== {sc.name}: {type(dm).__name__}, predictor {type(unet.model.predictor).__name__}, B={B} ==")
-
-    def common(tag: str, job, spy, out, base, inside: bool) -> None:
-        check(
-            f"{tag}: no forward hook left on the diffusion model",
-            forward_hooks(dm) == 0 and job.attached_hooks == 0,
-            f"{forward_hooks(dm)} hooks",
-        )
-        check(f"{tag}: output finite", bool(torch.isfinite(out).all()))
-        if inside:
-            check(f"{tag}: output differs from the plain patcher", not torch.allclose(out, base), max_diff(out, base))
-            check(
-                f"{tag}: hooks attached during each call",
-                spy.hooks_during == [hooked_blocks] * len(spy.calls),
-                spy.hooks_during,
-            )
-        else:
-            check(f"{tag}: bit-identical to the plain patcher", torch.equal(out, base))
-            check(
-                f"{tag}: nothing attached during the call", spy.hooks_during == [0] * len(spy.calls), spy.hooks_during
-            )
-            check(f"{tag}: no repulsion recorded", not job.engine.stats, stats_summary(job))
-
-    def groups_ok(job, order: list[str], rows: int = B) -> tuple[bool, str]:
-        """Stats per block come in chunk order; every group has B rows; blocks are the expected ones."""
-        stats = job.engine.stats
-        by_block: dict[str, list[str]] = {}
-        for s in stats:
-            by_block.setdefault(s.block, []).append(s.branch)
-        ok = (
-            set(by_block) == expect_blocks
-            and all(branches == order for branches in by_block.values())
-            and all(s.rows == rows for s in stats)
-        )
-        return ok, stats_summary(job)
-
-    # (a) cond only, CFG 1 --------------------------------------------------------------------------------------------
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(a) cond only, cfg 1, sigma {sigma}"
-        base = sc.sample(unet, sigma, 1.0)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 1.0)
-        check(f"{tag}: model_function_wrapper called by Neo, cond_or_uncond [[0]]", spy.calls == [[0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            print(f"      c keys given to the wrapper: {spy.c_keys[0]}")
-            ok, detail = groups_ok(job, ["cond"])
-            check(f"{tag}: stats: branch cond, {B} rows, blocks {sorted(expect_blocks)}", ok, detail)
-            check(
-                f"{tag}: Vendi score rises in every group",
-                all(s.vendi_after > s.vendi_before for s in job.engine.stats),
-            )
-            _, dclone, _ = sc.patched(RepulsionConfig(enabled=False))
-            check(f"{tag}: enabled=False is bit-identical", torch.equal(sc.sample(dclone, sigma, 1.0), base))
-
-    # (b) cond + uncond, CFG 3.5, one batched call --------------------------------------------------------------------
-    batched_in = None
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(b) cond+uncond, cfg 3.5, sigma {sigma}"
-        base = sc.sample(unet, sigma, 3.5)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 3.5)
-        check(f"{tag}: wrapper saw one batched call, uncond first [[1, 0]]", spy.calls == [[1, 0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            batched_in = out
-            ok, detail = groups_ok(job, ["uncond", "cond"])
-            check(f"{tag}: stats: uncond then cond per block, {B} rows each", ok, detail)
-            _, dclone, _ = sc.patched(RepulsionConfig(enabled=False))
-            check(f"{tag}: enabled=False is bit-identical", torch.equal(sc.sample(dclone, sigma, 3.5), base))
-
-    # (c) low VRAM: the same chunks in separate calls -----------------------------------------------------------------
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(c) cond+uncond split by low VRAM, sigma {sigma}"
-        base = sc.sample(unet, sigma, 3.5, low_vram=True)
-        job, clone, spy = sc.patched()
-        out = sc.sample(clone, sigma, 3.5, low_vram=True)
-        check(f"{tag}: wrapper saw separate calls [[1], [0]]", spy.calls == [[1], [0]], spy.calls)
-        common(tag, job, spy, out, base, inside)
-        if inside:
-            stats = job.engine.stats
-            half = len(stats) // 2
-            ok = (
-                {s.block for s in stats} == expect_blocks
-                and [s.branch for s in stats] == ["uncond"] * half + ["cond"] * half
-                and all(s.rows == B for s in stats)
-            )
-            check(f"{tag}: stats: all uncond blocks, then all cond blocks, {B} rows each", ok, stats_summary(job))
-            close = batched_in is not None and torch.allclose(out, batched_in, rtol=1e-4, atol=1e-5)
-            check(
-                f"{tag}: same result as the batched call (b)",
-                close,
-                max_diff(out, batched_in) if batched_in is not None else "",
-            )
-
-    # (d) two AND sub-prompts + uncond --------------------------------------------------------------------------------
-    tag = f"(d) 2 AND prompts + uncond, cfg 3.5, sigma {SIGMA_IN}"
-    base = sc.sample(unet, SIGMA_IN, 3.5, prompts=2)
-    job, clone, spy = sc.patched()
-    out = sc.sample(clone, SIGMA_IN, 3.5, prompts=2)
-    check(f"{tag}: wrapper saw [[1, 0, 0]]", spy.calls == [[1, 0, 0]], spy.calls)
-    common(tag, job, spy, out, base, True)
-    ok, detail = groups_ok(job, ["uncond", "cond", "cond"])
-    check(f"{tag}: stats: uncond, cond, cond per block, {B} rows each", ok, detail)
-
-    # (e) cond and uncond texts of different lengths, single blocks on their text tokens only -------------------------
-    tag = f"(e) uncond text half as long, single_blocks='text', cfg 3.5, sigma {SIGMA_IN}"
-    base = sc.sample(unet, SIGMA_IN, 3.5, short_uncond=True)
-    job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
-    out = sc.sample(clone, SIGMA_IN, 3.5, short_uncond=True)
-    check(
-        f"{tag}: one batched call [[1, 0]], c_crossattn padded to {sc.ctx_len} tokens",
-        spy.calls == [[1, 0]] and spy.text_lens == [sc.ctx_len],
-        f"{spy.calls}, lengths {spy.text_lens}",
-    )
-    common(tag, job, spy, out, base, True)
-    ok, detail = groups_ok(job, ["uncond", "cond"])
-    check(f"{tag}: stats: uncond then cond per block, {B} rows each", ok, detail)
+    model = ModelChecks(sc, check, hooked_blocks=4, expect_blocks=FLUX_BLOCKS, check_finite=True)
+    model.cases("model_function_wrapper called by Neo, cond_or_uncond")
 
     # (k) Flux Kontext: a reference latent appended to the image tokens -----------------------------------------------
-    for sigma in (SIGMA_IN, SIGMA_OUT):
-        inside = sigma == SIGMA_IN
-        tag = f"(k) Kontext reference latent, cfg 3.5, sigma {sigma}"
+    for tag, sigma, inside in window_sigmas("(k) Kontext reference latent, cfg 3.5"):
         plain = sc.sample(unet, sigma, 3.5)
         seq: list[int] = []
         probe = dm.single_blocks[0].register_forward_pre_hook(
             lambda m, a, k, seq=seq: seq.append(a[0].shape[1]), with_kwargs=True
         )
-        try:
-            with kontext_reference(neo, sc.ref):
-                base = sc.sample(unet, sigma, 3.5)
-                job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
-                out = sc.sample(clone, sigma, 3.5)
-        finally:
-            probe.remove()
+        with removing([probe]), kontext_reference(neo, sc.ref):
+            job, spy, base, out = model.compare(sigma, 3.5, repulsion(single_blocks="text"))
         tokens = sc.ctx_len + 2 * (8 // sc.patch) ** 2  # text + target image + reference image tokens
         check(
             f"{tag}: the reference changes the output and lengthens the joint sequence to {tokens} tokens",
             not torch.allclose(plain, base) and seq and set(seq) == {tokens},
             f"sequence lengths {sorted(set(seq))}",
         )
-        common(tag, job, spy, out, base, inside)
+        model.after_run(tag, job, spy, out, base, inside)
         if inside:
-            ok, detail = groups_ok(job, ["uncond", "cond"])
-            check(f"{tag}: stats: uncond then cond per block, {B} rows each (text rows only)", ok, detail)
+            model.groups(
+                f"{tag}: stats: uncond then cond per block, {B} rows each (text rows only)", job, ["uncond", "cond"]
+            )
     check("(k) dynamic_args['ref_latents'] restored", neo.get_dynamic("ref_latents") == [])
 
     # (s) single_blocks="all": text + target image tokens are repelled, Kontext reference tokens are not -------------
@@ -647,7 +368,7 @@ def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
         ctx = kontext_reference(neo, sc.ref) if with_ref else contextlib.nullcontext()
         with ctx:
             base = sc.sample(unet, SIGMA_IN, 3.5)
-            job, clone, spy = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks="all"))
+            job, clone, spy = sc.patched(repulsion(single_blocks="all"))
             spans: list[tuple[int, int]] = []
             process_prefix = job.engine.process_prefix
 
@@ -657,7 +378,7 @@ def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
 
             job.engine.process_prefix = recording_prefix
             out = sc.sample(clone, SIGMA_IN, 3.5)
-        common(tag, job, spy, out, base, True)
+        model.after_run(tag, job, spy, out, base, True)
         want = sc.ctx_len + image_tokens
         total = want + (image_tokens if with_ref else 0)
         check(
@@ -704,27 +425,7 @@ def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
     )
     check(f"{tag}: no forward hook left", forward_hooks(dm) == 0 and job.attached_hooks == 0)
 
-    # chained wrapper -------------------------------------------------------------------------------------------------
-    tag = "existing model_function_wrapper"
-    seen: list[int] = []
-
-    def other_wrapper(apply_model, args):
-        seen.append(args["input"].shape[0])
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    host = unet.clone()
-    host.set_model_unet_function_wrapper(other_wrapper)
-    base = sc.sample(host, SIGMA_IN, 1.0)
-    job = ForgeRepulsion(CONFIG)
-    clone = host.clone()
-    check(
-        f"{tag}: UnetPatcher.clone() keeps model_options (the wrapper survives a clone)",
-        clone.model_options.get("model_function_wrapper") is other_wrapper,
-        f"clone keys {sorted(clone.model_options)}",
-    )
-    job.patch(clone)
-    out = sc.sample(clone, SIGMA_IN, 1.0)
-    check(f"{tag}: chained (called in both runs) and repelled", seen == [B, B] and not torch.allclose(out, base), seen)
+    model.chained_wrapper(check_clone=True)
 
     # an exception (e.g. an interrupt) inside an in-window model call ---------------------------------------------
     tag = "exception inside an in-window call"
@@ -760,34 +461,9 @@ def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
         stats_summary(job2),
     )
 
-    # the shared patcher ----------------------------------------------------------------------------------------------
-    check(
-        "original UnetPatcher.model_options unchanged",
-        unet.model_options == options_before,
-        f"keys {sorted(unet.model_options)}",
-    )
-    again = sc.sample(unet, SIGMA_IN, 3.5)
-    check(
-        "plain patcher still bit-identical after all patched runs",
-        torch.equal(again, sc.sample(unet.clone(), SIGMA_IN, 3.5)),
-    )
-
-    # the window from the real predictor ------------------------------------------------------------------------------
+    model.shared_patcher()
+    window = model.schedule_window(neo.simple_scheduler, "Neo")
     predictor = unet.model.predictor
-    window = PredictorWindow(predictor)
-
-    class ScheduleLinker:  # what Neo hands its schedulers: .sigmas is predictor.sigmas
-        sigmas = predictor.sigmas
-
-    sigmas = neo.simple_scheduler(STEPS, None, None, ScheduleLinker, torch.device("cpu"))[:-1].tolist()
-    progress = [window.progress(s) for s in sigmas]
-    shown = [round(s, 4) for s in sigmas[:3]]
-    print(f"      simple-schedule sigmas[:3] {shown} -> progress {[round(p, 4) for p in progress[:3]]}")
-    check(
-        f"PredictorWindow on Neo's simple schedule ({STEPS} steps): only the first step < 0.05",
-        progress[0] == 0.0 and [p < 0.05 - 1e-9 for p in progress].count(True) == 1 and progress == sorted(progress),
-        f"progress[:3] {[round(p, 4) for p in progress[:3]]}",
-    )
     check("PredictorWindow reads Neo's predictor sigma table (not the 1 - sigma fallback)", window._table is not None)
     # Not used by the adapter; reported because Neo versions differ here (Forge main: 1 - p).
     samples = {p: predictor.percent_to_sigma(p) for p in (0.05, 0.3, 0.9)}
@@ -807,46 +483,41 @@ def verify_in_place(neo: Neo, sc: Scenario, check: Checks) -> None:
     length = sc.ctx_len
     tag = "(f) in-place blocks"
 
-    def capture_inputs(store: dict) -> list:
+    def sample_capturing(patcher, cfg: float) -> dict[str, torch.Tensor]:
+        """Sample, recording the txt every block receives (single blocks: the first ``length`` tokens)."""
+        store: dict[str, torch.Tensor] = {}
         handles = []
         for i, block in enumerate(dm.double_blocks):
             handles.append(
                 block.register_forward_pre_hook(
-                    lambda m, a, k, i=i: _keep(store, f"double.{i}", k["txt"].clone()), with_kwargs=True
+                    lambda m, a, k, i=i: keep(store, f"double.{i}", k["txt"].clone()), with_kwargs=True
                 )
             )
         for i, block in enumerate(dm.single_blocks):
             handles.append(
                 block.register_forward_pre_hook(
-                    lambda m, a, k, i=i: _keep(store, f"single.{i}", a[0][:, :length].clone()), with_kwargs=True
+                    lambda m, a, k, i=i: keep(store, f"single.{i}", a[0][:, :length].clone()), with_kwargs=True
                 )
             )
-        return handles
+        with removing(handles):
+            sc.sample(patcher, SIGMA_IN, cfg)
+        return store
 
     # The blocks really work in place (what makes Neo different from Forge main here).
     seen_in: dict[str, torch.Tensor] = {}
     seen_out: dict[str, tuple] = {}
     block = dm.double_blocks[0]
-    h1 = block.register_forward_pre_hook(lambda m, a, k: _keep(seen_in, "txt", k["txt"]), with_kwargs=True)
-    h2 = block.register_forward_hook(lambda m, a, o: _keep(seen_out, "out", o))
-    try:
+    h1 = block.register_forward_pre_hook(lambda m, a, k: keep(seen_in, "txt", k["txt"]), with_kwargs=True)
+    h2 = block.register_forward_hook(lambda m, a, o: keep(seen_out, "out", o))
+    with removing([h1, h2]):
         sc.sample(unet, SIGMA_IN, 1.0)
-    finally:
-        h1.remove()
-        h2.remove()
     check(
         f"{tag}: Neo's DoubleStreamBlock returns its input txt tensor, updated in place",
         "out" in seen_out and seen_out["out"][1] is seen_in.get("txt"),
     )
 
     for branch_cfg, name in ((1.0, "cond only"), (3.5, "cond+uncond")):
-        plain: dict[str, torch.Tensor] = {}
-        handles = capture_inputs(plain)
-        try:
-            sc.sample(unet, SIGMA_IN, branch_cfg)
-        finally:
-            for h in handles:
-                h.remove()
+        plain = sample_capturing(unet, branch_cfg)
         job, clone, _ = sc.patched()
         returned: dict[str, torch.Tensor] = {}
         returned_ref: dict[str, torch.Tensor] = {}
@@ -860,13 +531,7 @@ def verify_in_place(neo: Neo, sc: Scenario, check: Checks) -> None:
             return new
 
         job.engine.process = recording_process
-        got: dict[str, torch.Tensor] = {}
-        handles = capture_inputs(got)
-        try:
-            sc.sample(clone, SIGMA_IN, branch_cfg)
-        finally:
-            for h in handles:
-                h.remove()
+        got = sample_capturing(clone, branch_cfg)
         check(
             f"{tag}, {name}: double block 1 receives the repelled txt of double block 0",
             torch.equal(got["double.1"], returned["double.0"])
@@ -900,7 +565,7 @@ def verify_memory(neo: Neo, sc: Scenario, check: Checks) -> None:
     for rows in (1, 2):
         for single in ("off", "text"):
             tag = f"memory=True, batch size {rows}, single_blocks={single!r}"
-            cfg = RepulsionConfig(strength=0.5, iterations=4, memory=True, single_blocks=single)
+            cfg = repulsion(memory=True, single_blocks=single)
             job, clone, _ = sc.patched(cfg)
             memory = job.engine.memory
             at_stage: dict[Any, list[torch.Tensor]] = {}
@@ -926,7 +591,7 @@ def verify_memory(neo: Neo, sc: Scenario, check: Checks) -> None:
             )
             job.engine.new_batch()  # what an earlier-in-trajectory call does: batch 1's rows become memory
             out = sc.sample(clone, SIGMA_IN, 1.0, x=x2)  # batch 2 also repels from batch 1's rows
-            _, alone, _ = sc.patched(RepulsionConfig(strength=0.5, iterations=4, single_blocks=single))
+            _, alone, _ = sc.patched(repulsion(single_blocks=single))
             without = sc.sample(alone, SIGMA_IN, 1.0, x=x2)
             check(
                 f"{tag}: the remembered batch changes the next batch, output finite",
@@ -969,14 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in neo.notes[len(startup_notes) :]:
         print(f"  [NOTE] {note}")
 
-    print()
-    if check.failures:
-        print(f"FAILED: {len(check.failures)} of {check.passed + len(check.failures)} checks")
-        for f in check.failures:
-            print(f"  - {f}")
-        return 1
-    print(f"VERIFIED: {check.passed} checks passed")
-    return 0
+    return check.report()
 
 
 if __name__ == "__main__":
