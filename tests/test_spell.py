@@ -1,0 +1,153 @@
+"""SPELL's repellency (lib_ctxrep.spell) against a plain reference, its sparsity, and its guarantee on a toy model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lib_ctxrep.spell import SpellStats, repellency, typical_distance
+
+
+def reference_delta(x0, refs, radius, lam, exclude_self):
+    """Plain float64 loops: delta_i = lam * sum_j ReLU(r / ||x_i - z_j|| - 1) (x_i - z_j)."""
+    x, z = x0.reshape(x0.shape[0], -1).double(), refs.reshape(refs.shape[0], -1).double()
+    out = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        for j in range(z.shape[0]):
+            if exclude_self and i == j:
+                continue
+            d = (x[i] - z[j]).norm()
+            if d > 0:
+                out[i] += lam * max(radius / d.item() - 1.0, 0.0) * (x[i] - z[j])
+    return out.reshape(x0.shape)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_repellency_matches_the_plain_formula(seed):
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    refs = x0[torch.randint(0, 5, (7,), generator=g)] + 0.5 * torch.randn(7, 3, 4, 4, generator=g, dtype=torch.float64)
+    radius = 4.0
+    delta = repellency(x0, refs, radius, 1.6)
+    torch.testing.assert_close(delta, reference_delta(x0, refs, radius, 1.6, False), rtol=1e-12, atol=1e-12)
+
+
+def test_intra_batch_call_leaves_out_each_samples_own_row():
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    delta = repellency(x0, x0, 5.0)
+    torch.testing.assert_close(delta, reference_delta(x0, x0, 5.0, 1.6, True), rtol=1e-12, atol=1e-12)
+    assert torch.isfinite(delta).all()
+
+
+def test_delta_is_exactly_zero_without_a_reference_within_the_radius():
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(4, 16, generator=g)
+    refs = torch.full((3, 16), 100.0)  # every reference at distance > 390
+    delta = repellency(x0, refs, radius=300.0)
+    assert torch.equal(delta, torch.zeros_like(x0))
+
+
+def test_only_samples_inside_a_shield_move():
+    x0 = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    refs = torch.tensor([[0.5, 0.0]])
+    delta = repellency(x0, refs, radius=1.0, overcompensation=1.0)
+    assert torch.equal(delta[1], torch.zeros(2))
+    torch.testing.assert_close(x0[0] + delta[0], torch.tensor([-0.5, 0.0]))  # exactly on the shield's boundary
+
+
+def test_low_precision_inputs_keep_their_dtype():
+    x0 = torch.randn(3, 10).to(torch.bfloat16)
+    delta = repellency(x0, x0, 10.0)
+    assert delta.dtype == torch.bfloat16 and delta.shape == x0.shape and torch.isfinite(delta.float()).all()
+
+
+@pytest.mark.parametrize("radius", [0, -1.0, float("nan"), float("inf")])
+def test_invalid_radius_is_refused_with_its_name(radius):
+    with pytest.raises(ValueError, match="radius"):
+        repellency(torch.zeros(2, 3), torch.ones(1, 3), radius)
+
+
+def test_references_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match="do not match"):
+        repellency(torch.zeros(2, 3), torch.ones(1, 4), 1.0)
+
+
+def test_typical_distance_is_that_of_two_independent_samples():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(64, 4, 16, 16, generator=g), torch.randn(64, 4, 16, 16, generator=g)
+    measured = (a - b).reshape(64, -1).norm(dim=1).median().item()
+    assert measured == pytest.approx(typical_distance((4, 16, 16)), rel=0.05)
+
+
+def test_stats_count_pushed_samples_and_steps():
+    stats = SpellStats()
+    stats.record(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+    stats.record(torch.zeros(2, 2))
+    assert (stats.calls, stats.samples_seen, stats.samples_pushed, stats.steps_with_push) == (2, 4, 1, 1)
+    assert stats.share_pushed == 0.25
+
+
+def gaussian_denoiser(mean: torch.Tensor, std: float):
+    """Exact E[x0 | x_t] for x0 ~ N(mean, std^2 I) under the flow x_t = (1 - t) x0 + t eps."""
+
+    def x0_hat(x_t: torch.Tensor, t: float) -> torch.Tensor:
+        var = (1 - t) ** 2 * std**2 + t**2
+        return mean + (1 - t) * std**2 / var * (x_t - (1 - t) * mean)
+
+    return x0_hat
+
+
+def sample_with_spell(x0_hat, noise, refs, radius, lam, steps=40, intra=False):
+    x = noise
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    for i in range(steps):
+        t, t_next = ts[i].item(), ts[i + 1].item()
+        pred = x0_hat(x, t)
+        shields = torch.cat([refs, pred]) if intra else refs
+        delta = repellency(pred, shields, radius, lam, exclude_self=False) if not intra else (
+            repellency(pred, refs, radius, lam) + repellency(pred, pred, radius, lam)
+        )  # fmt: skip
+        target = pred + delta
+        x = target + (t_next / t) * (x - target) if t > 0 else target  # Euler step of the flow towards target
+    return x
+
+
+def test_final_samples_land_outside_every_disjoint_shield_on_an_analytic_model():
+    g = torch.Generator().manual_seed(4)
+    dim = 2
+    mean = torch.zeros(dim, dtype=torch.float64)
+    x0_hat = gaussian_denoiser(mean, std=1.0)
+    refs = torch.stack([mean, mean + 3.0 * torch.eye(dim, dtype=torch.float64)[0]])  # shields of radius 1: disjoint
+    noise = torch.randn(64, dim, generator=g, dtype=torch.float64)
+    plain = sample_with_spell(x0_hat, noise, refs[:0], 1.0, 1.0)
+    shielded = sample_with_spell(x0_hat, noise, refs, 1.0, 1.0)
+    inside_before = (torch.cdist(plain, refs) < 1.0).any(dim=1).sum().item()
+    assert inside_before > 0  # without SPELL some samples land in a shield
+    assert torch.cdist(shielded, refs).min().item() >= 1.0 - 1e-9
+    untouched = (torch.cdist(plain, refs) >= 1.0 + 1e-6).all(dim=1)
+    assert untouched.any()
+
+
+def test_overcompensation_also_lands_outside_and_pushes_further():
+    g = torch.Generator().manual_seed(5)
+    x0_hat = gaussian_denoiser(torch.zeros(4, dtype=torch.float64), std=1.0)
+    refs = torch.zeros(1, 4, dtype=torch.float64)
+    noise = torch.randn(32, 4, generator=g, dtype=torch.float64)
+    exact = sample_with_spell(x0_hat, noise, refs, 1.0, 1.0)
+    over = sample_with_spell(x0_hat, noise, refs, 1.0, 1.6)
+    assert torch.cdist(over, refs).min().item() >= 1.0 - 1e-9
+    assert math.isfinite(over.abs().max().item())
+    assert torch.cdist(over, refs).mean() >= torch.cdist(exact, refs).mean()
+
+
+def test_no_reference_within_the_radius_gives_bit_identical_samples():
+    g = torch.Generator().manual_seed(6)
+    x0_hat = gaussian_denoiser(torch.zeros(3, dtype=torch.float64), std=1.0)
+    noise = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    far = torch.full((2, 3), 50.0, dtype=torch.float64)
+    assert torch.equal(
+        sample_with_spell(x0_hat, noise, far, 1.0, 1.6), sample_with_spell(x0_hat, noise, far[:0], 1.0, 1.6)
+    )
