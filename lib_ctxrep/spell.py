@@ -113,3 +113,133 @@ class SpellStats:
     def share_pushed(self) -> float:
         """Fraction of (sample, step) pairs that received a non-zero push."""
         return self.samples_pushed / self.samples_seen if self.samples_seen else 0.0
+
+
+def repellency_from_candidates(
+    x0: torch.Tensor, candidates: torch.Tensor, radius: float, overcompensation: float = DEFAULT_OVERCOMPENSATION
+) -> torch.Tensor:
+    """Like :func:`repellency`, but each sample i has its own candidate references ``candidates[i]`` [B, k, ...]
+    (its nearest neighbours in a large protected set). Padding rows may be NaN: they never push."""
+    work = torch.float64 if x0.dtype == torch.float64 else torch.float32
+    x = _flat(x0).to(work)
+    z = candidates.reshape(candidates.shape[0], candidates.shape[1], -1).to(device=x.device, dtype=work)
+    diff = x[:, None, :] - z  # [B, k, P]
+    d = diff.norm(dim=2)
+    w = torch.where(d > 0, torch.relu(radius / d.clamp_min(torch.finfo(work).tiny) - 1.0), torch.zeros_like(d))
+    w = torch.nan_to_num(w, nan=0.0)
+    delta = overcompensation * (w[:, :, None] * torch.nan_to_num(diff, nan=0.0)).sum(dim=1)
+    return delta.to(x0.dtype).reshape(x0.shape)
+
+
+class ReferenceSet:
+    """A protected set of reference latents with nearest-neighbour search.
+
+    Exact search (chunked, on the CPU) up to ``exact_limit`` references; above it an approximate faiss IVF-Flat
+    index (``pip install faiss-cpu``; ``nlist`` = sqrt(K) cells by default, ``nprobe`` cells searched per query), as
+    in the paper's 1.2M-image experiment. The latents stay in CPU memory as float32; only the k candidates of each
+    query move to the query's device.
+    """
+
+    def __init__(
+        self,
+        latents: torch.Tensor,
+        *,
+        exact_limit: int = 100_000,
+        nlist: int | None = None,
+        nprobe: int = 8,
+        progress=None,
+    ) -> None:
+        if latents.ndim < 2 or latents.shape[0] == 0:
+            raise ValueError(f"ReferenceSet: latents must be a non-empty [K, ...] tensor, got {tuple(latents.shape)}")
+        self.sample_shape = tuple(latents.shape[1:])
+        self.data = _flat(latents.detach()).to("cpu", torch.float32).contiguous()
+        self.nprobe = nprobe
+        self.index = None
+        if self.data.shape[0] > exact_limit:
+            self.index = self._build_index(nlist or max(1, int(math.sqrt(self.data.shape[0]))), progress)
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def approximate(self) -> bool:
+        """Whether searches go through the approximate (faiss) index."""
+        return self.index is not None
+
+    def _build_index(self, nlist: int, progress):
+        try:
+            import faiss
+        except ImportError:
+            raise ImportError(
+                f"ReferenceSet: {len(self)} references need the approximate index: pip install faiss-cpu "
+                "(or raise exact_limit to search exactly, slower)"
+            ) from None
+        data = self.data.numpy()
+        quantizer = faiss.IndexFlatL2(data.shape[1])
+        index = faiss.IndexIVFFlat(quantizer, data.shape[1], nlist)
+        train = data[:: max(1, len(data) // (nlist * 64))]
+        index.train(train)
+        step = 16384
+        for start in range(0, len(data), step):
+            index.add(data[start : start + step])
+            if progress is not None:
+                progress(min(start + step, len(data)), len(data))
+        index.nprobe = self.nprobe
+        return index
+
+    def search(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """Indices [B, k] of the k nearest references of each query (-1 where the index returned fewer)."""
+        q = _flat(queries.detach()).to("cpu", torch.float32).contiguous()
+        k = min(k, len(self))
+        if self.index is not None:
+            self.index.nprobe = self.nprobe
+            _, ids = self.index.search(q.numpy(), k)
+            return torch.from_numpy(ids)
+        best_d = torch.full((q.shape[0], k), float("inf"))
+        best_i = torch.full((q.shape[0], k), -1, dtype=torch.long)
+        step = max(1, 2**26 // max(1, q.shape[1] * max(1, q.shape[0])))
+        for start in range(0, len(self), step):
+            d = torch.cdist(q, self.data[start : start + step])
+            d_all = torch.cat([best_d, d], dim=1)
+            i_all = torch.cat([best_i, torch.arange(start, start + d.shape[1]).expand(q.shape[0], -1)], dim=1)
+            best_d, order = d_all.topk(k, dim=1, largest=False)
+            best_i = i_all.gather(1, order)
+        return best_i
+
+    def candidates(self, queries: torch.Tensor, k: int = 16) -> torch.Tensor:
+        """The k nearest references of each query, [B, k, *sample_shape], on the queries' device (NaN padding)."""
+        ids = self.search(queries, k)
+        rows = self.data[ids.clamp_min(0)]
+        rows[ids < 0] = float("nan")
+        return rows.reshape(ids.shape[0], ids.shape[1], *self.sample_shape).to(queries.device)
+
+    def repellency(
+        self, x0: torch.Tensor, radius: float, overcompensation: float = DEFAULT_OVERCOMPENSATION, k: int = 16
+    ) -> torch.Tensor:
+        """SPELL's correction of ``x0`` against this set, through the k nearest references of each sample."""
+        if tuple(x0.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"ReferenceSet: samples of shape {tuple(x0.shape[1:])} do not match the set's {self.sample_shape} "
+                "(a set made for another model or resolution)"
+            )
+        return repellency_from_candidates(x0, self.candidates(x0, k), radius, overcompensation)
+
+    def save_index(self, path: str) -> None:
+        """Write the approximate index (faiss format) so a later job can reload it instead of rebuilding."""
+        if self.index is None:
+            raise ValueError("ReferenceSet: this set searches exactly; there is no index to save")
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    def load_index(self, path: str) -> None:
+        """Reload an index written by :meth:`save_index` for the same latents."""
+        import faiss
+
+        index = faiss.read_index(str(path))
+        if index.ntotal != len(self) or index.d != self.data.shape[1]:
+            raise ValueError(
+                f"ReferenceSet: the index at {path} holds {index.ntotal} x {index.d}, this set is "
+                f"{len(self)} x {self.data.shape[1]}"
+            )
+        self.index = index

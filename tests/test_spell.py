@@ -151,3 +151,42 @@ def test_no_reference_within_the_radius_gives_bit_identical_samples():
     assert torch.equal(
         sample_with_spell(x0_hat, noise, far, 1.0, 1.6), sample_with_spell(x0_hat, noise, far[:0], 1.0, 1.6)
     )
+
+
+def test_reference_set_exact_search_matches_full_repellency():
+    from lib_ctxrep.spell import ReferenceSet
+
+    g = torch.Generator().manual_seed(7)
+    refs = torch.randn(500, 2, 4, 4, generator=g)
+    x0 = refs[:6] + 0.3 * torch.randn(6, 2, 4, 4, generator=g)
+    store = ReferenceSet(refs)
+    assert not store.approximate
+    torch.testing.assert_close(store.repellency(x0, 4.0, k=500), repellency(x0, refs, 4.0), rtol=1e-5, atol=1e-5)
+
+
+def test_reference_set_refuses_samples_of_another_shape():
+    from lib_ctxrep.spell import ReferenceSet
+
+    store = ReferenceSet(torch.randn(10, 4, 8, 8))
+    with pytest.raises(ValueError, match="another model or resolution"):
+        store.repellency(torch.randn(2, 4, 16, 16), 1.0)
+
+
+def test_approximate_index_recall_on_200k_latents_and_reload(tmp_path):
+    pytest.importorskip("faiss")
+    from lib_ctxrep.spell import ReferenceSet
+
+    g = torch.Generator().manual_seed(8)
+    centres = torch.randn(400, 64, generator=g) * 3
+    refs = centres[torch.randint(0, 400, (200_000,), generator=g)] + torch.randn(200_000, 64, generator=g)
+    seen = []
+    store = ReferenceSet(refs, exact_limit=100_000, nprobe=16, progress=lambda done, total: seen.append((done, total)))
+    assert store.approximate and seen[-1] == (200_000, 200_000)
+    queries = refs[torch.randint(0, 200_000, (200,), generator=g)] + 0.5 * torch.randn(200, 64, generator=g)
+    exact = ReferenceSet(refs, exact_limit=10**9).search(queries, 1)[:, 0]
+    recall = (store.search(queries, 1)[:, 0] == exact).float().mean().item()
+    assert recall >= 0.95
+    store.save_index(tmp_path / "refs.faiss")
+    reloaded = ReferenceSet(refs[:50_000])
+    with pytest.raises(ValueError, match="holds 200000"):
+        reloaded.load_index(tmp_path / "refs.faiss")
