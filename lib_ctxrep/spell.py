@@ -243,3 +243,113 @@ class ReferenceSet:
                 f"{len(self)} x {self.data.shape[1]}"
             )
         self.index = index
+
+
+#: Provisional default of the relative radius (a fraction of the typical distance between two independent latents);
+#: the paper tuned r over 0 .. 2 x the median pairwise distance of final latents. Re-checked on the reference model.
+DEFAULT_RELATIVE_RADIUS = 0.35
+
+
+@dataclass
+class SpellConfig:
+    """Settings of SPELL for one job.
+
+    Args:
+        enabled: master switch.
+        relative_radius: shield radius as a fraction of the typical distance between two independent latents of the
+            generation's shape (sqrt(2 * numel) for unit-variance latents); used when ``radius`` is None.
+        radius: absolute shield radius in latent units (overrides ``relative_radius``).
+        overcompensation: lambda, the paper's 1.6 by default.
+        intra_batch: repel each sample from the other samples' predictions of the same batch.
+        cross_batch: repel from the final latents of earlier batches of the same job.
+        memory_size: at most this many earlier final latents are kept.
+        neighbours: candidates fetched per sample from a protected set.
+    """
+
+    enabled: bool = True
+    relative_radius: float = DEFAULT_RELATIVE_RADIUS
+    radius: float | None = None
+    overcompensation: float = DEFAULT_OVERCOMPENSATION
+    intra_batch: bool = True
+    cross_batch: bool = True
+    memory_size: int = 64
+    neighbours: int = 16
+
+    def __post_init__(self) -> None:
+        def fail(name: str, accepted: str) -> ValueError:
+            return ValueError(f"SpellConfig.{name} must be {accepted}, got {getattr(self, name)!r}")
+
+        def real(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not real(self.relative_radius) or self.relative_radius <= 0:
+            raise fail("relative_radius", "a finite number > 0")
+        if self.radius is not None and (not real(self.radius) or self.radius <= 0):
+            raise fail("radius", "None or a finite number > 0")
+        if not real(self.overcompensation) or self.overcompensation <= 0:
+            raise fail("overcompensation", "a finite number > 0")
+        for name in ("enabled", "intra_batch", "cross_batch"):
+            if not isinstance(getattr(self, name), bool):
+                raise fail(name, "True or False")
+        for name, low in (("memory_size", 0), ("neighbours", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise fail(name, f"an integer >= {low}")
+
+    def absolute_radius(self, sample_shape: tuple[int, ...] | torch.Size) -> float:
+        """The shield radius in latent units for samples of ``sample_shape``."""
+        return self.radius if self.radius is not None else self.relative_radius * typical_distance(sample_shape)
+
+
+class SpellEngine:
+    """SPELL for one job: intra-batch, earlier batches (cross-batch memory) and an optional protected set.
+
+    Hosts call :meth:`correct` with each step's x0 prediction and use the result as the prediction the sampler steps
+    towards; :meth:`end_batch` with a batch's final latents; :meth:`new_job` between jobs.
+    """
+
+    def __init__(self, config: SpellConfig | None = None, protected: ReferenceSet | None = None) -> None:
+        self.config = config if config is not None else SpellConfig()
+        self.protected = protected
+        self.stats = SpellStats()
+        self._memory: list[torch.Tensor] = []
+
+    @property
+    def remembered(self) -> int:
+        """Number of earlier final latents held."""
+        return len(self._memory)
+
+    def delta(self, x0: torch.Tensor) -> torch.Tensor:
+        """The summed correction for predictions ``x0`` [B, ...] (zeros where nothing is within the radius)."""
+        cfg = self.config
+        radius = cfg.absolute_radius(x0.shape[1:])
+        total = torch.zeros_like(x0)
+        if not cfg.enabled:
+            return total
+        if cfg.intra_batch and x0.shape[0] > 1:
+            total = total + repellency(x0, x0, radius, cfg.overcompensation, exclude_self=True)
+        if cfg.cross_batch and self._memory:
+            memory = torch.cat(self._memory).to(device=x0.device, dtype=x0.dtype)
+            if memory.shape[1:] == x0.shape[1:]:
+                total = total + repellency(x0, memory, radius, cfg.overcompensation, exclude_self=False)
+        if self.protected is not None:
+            total = total + self.protected.repellency(x0, radius, cfg.overcompensation, cfg.neighbours).to(x0.dtype)
+        return total
+
+    def correct(self, x0: torch.Tensor) -> torch.Tensor:
+        """``x0 + delta``, recording the sparsity statistics."""
+        delta = self.delta(x0)
+        self.stats.record(delta)
+        return x0 + delta
+
+    def end_batch(self, final_latents: torch.Tensor) -> None:
+        """Remember a finished batch's final latents (oldest dropped beyond ``memory_size``)."""
+        if not self.config.cross_batch or self.config.memory_size == 0:
+            return
+        self._memory.extend(row[None].detach().clone() for row in final_latents)
+        del self._memory[: max(0, len(self._memory) - self.config.memory_size)]
+
+    def new_job(self) -> None:
+        """Forget earlier batches and reset the statistics."""
+        self._memory.clear()
+        self.stats = SpellStats()

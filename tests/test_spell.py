@@ -190,3 +190,58 @@ def test_approximate_index_recall_on_200k_latents_and_reload(tmp_path):
     reloaded = ReferenceSet(refs[:50_000])
     with pytest.raises(ValueError, match="holds 200000"):
         reloaded.load_index(tmp_path / "refs.faiss")
+
+
+def test_spell_config_names_the_invalid_field():
+    from lib_ctxrep.spell import SpellConfig
+
+    for field, value in (("relative_radius", 0), ("radius", -1.0), ("overcompensation", float("nan")),
+                         ("memory_size", -1), ("neighbours", 0), ("intra_batch", "yes")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"SpellConfig.{field}"):
+            SpellConfig(**{field: value})
+
+
+def test_relative_radius_scales_with_the_latent_shape_and_absolute_overrides_it():
+    from lib_ctxrep.spell import SpellConfig
+
+    cfg = SpellConfig(relative_radius=0.5)
+    assert cfg.absolute_radius((4, 8, 8)) == pytest.approx(0.5 * math.sqrt(2 * 256))
+    assert SpellConfig(radius=3.0).absolute_radius((4, 8, 8)) == 3.0
+
+
+def test_engine_repels_later_batches_from_earlier_final_latents():
+    from lib_ctxrep.spell import SpellConfig, SpellEngine
+
+    engine = SpellEngine(SpellConfig(radius=1.0, intra_batch=False))
+    first = torch.zeros(1, 4)
+    assert torch.equal(engine.correct(first), first)  # nothing remembered yet
+    engine.end_batch(first)
+    second = torch.full((1, 4), 0.1)
+    moved = engine.correct(second)
+    assert (moved - first).norm() > (second - first).norm()
+    assert engine.stats.samples_pushed == 1 and engine.stats.calls == 2
+    engine.new_job()
+    assert engine.remembered == 0 and torch.equal(engine.correct(second), second)
+
+
+def test_engine_memory_is_bounded_and_can_be_off():
+    from lib_ctxrep.spell import SpellConfig, SpellEngine
+
+    engine = SpellEngine(SpellConfig(memory_size=3))
+    for _ in range(5):
+        engine.end_batch(torch.randn(2, 4))
+    assert engine.remembered == 3
+    off = SpellEngine(SpellConfig(cross_batch=False))
+    off.end_batch(torch.randn(2, 4))
+    assert off.remembered == 0
+
+
+def test_engine_combines_intra_batch_and_protected_set():
+    from lib_ctxrep.spell import ReferenceSet, SpellConfig, SpellEngine
+
+    protected = ReferenceSet(torch.tensor([[0.0, 0.0]]))
+    engine = SpellEngine(SpellConfig(radius=1.0, overcompensation=1.0, cross_batch=False), protected)
+    x0 = torch.tensor([[0.2, 0.0], [5.0, 5.0]])
+    out = engine.correct(x0)
+    torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))  # pushed to the protected shield's boundary
+    assert torch.equal(out[1], x0[1])
