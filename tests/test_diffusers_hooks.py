@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("diffusers")
 
@@ -262,12 +263,15 @@ def test_bf16_transformer_runs_and_changes_output():
     assert not torch.equal(out, base)
 
 
-def test_flux_kontext_pipeline_edits_differ_and_stay_finite():
-    diffusers = pytest.importorskip("diffusers")
+def kontext_available() -> None:
+    import diffusers
+
     if not hasattr(diffusers, "FluxKontextPipeline"):
         pytest.skip("FluxKontextPipeline needs diffusers >= 0.35")
-    from PIL import Image
 
+
+def test_flux_kontext_pipeline_edits_differ_and_stay_finite():
+    kontext_available()
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=2, single_layers=1), kontext=True)
     embeds, pooled = prompt_embeddings(B, 12, 32, 32)
     image = Image.new("RGB", (32, 32), (120, 60, 30))
@@ -360,11 +364,7 @@ def test_sd3_without_cfg_is_one_cond_chunk():
 
 
 def test_flux_kontext_reference_tokens_are_never_repelled():
-    diffusers = pytest.importorskip("diffusers")
-    if not hasattr(diffusers, "FluxKontextPipeline"):
-        pytest.skip("FluxKontextPipeline needs diffusers >= 0.35")
-    from PIL import Image
-
+    kontext_available()
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=1, single_layers=2), kontext=True)
     embeds, pooled = prompt_embeddings(B, 12, 32, 32)
     seen: dict = {}
