@@ -211,6 +211,13 @@ class UnetPatcher:
     def set_model_unet_function_wrapper(self, unet_wrapper_function) -> None:
         self.model_options["model_function_wrapper"] = unet_wrapper_function
 
+    def set_model_sampler_post_cfg_function(self, post_cfg_function, disable_cfg1_optimization=False) -> None:
+        # base.py set_model_options_post_cfg_function: appends to a list
+        fns = self.model_options.get("sampler_post_cfg_function", []) + [post_cfg_function]
+        self.model_options["sampler_post_cfg_function"] = fns
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
 
 # --- backend/sampling/sampling_function.py: calc_cond_uncond_batch ---------------------------------------------
 def calc_cond_uncond_batch(model: KModel, cond: list, uncond: list | None, x_in, timestep, model_options: dict,
@@ -253,11 +260,14 @@ def calc_cond_uncond_batch(model: KModel, cond: list, uncond: list | None, x_in,
 
 def sampling_function_inner(model: KModel, x, timestep, uncond, cond, cond_scale: float, model_options: dict,
                             max_chunks_per_call: int | None = None):  # fmt: skip
-    """``sampling_function_inner``: CFG 1 skips the uncond rows (unless ``disable_cfg1_optimization``)."""
-    if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization", False):
-        uncond = None
-    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond, x, timestep, model_options,
+    """``sampling_function_inner``: CFG 1 skips the uncond rows (unless ``disable_cfg1_optimization``); then the
+    post-CFG functions, each ``fn(args) -> denoised`` with ``args["denoised"]``, ``["sigma"]``, ``["input"]``, ..."""
+    uncond_ = None if math.isclose(cond_scale, 1.0) and not model_options.get("disable_cfg1_optimization") else uncond
+    cond_pred, uncond_pred = calc_cond_uncond_batch(model, cond, uncond_, x, timestep, model_options,
                                                     max_chunks_per_call)  # fmt: skip
-    if uncond is None:
-        return cond_pred
-    return uncond_pred + (cond_pred - uncond_pred) * cond_scale
+    cfg_result = cond_pred if uncond_ is None else uncond_pred + (cond_pred - uncond_pred) * cond_scale
+    for fn in model_options.get("sampler_post_cfg_function", []):
+        args = {"denoised": cfg_result, "cond": cond, "uncond": uncond, "model": model, "uncond_denoised": uncond_pred,
+                "cond_denoised": cond_pred, "sigma": timestep, "model_options": model_options, "input": x}  # fmt: skip
+        cfg_result = fn(args)
+    return cfg_result

@@ -273,3 +273,32 @@ def test_kontext_reference_tokens_are_never_repelled_and_its_forward_is_left_in_
         IntegratedFluxTransformer2DModel.forward = original
         for h in hooks:
             h.remove()
+
+
+def test_spell_post_cfg_function_pushes_the_denoised_prediction_on_any_model():
+    from lib_ctxrep.integrations.forge import ForgeSpell
+    from lib_ctxrep.spell import SpellConfig
+
+    class UNetLike(torch.nn.Module):  # not an MM-DiT (no double/joint blocks): SPELL still applies
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x, timestep, context=None, **kwargs):
+            return self.conv(x) + context.mean()
+
+    torch.manual_seed(0)
+    unet = UnetPatcher(KModel(UNetLike(), PredictionFlux()))
+    base = sample(unet, cfg=3.5)
+    far = ForgeSpell(SpellConfig(radius=1e-6))
+    clone = unet.clone()
+    far.patch(clone)
+    assert torch.equal(sample(clone, cfg=3.5), base) and far.engine.stats.samples_pushed == 0
+    near = ForgeSpell(SpellConfig(relative_radius=2.0))
+    clone = unet.clone()
+    near.patch(clone)
+    out = sample(clone, cfg=3.5)
+    assert not torch.allclose(out, base) and near.engine.stats.samples_pushed > 0
+    assert "sampler_post_cfg_function" not in unet.model_options
+    near.end_batch(out)
+    assert near.engine.remembered == B

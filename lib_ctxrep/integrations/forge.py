@@ -31,6 +31,7 @@ import torch
 from ..config import RepulsionConfig
 from ..engine import RepulsionEngine
 from ..schedule import progress_from_sigma
+from ..spell import ReferenceSet, SpellConfig, SpellEngine
 
 #: Diffusion-model classes whose blocks are hooked, and how their text stream is laid out.
 SUPPORTED_MODELS = {
@@ -208,3 +209,26 @@ def _replace_output(engine: RepulsionEngine, name: str, index: int) -> Callable:
         return tuple(out)
 
     return hook
+
+
+class ForgeSpell:
+    """SPELL for one Forge job, on any model Forge runs (UNets and DiTs): a post-CFG function that replaces the
+    denoised prediction by ``denoised + delta`` (mirrors ``backend/patcher/base.py``
+    ``set_model_sampler_post_cfg_function`` and ``sampling_function_inner``'s ``fn(args) -> denoised`` loop); Forge's
+    samplers step towards that prediction, so the final latents land outside the shields."""
+
+    def __init__(self, config: SpellConfig, protected: ReferenceSet | None = None) -> None:
+        self.engine = SpellEngine(config, protected)
+
+    def patch(self, unet: Any) -> None:
+        """Add the post-CFG function to ``unet`` (a clone)."""
+        engine = self.engine
+
+        def ctxrep_spell_post_cfg(args: dict) -> torch.Tensor:
+            return engine.correct(args["denoised"])
+
+        unet.set_model_sampler_post_cfg_function(ctxrep_spell_post_cfg)
+
+    def end_batch(self, samples: torch.Tensor) -> None:
+        """Remember a finished batch's final latents (the sampler's output) for the next batches of the job."""
+        self.engine.end_batch(samples)
