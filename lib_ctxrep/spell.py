@@ -74,11 +74,16 @@ def repellency(
     return delta.to(x0.dtype).reshape(x0.shape)
 
 
+def _relu_weights(d: torch.Tensor, radius: float) -> torch.Tensor:
+    """ReLU(r / d - 1) for distances ``d``; zero at d = 0 (no direction to push along) and for NaN distances."""
+    w = torch.where(d > 0, torch.relu(radius / d.clamp_min(torch.finfo(d.dtype).tiny) - 1.0), torch.zeros_like(d))
+    return torch.nan_to_num(w, nan=0.0)
+
+
 def shield_weights(x: torch.Tensor, z: torch.Tensor, radius: float, *, exclude_self: bool = False) -> torch.Tensor:
     """ReLU(r / d_ij - 1) for rows ``x`` [B, P] and references ``z`` [K, P] ([B, K]; zero outside the shields and for
     d = 0). Distances are computed directly (not from a Gram expansion), so tiny distances stay accurate."""
-    d = torch.cdist(x, z, compute_mode="donot_use_mm_for_euclid_dist")
-    w = torch.where(d > 0, torch.relu(radius / d.clamp_min(torch.finfo(d.dtype).tiny) - 1.0), torch.zeros_like(d))
+    w = _relu_weights(torch.cdist(x, z, compute_mode="donot_use_mm_for_euclid_dist"), radius)
     if exclude_self:
         if z.shape[0] != x.shape[0]:
             raise ValueError("repellency: exclude_self needs one reference row per sample")
@@ -92,22 +97,32 @@ def typical_distance(sample_shape: tuple[int, ...] | torch.Size, std: float = 1.
     return math.sqrt(2.0 * math.prod(sample_shape)) * std
 
 
-@dataclass
 class SpellStats:
-    """Sparsity of SPELL over a generation: how many (sample, step) pairs were pushed."""
+    """Sparsity of SPELL over a generation: how many (sample, step) pairs were pushed.
 
-    calls: int = 0
-    samples_seen: int = 0
-    samples_pushed: int = 0
-    steps_with_push: int = 0
+    Recording keeps the per-step counts on the device (no host sync inside sampling); reading a count syncs once.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.samples_seen = 0
+        self._pushed: list[torch.Tensor] = []
 
     def record(self, delta: torch.Tensor) -> None:
-        """Count one step's correction [B, ...] (one host sync)."""
-        pushed = int((_flat(delta).abs().amax(dim=1) > 0).sum())
+        """Count one step's correction [B, ...]."""
         self.calls += 1
         self.samples_seen += delta.shape[0]
-        self.samples_pushed += pushed
-        self.steps_with_push += int(pushed > 0)
+        self._pushed.append((_flat(delta).abs().amax(dim=1) > 0).sum())
+
+    @property
+    def samples_pushed(self) -> int:
+        """(sample, step) pairs that received a non-zero push."""
+        return int(sum(int(p) for p in self._pushed))
+
+    @property
+    def steps_with_push(self) -> int:
+        """Steps in which at least one sample was pushed."""
+        return sum(int(p) > 0 for p in self._pushed)
 
     @property
     def share_pushed(self) -> float:
@@ -124,9 +139,7 @@ def repellency_from_candidates(
     x = _flat(x0).to(work)
     z = candidates.reshape(candidates.shape[0], candidates.shape[1], -1).to(device=x.device, dtype=work)
     diff = x[:, None, :] - z  # [B, k, P]
-    d = diff.norm(dim=2)
-    w = torch.where(d > 0, torch.relu(radius / d.clamp_min(torch.finfo(work).tiny) - 1.0), torch.zeros_like(d))
-    w = torch.nan_to_num(w, nan=0.0)
+    w = _relu_weights(diff.norm(dim=2), radius)
     delta = overcompensation * (w[:, :, None] * torch.nan_to_num(diff, nan=0.0)).sum(dim=1)
     return delta.to(x0.dtype).reshape(x0.shape)
 
@@ -312,12 +325,12 @@ class SpellEngine:
         self.config = config if config is not None else SpellConfig()
         self.protected = protected
         self.stats = SpellStats()
-        self._memory: list[torch.Tensor] = []
+        self._memory: torch.Tensor | None = None  # earlier final latents, [M, ...], one tensor
 
     @property
     def remembered(self) -> int:
         """Number of earlier final latents held."""
-        return len(self._memory)
+        return 0 if self._memory is None else self._memory.shape[0]
 
     def delta(self, x0: torch.Tensor) -> torch.Tensor:
         """The summed correction for predictions ``x0`` [B, ...] (zeros where nothing is within the radius)."""
@@ -328,8 +341,8 @@ class SpellEngine:
             return total
         if cfg.intra_batch and x0.shape[0] > 1:
             total = total + repellency(x0, x0, radius, cfg.overcompensation, exclude_self=True)
-        if cfg.cross_batch and self._memory:
-            memory = torch.cat(self._memory).to(device=x0.device, dtype=x0.dtype)
+        if cfg.cross_batch and self._memory is not None:
+            memory = self._memory.to(device=x0.device, dtype=x0.dtype)
             if memory.shape[1:] == x0.shape[1:]:
                 total = total + repellency(x0, memory, radius, cfg.overcompensation, exclude_self=False)
         if self.protected is not None:
@@ -346,10 +359,12 @@ class SpellEngine:
         """Remember a finished batch's final latents (oldest dropped beyond ``memory_size``)."""
         if not self.config.cross_batch or self.config.memory_size == 0:
             return
-        self._memory.extend(row[None].detach().clone() for row in final_latents)
-        del self._memory[: max(0, len(self._memory) - self.config.memory_size)]
+        rows = final_latents.detach()
+        if self._memory is not None and self._memory.shape[1:] == rows.shape[1:]:
+            rows = torch.cat([self._memory, rows.to(self._memory.device)])
+        self._memory = rows[-self.config.memory_size :].clone()
 
     def new_job(self) -> None:
         """Forget earlier batches and reset the statistics."""
-        self._memory.clear()
+        self._memory = None
         self.stats = SpellStats()
