@@ -270,29 +270,22 @@ def kontext_available() -> None:
         pytest.skip("FluxKontextPipeline needs diffusers >= 0.35")
 
 
+def run_kontext(pipe, steps: int = 3) -> torch.Tensor:
+    """One batch of B edits of a plain 32 x 32 input image."""
+    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
+    return pipe(
+        image=Image.new("RGB", (32, 32), (120, 60, 30)), prompt_embeds=embeds, pooled_prompt_embeds=pooled,
+        height=16, width=16, max_area=256, _auto_resize=False, num_inference_steps=steps, output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+
+
 def test_flux_kontext_pipeline_edits_differ_and_stay_finite():
     kontext_available()
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=2, single_layers=1), kontext=True)
-    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
-    image = Image.new("RGB", (32, 32), (120, 60, 30))
-
-    def edit():
-        return pipe(
-            image=image,
-            prompt_embeds=embeds,
-            pooled_prompt_embeds=pooled,
-            height=16,
-            width=16,
-            max_area=256,
-            _auto_resize=False,
-            num_inference_steps=3,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(0),
-        ).images
-
-    base = edit()
+    base = run_kontext(pipe)
     with apply_contextual_repulsion(pipe, STRONG, record_stats=True) as handle:
-        edited = edit()
+        edited = run_kontext(pipe)
     assert edited.shape == base.shape and torch.isfinite(edited).all()
     assert not torch.allclose(edited, base)
     assert handle.stats and all(s.vendi_after > s.vendi_before for s in handle.stats)
@@ -366,7 +359,6 @@ def test_sd3_without_cfg_is_one_cond_chunk():
 def test_flux_kontext_reference_tokens_are_never_repelled():
     kontext_available()
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=1, single_layers=2), kontext=True)
-    embeds, pooled = prompt_embeddings(B, 12, 32, 32)
     seen: dict = {}
     transformer = pipe.transformer
 
@@ -386,11 +378,7 @@ def test_flux_kontext_reference_tokens_are_never_repelled():
     ]
     try:
         with apply_contextual_repulsion(pipe, STRONG):
-            pipe(
-                image=Image.new("RGB", (32, 32), (120, 60, 30)), prompt_embeds=embeds, pooled_prompt_embeds=pooled,
-                height=16, width=16, max_area=256, _auto_resize=False, num_inference_steps=2, output_type="latent",
-                generator=torch.Generator().manual_seed(0),
-            )  # fmt: skip
+            run_kontext(pipe, steps=2)
     finally:
         for h in hooks:
             h.remove()
