@@ -16,6 +16,7 @@ step callback), so the final sample lands outside the shields. Nothing here impo
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -107,12 +108,33 @@ class SpellStats:
         self.calls = 0
         self.samples_seen = 0
         self._pushed: list[torch.Tensor] = []
+        self._ever: torch.Tensor | None = None  # [B] bool: sample pushed at least once (while B stays the same)
 
     def record(self, delta: torch.Tensor) -> None:
         """Count one step's correction [B, ...]."""
         self.calls += 1
         self.samples_seen += delta.shape[0]
-        self._pushed.append((_flat(delta).abs().amax(dim=1) > 0).sum())
+        pushed = _flat(delta).abs().amax(dim=1) > 0
+        self._pushed.append(pushed.sum())
+        same = self._ever is not None and self._ever.shape == pushed.shape and self._ever.device == pushed.device
+        self._ever = self._ever | pushed if same else pushed
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per call of the latest calls."""
+        return 0 if self._ever is None else int(self._ever.shape[0])
+
+    @property
+    def samples_ever_pushed(self) -> int:
+        """Samples (of the latest batch size) pushed at least once."""
+        return 0 if self._ever is None else int(self._ever.sum())
+
+    def summary(self) -> str:
+        """One line for a console or an infotext, e.g. ``2/4 samples in 3/20 steps (5/80 sample-steps)``."""
+        return (
+            f"{self.samples_ever_pushed}/{self.batch_size} samples in {self.steps_with_push}/{self.calls} steps "
+            f"({self.samples_pushed}/{self.samples_seen} sample-steps)"
+        )
 
     @property
     def samples_pushed(self) -> int:
@@ -324,8 +346,10 @@ class SpellEngine:
     def __init__(self, config: SpellConfig | None = None, protected: ReferenceSet | None = None) -> None:
         self.config = config if config is not None else SpellConfig()
         self.protected = protected
-        self.stats = SpellStats()
+        self.stats = SpellStats()  # the whole job
+        self.batch_stats = SpellStats()  # the current batch
         self._memory: torch.Tensor | None = None  # earlier final latents, [M, ...], one tensor
+        self._warned_shape = False
 
     @property
     def remembered(self) -> int:
@@ -346,25 +370,43 @@ class SpellEngine:
             if memory.shape[1:] == x0.shape[1:]:
                 total = total + repellency(x0, memory, radius, cfg.overcompensation, exclude_self=False)
         if self.protected is not None:
-            total = total + self.protected.repellency(x0, radius, cfg.overcompensation, cfg.neighbours).to(x0.dtype)
+            if tuple(x0.shape[1:]) == self.protected.sample_shape:
+                delta = self.protected.repellency(x0, radius, cfg.overcompensation, cfg.neighbours)
+                total = total + delta.to(x0.dtype)
+            elif not self._warned_shape:
+                self._warned_shape = True
+                warnings.warn(
+                    f"SPELL: samples of shape {tuple(x0.shape[1:])} do not match the protected set's "
+                    f"{self.protected.sample_shape}; the protected set is not used for them",
+                    stacklevel=2,
+                )
         return total
+
+    def record(self, delta: torch.Tensor) -> None:
+        """Count one step's correction in the job's and the current batch's statistics."""
+        self.stats.record(delta)
+        self.batch_stats.record(delta)
 
     def correct(self, x0: torch.Tensor) -> torch.Tensor:
         """``x0 + delta``, recording the sparsity statistics."""
         delta = self.delta(x0)
-        self.stats.record(delta)
+        self.record(delta)
         return x0 + delta
 
-    def end_batch(self, final_latents: torch.Tensor) -> None:
-        """Remember a finished batch's final latents (oldest dropped beyond ``memory_size``)."""
+    def end_batch(self, final_latents: torch.Tensor) -> SpellStats:
+        """Remember a finished batch's final latents (oldest dropped beyond ``memory_size``); returns the batch's
+        sparsity statistics and starts new ones for the next batch."""
+        finished, self.batch_stats = self.batch_stats, SpellStats()
         if not self.config.cross_batch or self.config.memory_size == 0:
-            return
+            return finished
         rows = final_latents.detach()
         if self._memory is not None and self._memory.shape[1:] == rows.shape[1:]:
             rows = torch.cat([self._memory, rows.to(self._memory.device)])
         self._memory = rows[-self.config.memory_size :].clone()
+        return finished
 
     def new_job(self) -> None:
         """Forget earlier batches and reset the statistics."""
         self._memory = None
         self.stats = SpellStats()
+        self.batch_stats = SpellStats()

@@ -1,9 +1,11 @@
-"""Contextual Repulsion for Stable Diffusion WebUI Forge: the accordion, infotext, XYZ axes and API arguments.
+"""Contextual Repulsion for Stable Diffusion WebUI Forge: the accordion, infotext, XYZ axes, API arguments, Settings.
 
-UI and wiring only. The arguments are converted and validated by ``lib_ctxrep.integrations.forge_args``; the
-repulsion itself is ``lib_ctxrep.integrations.forge.ForgeRepulsion``, installed on a clone of
-``p.sd_model.forge_objects.unet`` before every sampling (Forge discards the clone afterwards). Block hooks exist only
-during in-window model calls, so nothing stays on the shared model after a generation, an error or an interrupt.
+UI and wiring only. The arguments are converted and validated by ``lib_ctxrep.integrations.forge_args``. Both
+methods are installed on a clone of ``p.sd_model.forge_objects.unet`` before every sampling (Forge discards the clone
+afterwards): contextual repulsion (``ForgeRepulsion``: block hooks that exist only during in-window model calls) on
+MM-DiT models, SPELL (``ForgeSpell``: a post-CFG function) on any model. Nothing stays on the shared model after a
+generation, an error or an interrupt. Protected sets are read only inside the folder configured in Settings
+(``lib_ctxrep.protected``).
 """
 
 from __future__ import annotations
@@ -11,17 +13,26 @@ from __future__ import annotations
 import logging
 
 import gradio as gr
-from modules import script_callbacks, scripts
+from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from lib_ctxrep.integrations import forge_args
-from lib_ctxrep.integrations.forge import ForgeRepulsion
+from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, latent_space_of
+from lib_ctxrep.protected import ProtectedSetError, load_protected_set
 
 logger = logging.getLogger("lib_ctxrep")
 PREFIX = "[Contextual Repulsion]"
 
 #: Attributes an XYZ axis sets on ``p``; each overrides the UI value of the same argument.
-XYZ_FIELDS = {"strength": "ctxrep_strength", "window": "ctxrep_window", "blocks": "ctxrep_blocks"}
+XYZ_FIELDS = {
+    "strength": "ctxrep_strength",
+    "window": "ctxrep_window",
+    "blocks": "ctxrep_blocks",
+    "spell_radius": "ctxrep_spell_radius",
+}
+#: Settings (Settings > Contextual Repulsion). The root cannot be changed through the API (restrict_api).
+ROOT_OPTION = "ctxrep_protected_root"
+NPROBE_OPTION = "ctxrep_spell_nprobe"
 
 
 class ContextualRepulsionScript(scripts.Script):
@@ -44,10 +55,12 @@ class ContextualRepulsionScript(scripts.Script):
 
         with InputAccordion(False, label=self.title(), elem_id=eid("enabled")) as enabled:
             gr.Markdown(
-                "Makes the images of one batch differ in composition, pose and style (Flux, Chroma, SD3/SD3.5, "
-                "Flux Kontext): during the first steps, the batch's text-stream tokens are pushed apart after each "
-                "dual-stream block."
+                "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
+                "(Flux, Chroma, SD3/SD3.5, Flux Kontext): during the first steps, the batch's text-stream tokens are "
+                "pushed apart after each dual-stream block. **SPELL** (any model): a sample whose predicted image "
+                "comes too close to another sample, an earlier batch or a protected image is pushed away."
             )
+            repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
             with gr.Row():
                 strength = gr.Slider(
                     0.0, 0.5, step=0.005, value=d["strength"], label="Strength", elem_id=eid("strength")
@@ -74,12 +87,31 @@ class ContextualRepulsionScript(scripts.Script):
                     iterations = gr.Slider(
                         1, 100, step=1, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
                     )
+            with gr.Accordion("SPELL: sparse repellency (any model)", open=False, elem_id=eid("spell_group")):
+                with gr.Row():
+                    spell = gr.Checkbox(value=d["spell"], label="SPELL", elem_id=eid("spell"))
+                    spell_radius = gr.Slider(
+                        0.01, 1.0, step=0.01, value=d["spell_radius"], label="Shield radius (relative)",
+                        elem_id=eid("spell_radius"),
+                    )  # fmt: skip
+                    spell_overcompensation = gr.Slider(
+                        1.0, 3.0, step=0.1, value=d["spell_overcompensation"], label="Overcompensation",
+                        elem_id=eid("spell_overcompensation"),
+                    )  # fmt: skip
+                spell_protected = gr.Textbox(
+                    value=d["spell_protected"], label="Protected set (optional)",
+                    placeholder="a folder of images or a .safetensors latent set, inside the folder set in Settings",
+                    elem_id=eid("spell_protected"),
+                )  # fmt: skip
         blocks.change(
             fn=lambda value: gr.update(visible=value == "custom"), inputs=[blocks], outputs=[custom_blocks],
             show_progress=False,
         )  # fmt: skip
 
-        components = [enabled, strength, window, blocks, custom_blocks, single_blocks, memory, hires, eta, iterations]
+        components = [
+            enabled, strength, window, blocks, custom_blocks, single_blocks, memory, hires, eta, iterations,
+            repulsion, spell, spell_radius, spell_overcompensation, spell_protected,
+        ]  # fmt: skip
         self.infotext_fields = [
             (component, lambda params, name=name: forge_args.from_infotext(params)[name])
             for name, component in zip(forge_args.ARG_NAMES, components, strict=True)
@@ -92,12 +124,15 @@ class ContextualRepulsionScript(scripts.Script):
         """Read and validate the settings once per generation; a new job (and cross-batch memory) per generation."""
         p._ctxrep_settings = None
         p._ctxrep_job = None
+        p._ctxrep_spell = None
         values = forge_args.normalise(list(args))
         for name, field in XYZ_FIELDS.items():
             if hasattr(p, field):
                 values[name] = getattr(p, field)
         if getattr(p, "ctxrep_enabled", False):
             values["enabled"] = True
+        if hasattr(p, XYZ_FIELDS["spell_radius"]):
+            values["spell"] = True
         if not values["enabled"]:
             return
         try:
@@ -105,8 +140,15 @@ class ContextualRepulsionScript(scripts.Script):
         except forge_args.ArgumentError as error:
             self._report(p, f"{error}; the generation continues without it")
             return
+        if not settings.repulsion and settings.spell is None:
+            self._report(p, "both methods are off (contextual repulsion and SPELL); nothing was changed", info=True)
+            return
         p._ctxrep_settings = settings
-        p._ctxrep_job = ForgeRepulsion(settings.config)
+        if settings.repulsion:
+            p._ctxrep_job = ForgeRepulsion(settings.config)
+        if settings.spell is not None:
+            p._ctxrep_spell = ForgeSpell(settings.spell)
+            p._ctxrep_protected_tried = False
 
     def before_process_batch(self, p, *args, **kwargs) -> None:
         job = getattr(p, "_ctxrep_job", None)
@@ -114,39 +156,134 @@ class ContextualRepulsionScript(scripts.Script):
             job.engine.new_batch()  # the previous batch of this job becomes memory
 
     def process_before_every_sampling(self, p, *args, **kwargs) -> None:
-        job = getattr(p, "_ctxrep_job", None)
         settings = getattr(p, "_ctxrep_settings", None)
-        if job is None or settings is None:
+        if settings is None:
             return
-        if getattr(p, "is_hr_pass", False) and not settings.hires:
+        job = getattr(p, "_ctxrep_job", None)
+        spell = getattr(p, "_ctxrep_spell", None)
+        hires = getattr(p, "is_hr_pass", False)
+        if hires:
+            spell = None  # SPELL shapes the first pass; the hires pass refines it
+            if not settings.hires:
+                job = None
+        if job is None and spell is None:
             return
         unet = p.sd_model.forge_objects.unet.clone()
-        if not job.patch(unet):
+        repulsion_on = job is not None and job.patch(unet)
+        if job is not None and not repulsion_on:
             model = type(unet.model.diffusion_model).__name__
+            alternative = "SPELL still runs" if spell is not None else "SPELL (in this accordion) works on every model"
             self._report(
                 p,
-                f"{model} is not supported (it works on MM-DiT models: Flux, Chroma, SD3/SD3.5, Flux Kontext); "
-                "the generation continues unmodified",
+                f"{model} is not supported by contextual repulsion (it works on MM-DiT models: Flux, Chroma, "
+                f"SD3/SD3.5, Flux Kontext); {alternative}; the generation continues",
                 info=True,
             )
+        if spell is not None:
+            sample = kwargs.get("x")
+            if settings.protected and not p._ctxrep_protected_tried:
+                p._ctxrep_protected_tried = True
+                self._load_protected(p, spell, settings.protected, sample)
+            spell.patch(unet)
+            if sample is not None:
+                radius = spell.radius(sample.shape[1:])
+                p.extra_generation_params[forge_args.SPELL_RADIUS_ABS_KEY] = float(f"{radius:.4g}")
+        if not repulsion_on and spell is None:
             return
         p.sd_model.forge_objects.unet = unet
-        p.extra_generation_params.update(forge_args.infotext(settings))
+        info = forge_args.infotext(settings, repulsion=repulsion_on, spell=spell is not None)
+        p.extra_generation_params.update(info)
+
+    def _load_protected(self, p, spell: ForgeSpell, path: str, sample) -> None:
+        """Load the protected set once per generation; on failure SPELL runs without it and the message says why."""
+        if sample is None:
+            self._report(p, "the protected set needs the latent shape, which this Forge did not pass; not used")
+            return
+        sd_model = p.sd_model
+
+        def encode(images):
+            return sd_model.encode_first_stage(images)
+
+        def progress(done: int, total: int) -> None:
+            print(f"{PREFIX} indexing the protected set: {done}/{total}", end="\r" if done < total else "\n")
+
+        try:
+            loaded = load_protected_set(
+                path,
+                getattr(shared.opts, ROOT_OPTION, ""),
+                latent_space=latent_space_of(sd_model),
+                sample_shape=tuple(sample.shape[1:]),
+                width=p.width,
+                height=p.height,
+                encode=encode,
+                nprobe=int(getattr(shared.opts, NPROBE_OPTION, 8)),
+                progress=progress,
+            )
+        except (ProtectedSetError, ImportError) as error:
+            self._report(p, f"SPELL protected set: {error}; SPELL runs without it")
+            return
+        spell.engine.protected = loaded.references
+        kind = "approximate (faiss) search" if loaded.references.approximate else "exact search"
+        print(f"{PREFIX} SPELL protected set {loaded.source!r}: {len(loaded)} latents, {kind}")
+        for note in loaded.notes:
+            self._report(p, f"SPELL protected set: {note}", info=True)
+
+    def post_sample(self, p, ps, *args) -> None:
+        """After each batch's sampling: SPELL remembers the batch and reports its sparsity."""
+        spell = getattr(p, "_ctxrep_spell", None)
+        if spell is None or getattr(ps, "samples", None) is None:
+            return
+        stats = spell.end_batch(ps.samples)
+        if stats.calls:
+            print(f"{PREFIX} SPELL pushed {stats.summary()}")
+            p.extra_generation_params[forge_args.SPELL_PUSHED_KEY] = stats.summary()
 
     def postprocess(self, p, processed, *args) -> None:
-        job = getattr(p, "_ctxrep_job", None)
-        if job is not None:
-            job.close()
-        p._ctxrep_job = None
+        for name in ("_ctxrep_job", "_ctxrep_spell"):
+            job = getattr(p, name, None)
+            if job is not None:
+                job.close()
+            setattr(p, name, None)
 
     def _report(self, p, message: str, info: bool = False) -> None:
         text = f"{PREFIX} {message}"
         print(text)
-        p.extra_generation_params["CtxRep note" if info else "CtxRep error"] = message
+        key = "CtxRep note" if info else "CtxRep error"
+        previous = p.extra_generation_params.get(key)
+        p.extra_generation_params[key] = message if not previous or previous == message else f"{previous}; {message}"
         try:
             (gr.Info if info else gr.Warning)(text)
         except Exception:  # outside a UI event (API calls): the console and the infotext carry the message
             pass
+
+
+# ---- Settings ------------------------------------------------------------------------------------------------------
+def add_settings() -> None:
+    """Settings > Contextual Repulsion: the folder protected sets are read from (not settable through the API, so a
+    webui exposed with --listen cannot be made to read elsewhere) and faiss's nprobe for large sets."""
+    section = ("ctxrep", "Contextual Repulsion")
+    shared.opts.add_option(
+        ROOT_OPTION,
+        shared.OptionInfo(
+            "",
+            "Folder that SPELL protected sets are read from (empty: protected sets off; nothing outside it is read)",
+            section=section,
+            restrict_api=True,
+        ),
+    )
+    shared.opts.add_option(
+        NPROBE_OPTION,
+        shared.OptionInfo(
+            8,
+            "SPELL: cells searched per query in protected sets above 100k latents (faiss nprobe)",
+            gr.Slider,
+            {"minimum": 1, "maximum": 256, "step": 1},
+            section=section,
+        ),
+    )
+
+
+script_callbacks.on_ui_settings(add_settings)
 
 
 # ---- XYZ plot --------------------------------------------------------------------------------------------------
@@ -191,6 +328,12 @@ def register_xyz_axes() -> None:
                     _apply(XYZ_FIELDS["blocks"]),
                     confirm=_confirm("blocks"),
                     choices=lambda: list(forge_args.BLOCK_PRESETS)[:-1],
+                ),  # fmt: skip
+                xyz.AxisOption(
+                    "[CtxRep] SPELL radius",
+                    float,
+                    _apply(XYZ_FIELDS["spell_radius"]),
+                    confirm=_confirm("spell_radius"),
                 ),  # fmt: skip
             ]
         )

@@ -302,3 +302,16 @@ def test_spell_post_cfg_function_pushes_the_denoised_prediction_on_any_model():
     assert "sampler_post_cfg_function" not in unet.model_options
     near.end_batch(out)
     assert near.engine.remembered == B
+
+
+def test_spell_remembers_the_first_pass_prediction_when_the_hires_pass_changed_the_shape():
+    from lib_ctxrep.integrations.forge import ForgeSpell
+    from lib_ctxrep.spell import SpellConfig
+
+    unet = flux_unet()
+    job = ForgeSpell(SpellConfig(relative_radius=0.01))
+    clone = unet.clone()
+    job.patch(clone)
+    first_pass = sample(clone)
+    job.end_batch(torch.zeros(B, 4, 6, 6))  # the hires pass's samples: another latent size
+    assert job.engine.remembered == B and job.engine._memory.shape[1:] == first_pass.shape[1:]

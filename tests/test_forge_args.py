@@ -51,7 +51,13 @@ def test_internal_names_are_accepted_for_choices():
         ({"single_blocks": "some"}, "'single_blocks'"),
         ({"iterations": 2.5}, "'iterations'"),
         ({"colour": 1}, "unknown argument"),
-        (list(range(11)), "positional arguments"),
+        (list(range(len(fa.ARG_NAMES) + 1)), "positional arguments"),
+        ({"spell_radius": 0}, "'spell_radius'"),
+        ({"spell_radius": -0.2}, "'spell_radius'"),
+        ({"spell_radius": "wide"}, "'spell_radius'"),
+        ({"spell_overcompensation": 0}, "'spell_overcompensation'"),
+        ({"spell": "yes"}, "'spell'"),
+        ({"spell_protected": 3}, "'spell_protected'"),
         ("x", "must be a list or a dict"),
     ],
 )
@@ -74,3 +80,31 @@ def test_infotext_has_readable_keys_without_separators_and_round_trips():
 def test_pasting_infotext_without_our_keys_gives_disabled_defaults():
     values = fa.from_infotext({"Steps": "20"})
     assert values == {**fa.DEFAULTS, "enabled": False}
+
+
+def test_positional_calls_written_before_spell_keep_their_meaning():
+    s = fa.parse([True, 0.1, 0.2, "middle third", "", "text only", False, True, 0, 12])
+    assert s.repulsion and s.spell is None and s.protected == ""
+    assert fa.ARG_NAMES[:10] == (
+        "enabled", "strength", "window", "blocks", "custom_blocks", "single_blocks", "memory", "hires", "eta",
+        "iterations",
+    )  # fmt: skip
+
+
+def test_spell_arguments_become_a_spell_config():
+    s = fa.parse({"enabled": True, "repulsion": False, "spell": True, "spell_radius": 0.2, "spell_protected": " a "})
+    assert not s.repulsion and s.spell.relative_radius == 0.2 and s.spell.overcompensation == 1.6
+    assert s.protected == "a"
+
+
+def test_spell_infotext_round_trips_and_omits_repulsion_keys_when_it_is_off():
+    s = fa.parse({"enabled": True, "repulsion": False, "spell": True, "spell_radius": 0.25, "spell_protected": "x"})
+    text = fa.infotext(s)
+    assert text["CtxRep SPELL"] is True and text["CtxRep repulsion"] is False and "CtxRep strength" not in text
+    again = fa.parse(fa.from_infotext({k: str(v) for k, v in text.items()}))
+    assert again.spell == s.spell and again.protected == "x" and not again.repulsion
+
+
+def test_infotext_of_repulsion_alone_has_no_spell_keys():
+    text = fa.infotext(fa.parse({"enabled": True}))
+    assert not any(k.startswith("CtxRep SPELL") for k in text) and "CtxRep repulsion" not in text

@@ -41,6 +41,10 @@ def ctxrep():
         sys.path.remove(str(ROOT / "tests" / "forge_modules"))
 
 
+def ctxrep_scripts():
+    return sys.modules["modules.scripts"]
+
+
 class ForgeObjects:
     def __init__(self, unet):
         self.unet = unet
@@ -58,9 +62,12 @@ def flux_unet():
     return UnetPatcher(KModel(IntegratedFluxTransformer2DModel(), PredictionFlux()))
 
 
+def noise(batch=4, seed=0):
+    return torch.randn(batch, 4, 3, 3, generator=torch.Generator().manual_seed(seed))
+
+
 def sample(unet, batch=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, 4, 3, 3, generator=g)
+    x = noise(batch, seed)
     cond = [{"c_crossattn": torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(9)).expand(batch, -1, -1)}]
     with torch.inference_mode():
         return sampling_function_inner(unet.model, x, torch.ones(batch), None, cond, 1.0, unet.model_options)
@@ -79,8 +86,10 @@ def generate(script, p, script_args, batches=1, hr=False, batch=4):
     for n in range(batches):
         p.sd_model.forge_objects.unet = original  # Forge resets forge_objects before every sampling
         script.before_process_batch(p, *script_args, batch_number=n)
-        script.process_before_every_sampling(p, *script_args)
+        script.process_before_every_sampling(p, *script_args, x=noise(batch, n), noise=noise(batch, n))
         outs.append(sample(p.sd_model.forge_objects.unet, batch=batch, seed=n))
+        post = ctxrep_scripts().PostSampleArgs(outs[-1])
+        script.post_sample(p, post, *script_args)
         if hr:
             p.is_hr_pass = True
             p.sd_model.forge_objects.unet = original
@@ -195,7 +204,7 @@ def test_xyz_axes_register_once_and_override_the_ui_values(ctxrep):
     finally:
         ctxrep.scripts.scripts_data.remove(entry)
     labels = [o.label for o in axis_options]
-    assert labels == ["[CtxRep] Strength", "[CtxRep] Window", "[CtxRep] Block preset"]
+    assert labels == ["[CtxRep] Strength", "[CtxRep] Window", "[CtxRep] Block preset", "[CtxRep] SPELL radius"]
     with pytest.raises(forge_args.ArgumentError, match="window"):
         axis_options[1].confirm(None, [0.1, 3.0])
     p = processing(flux_unet())
@@ -210,3 +219,171 @@ def test_api_dict_form_is_accepted(ctxrep):
     script = ctxrep.ContextualRepulsionScript()
     script.process(p, {"enabled": True, "strength": 0.25, "blocks": "middle third"})
     assert p._ctxrep_settings.config.strength == 0.25 and p._ctxrep_settings.config.blocks == "middle"
+
+
+# ---- SPELL ---------------------------------------------------------------------------------------------------------
+class IntegratedUNet2DConditionModel(torch.nn.Module):
+    """A convolutional stand-in of Forge's SD1.5/SDXL UNet (backend/nn/unet.py): no MM-DiT blocks to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x, timestep, context=None, control=None, transformer_options=None, **kwargs):
+        return 0.1 * self.conv(x)
+
+
+class Flux(SimpleNamespace):
+    """Named like Forge's engine class (backend/diffusion_engine/flux.py), which gives the latent space."""
+
+
+def spell_args(**kw):
+    return args(repulsion=False, spell=True, **kw)
+
+
+def spell_processing(unet, **kw):
+    p = processing(unet, width=12, height=12, **kw)
+    p.sd_model = Flux(forge_objects=ForgeObjects(unet), encode_first_stage=lambda images: pool4(images))
+    return p
+
+
+def pool4(images):
+    pooled = torch.nn.functional.avg_pool2d(images, 4)
+    return torch.cat([pooled, pooled.mean(1, keepdim=True)], dim=1)
+
+
+@pytest.fixture
+def protected_root(ctxrep, tmp_path):
+    root = tmp_path / "protected"
+    root.mkdir()
+    opts = ctxrep.shared.opts
+    ctxrep.script_callbacks.ui_settings_callback()
+    opts.set(ctxrep.ROOT_OPTION, str(root))
+    yield root
+    opts.set(ctxrep.ROOT_OPTION, "")
+    from lib_ctxrep.protected import clear_cache
+
+    clear_cache()
+
+
+def test_spell_runs_on_a_unet_that_contextual_repulsion_does_not_support(ctxrep):
+    unet = UnetPatcher(KModel(IntegratedUNet2DConditionModel(), PredictionFlux()))
+    base = sample(unet)
+    p = processing(unet)
+    out = generate(ctxrep.ContextualRepulsionScript(), p, args(spell=True, spell_radius=1.0))[0]
+    assert not torch.allclose(out, base)
+    info = p.extra_generation_params
+    assert "IntegratedUNet2DConditionModel is not supported by contextual repulsion" in info["CtxRep note"]
+    assert "SPELL still runs" in info["CtxRep note"]
+    assert info["CtxRep SPELL"] is True and info["CtxRep repulsion"] is False and "CtxRep strength" not in info
+    assert info["CtxRep SPELL radius abs"] == pytest.approx(1.0 * (2 * 36) ** 0.5, rel=1e-3)
+    assert "sampler_post_cfg_function" not in unet.model_options  # only the clone was patched
+
+
+def test_unsupported_model_without_spell_points_to_spell(ctxrep):
+    unet = UnetPatcher(KModel(IntegratedUNet2DConditionModel(), PredictionFlux()))
+    p = processing(unet)
+    generate(ctxrep.ContextualRepulsionScript(), p, args())
+    assert "SPELL (in this accordion) works on every model" in p.extra_generation_params["CtxRep note"]
+
+
+def test_spell_with_no_reference_within_the_radius_is_bit_identical_to_off(ctxrep):
+    unet = flux_unet()
+    base = sample(unet)
+    p = processing(unet)
+    out = generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_radius=0.01))[0]
+    assert torch.equal(out, base)
+    assert p.extra_generation_params["CtxRep SPELL pushed"] == "0/4 samples in 0/1 steps (0/4 sample-steps)"
+
+
+def test_spell_reports_its_sparsity_in_the_console_and_the_infotext(ctxrep, capsys):
+    p = processing(flux_unet())
+    generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_radius=1.5))
+    assert "[Contextual Repulsion] SPELL pushed 4/4 samples in 1/1 steps" in capsys.readouterr().out
+    assert p.extra_generation_params["CtxRep SPELL pushed"].startswith("4/4 samples")
+
+
+def test_spell_repels_later_batches_from_earlier_ones_and_a_new_generation_forgets_them(ctxrep):
+    unet = flux_unet()
+    plain = [sample(unet, batch=1, seed=n) for n in range(2)]
+    script = ctxrep.ContextualRepulsionScript()
+    for _ in range(2):
+        outs = generate(script, processing(unet), spell_args(spell_radius=1.5), batches=2, batch=1)
+        assert torch.equal(outs[0], plain[0])  # batch size 1 and nothing earlier: nothing to repel from
+        assert not torch.allclose(outs[1], plain[1])
+
+
+def test_spell_leaves_the_hires_pass_alone(ctxrep):
+    unet = flux_unet()
+    p = processing(unet)
+    generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_radius=1.0), hr=True)
+    assert p.hr_unet is unet
+
+
+def test_protected_latent_set_pushes_every_output_out_of_its_shields(ctxrep, protected_root):
+    from lib_ctxrep.protected import save_latent_set
+
+    unet = flux_unet()
+    base = sample(unet)
+    near = base + 0.3 * torch.randn(base.shape, generator=torch.Generator().manual_seed(5))
+    save_latent_set(protected_root / "mine.safetensors", near, "flux")
+    p = spell_processing(unet)
+    out = generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_protected="mine.safetensors"))[0]
+    radius = p.extra_generation_params["CtxRep SPELL radius abs"]
+    assert torch.cdist(base.flatten(1), near.flatten(1)).min() < radius  # the baseline lies inside the shields
+    assert torch.cdist(out.flatten(1), near.flatten(1)).min() >= radius * (1 - 1e-3)
+    assert p.extra_generation_params["CtxRep SPELL protected"] == "mine.safetensors"
+
+
+def test_protected_folder_is_encoded_with_the_models_vae_at_the_generation_size(ctxrep, protected_root, capsys):
+    from PIL import Image
+
+    (protected_root / "refs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (24, 24), (60 * i, 0, 0)).save(protected_root / "refs" / f"{i}.png")
+    p = spell_processing(flux_unet())
+    generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_protected="refs"))
+    console = capsys.readouterr().out
+    assert "SPELL protected set 'refs': 3 latents, exact search" in console
+    assert (
+        "3 image(s) of another size were resized and centre-cropped to 12x12"
+        in p.extra_generation_params["CtxRep note"]
+    )
+    assert "CtxRep error" not in p.extra_generation_params
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("../outside", "is outside the protected-set folder"),
+        ("missing", "not found"),
+        ("set.pt", "pickle"),
+    ],
+)
+def test_a_bad_protected_set_is_refused_with_the_reason_and_the_generation_continues(
+    ctxrep, protected_root, path, reason
+):
+    (protected_root.parent / "outside").mkdir()
+    (protected_root / "set.pt").write_bytes(b"\x80\x04K\x01.")
+    unet = flux_unet()
+    p = spell_processing(unet)
+    out = generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_protected=path))[0]
+    assert out.shape == (4, 4, 3, 3) and torch.isfinite(out).all()
+    error = p.extra_generation_params["CtxRep error"]
+    assert error.startswith("SPELL protected set:") and reason in error and error.endswith("SPELL runs without it")
+
+
+def test_protected_sets_are_off_until_a_root_is_configured_in_settings(ctxrep):
+    ctxrep.script_callbacks.ui_settings_callback()
+    p = spell_processing(flux_unet())
+    generate(ctxrep.ContextualRepulsionScript(), p, spell_args(spell_protected="anything"))
+    assert "no protected-set folder is configured" in p.extra_generation_params["CtxRep error"]
+
+
+def test_the_protected_root_cannot_be_changed_through_the_api(ctxrep):
+    ctxrep.script_callbacks.ui_settings_callback()
+    opts = ctxrep.shared.opts
+    assert opts.data_labels[ctxrep.ROOT_OPTION].restrict_api
+    assert not opts.set(ctxrep.ROOT_OPTION, "/", is_api=True)  # /sdapi/v1/options and override_settings
+    assert getattr(opts, ctxrep.ROOT_OPTION) in ("", None)

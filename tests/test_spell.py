@@ -90,6 +90,23 @@ def test_stats_count_pushed_samples_and_steps():
     assert stats.share_pushed == 0.25
 
 
+def test_stats_summary_counts_each_sample_pushed_at_least_once():
+    stats = SpellStats()
+    stats.record(torch.tensor([[1.0], [0.0], [0.0]]))
+    stats.record(torch.tensor([[1.0], [0.0], [2.0]]))
+    stats.record(torch.zeros(3, 1))
+    assert stats.summary() == "2/3 samples in 2/3 steps (3/9 sample-steps)"
+
+
+def test_engine_end_batch_returns_that_batchs_sparsity_and_starts_afresh():
+    from lib_ctxrep.spell import SpellConfig, SpellEngine
+
+    engine = SpellEngine(SpellConfig(radius=1.0))
+    engine.correct(torch.tensor([[0.0, 0.0], [0.5, 0.0]]))
+    first = engine.end_batch(torch.zeros(2, 2))
+    assert first.samples_pushed == 2 and engine.batch_stats.calls == 0 and engine.stats.calls == 1
+
+
 def gaussian_denoiser(mean: torch.Tensor, std: float):
     """Exact E[x0 | x_t] for x0 ~ N(mean, std^2 I) under the flow x_t = (1 - t) x0 + t eps."""
 
@@ -245,3 +262,11 @@ def test_engine_combines_intra_batch_and_protected_set():
     out = engine.correct(x0)
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0.0]))  # pushed to the protected shield's boundary
     assert torch.equal(out[1], x0[1])
+
+
+def test_engine_skips_a_protected_set_of_another_shape_with_one_warning():
+    from lib_ctxrep.spell import ReferenceSet, SpellConfig, SpellEngine
+
+    engine = SpellEngine(SpellConfig(radius=10.0, intra_batch=False), ReferenceSet(torch.zeros(2, 3)))
+    with pytest.warns(UserWarning, match="do not match the protected set"):
+        assert torch.equal(engine.delta(torch.ones(1, 4)), torch.zeros(1, 4))

@@ -76,7 +76,7 @@ def apply_spell(
         if sigma > 0:
             x0_hat = sample.to(torch.float32) - sigma * model_output.to(torch.float32)
             delta = engine.delta(x0_hat)
-            engine.stats.record(delta)
+            engine.record(delta)
             model_output = (model_output.to(torch.float32) - delta / sigma).to(model_output.dtype)
         out = original(model_output, timestep, sample, *args, **kwargs)
         if index == len(scheduler.sigmas) - 2:  # the last step: its result is the batch's final latents

@@ -31,7 +31,7 @@ import torch
 from ..config import RepulsionConfig
 from ..engine import RepulsionEngine
 from ..schedule import progress_from_sigma
-from ..spell import ReferenceSet, SpellConfig, SpellEngine
+from ..spell import ReferenceSet, SpellConfig, SpellEngine, SpellStats
 
 #: Diffusion-model classes whose blocks are hooked, and how their text stream is laid out.
 SUPPORTED_MODELS = {
@@ -211,6 +211,24 @@ def _replace_output(engine: RepulsionEngine, name: str, index: int) -> Callable:
     return hook
 
 
+#: Latent space of each Forge diffusion engine (backend/diffusion_engine/*.py): models sharing a VAE share it.
+LATENT_SPACES = {
+    "StableDiffusion": "sd1",
+    "StableDiffusion2": "sd1",
+    "StableDiffusionXL": "sdxl",
+    "StableDiffusionXLRefiner": "sdxl",
+    "StableDiffusion3": "sd3",
+    "Flux": "flux",
+    "Chroma": "flux",
+}
+
+
+def latent_space_of(sd_model: Any) -> str:
+    """The latent-space name of a Forge engine (``p.sd_model``), for checking protected sets against the model."""
+    name = type(sd_model).__name__
+    return LATENT_SPACES.get(name, name)
+
+
 class ForgeSpell:
     """SPELL for one Forge job, on any model Forge runs (UNets and DiTs): a post-CFG function that replaces the
     denoised prediction by ``denoised + delta`` (mirrors ``backend/patcher/base.py``
@@ -219,16 +237,33 @@ class ForgeSpell:
 
     def __init__(self, config: SpellConfig, protected: ReferenceSet | None = None) -> None:
         self.engine = SpellEngine(config, protected)
+        self._last_x0: torch.Tensor | None = None
 
     def patch(self, unet: Any) -> None:
         """Add the post-CFG function to ``unet`` (a clone)."""
         engine = self.engine
 
         def ctxrep_spell_post_cfg(args: dict) -> torch.Tensor:
-            return engine.correct(args["denoised"])
+            corrected = engine.correct(args["denoised"])
+            self._last_x0 = corrected
+            return corrected
 
         unet.set_model_sampler_post_cfg_function(ctxrep_spell_post_cfg)
 
-    def end_batch(self, samples: torch.Tensor) -> None:
-        """Remember a finished batch's final latents (the sampler's output) for the next batches of the job."""
-        self.engine.end_batch(samples)
+    def radius(self, sample_shape: tuple[int, ...] | torch.Size) -> float:
+        """The absolute shield radius for latents of ``sample_shape``."""
+        return self.engine.config.absolute_radius(tuple(sample_shape))
+
+    def end_batch(self, samples: torch.Tensor) -> SpellStats:
+        """Remember a finished batch's final latents for the next batches of the job and return the batch's sparsity.
+        ``samples`` is what the sampler returned (``post_sample``); after a hires pass (another shape) the last
+        corrected prediction of the first pass stands in for it."""
+        last, self._last_x0 = self._last_x0, None
+        if last is not None and tuple(samples.shape) != tuple(last.shape):
+            samples = last
+        return self.engine.end_batch(samples)
+
+    def close(self) -> None:
+        """End the job: forget the cross-batch memory."""
+        self._last_x0 = None
+        self.engine.new_job()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+from ..spell import DEFAULT_OVERCOMPENSATION, DEFAULT_RELATIVE_RADIUS, SpellConfig
 
 TITLE = "Contextual Repulsion"
 
@@ -18,7 +19,8 @@ BLOCK_PRESETS = {"all": "all", "middle third": "middle", "first third": "first",
 #: UI choices of the Flux single-block mode.
 SINGLE_MODES = {"all tokens": "all", "text only": "text", "off": "off"}
 
-#: Positional order of the script's arguments (the ``ui()`` return order and the API's ``args`` list).
+#: Positional order of the script's arguments (the ``ui()`` return order and the API's ``args`` list). New arguments
+#: are appended, so positional API calls written for an older version keep their meaning.
 ARG_NAMES = (
     "enabled",
     "strength",
@@ -30,6 +32,11 @@ ARG_NAMES = (
     "hires",
     "eta",
     "iterations",
+    "repulsion",
+    "spell",
+    "spell_radius",
+    "spell_overcompensation",
+    "spell_protected",
 )
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -42,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
     "hires": False,
     "eta": 0.0,
     "iterations": RepulsionConfig.iterations,
+    "repulsion": True,
+    "spell": False,
+    "spell_radius": DEFAULT_RELATIVE_RADIUS,
+    "spell_overcompensation": DEFAULT_OVERCOMPENSATION,
+    "spell_protected": "",
 }
 #: Readable infotext keys (no ',' or ':' in keys), per argument; "enabled" is implied by the presence of the keys.
 INFOTEXT_KEYS = {
@@ -55,7 +67,15 @@ INFOTEXT_KEYS = {
     "hires": "CtxRep hires",
     "eta": "CtxRep eta",
     "iterations": "CtxRep iterations",
+    "repulsion": "CtxRep repulsion",
+    "spell": "CtxRep SPELL",
+    "spell_radius": "CtxRep SPELL radius",
+    "spell_overcompensation": "CtxRep SPELL overcompensation",
+    "spell_protected": "CtxRep SPELL protected",
 }
+#: Infotext keys written at sampling time (not arguments): SPELL's radius in latent units and its sparsity.
+SPELL_RADIUS_ABS_KEY = "CtxRep SPELL radius abs"
+SPELL_PUSHED_KEY = "CtxRep SPELL pushed"
 
 
 @dataclass
@@ -66,6 +86,9 @@ class ScriptSettings:
     hires: bool
     config: RepulsionConfig
     values: dict[str, Any]
+    repulsion: bool = True
+    spell: SpellConfig | None = None
+    protected: str = ""
 
 
 class ArgumentError(ValueError):
@@ -149,21 +172,50 @@ def parse(args: list | tuple | dict) -> ScriptSettings:
         )
     except ValueError as error:
         raise ArgumentError(f"{TITLE}: {error}") from None
+    repulsion = _as_bool("repulsion", v["repulsion"])
+    spell_on = _as_bool("spell", v["spell"])
+    radius = _as_float("spell_radius", v["spell_radius"])
+    if not radius > 0:
+        raise ArgumentError(f"{TITLE}: 'spell_radius' (SPELL's relative shield radius) must be > 0, got {radius!r}")
+    overcompensation = _as_float("spell_overcompensation", v["spell_overcompensation"])
+    try:
+        spell = SpellConfig(relative_radius=radius, overcompensation=overcompensation)
+    except ValueError as error:
+        message = str(error).replace("SpellConfig.overcompensation", "'spell_overcompensation'")
+        raise ArgumentError(f"{TITLE}: {message}") from None
+    protected = v["spell_protected"]
+    if protected is None:
+        protected = ""
+    if not isinstance(protected, str):
+        raise ArgumentError(f"{TITLE}: 'spell_protected' must be a path (text), got {type(protected).__name__}")
     values = {**v, "enabled": enabled, "hires": hires, "memory": memory, "blocks": blocks_label}
-    values["single_blocks"] = single_label
-    return ScriptSettings(enabled, hires, config, values)
+    values.update(single_blocks=single_label, repulsion=repulsion, spell=spell_on, spell_radius=radius)
+    values.update(spell_overcompensation=overcompensation, spell_protected=protected.strip())
+    return ScriptSettings(
+        enabled, hires, config, values, repulsion, spell if spell_on else None, protected.strip() if spell_on else ""
+    )
 
 
-def infotext(settings: ScriptSettings) -> dict[str, Any]:
-    """Infotext entries for an enabled run: readable keys, optional ones only when they differ from the default."""
+def infotext(settings: ScriptSettings, *, repulsion: bool = True, spell: bool = True) -> dict[str, Any]:
+    """Infotext entries for an enabled run, for the methods that ran (``repulsion`` / ``spell``, each also only if
+    enabled in ``settings``): readable keys, optional ones only when they differ from the default."""
     v = settings.values
     out: dict[str, Any] = {INFOTEXT_KEYS["enabled"]: True}
-    for name in ("strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
-        out[INFOTEXT_KEYS[name]] = v[name]
-    if v["blocks"] == "custom":
-        out[INFOTEXT_KEYS["custom_blocks"]] = str(v["custom_blocks"]).replace(":", "-")
-    if settings.config.eta is not None:
-        out[INFOTEXT_KEYS["eta"]] = settings.config.eta
+    if repulsion and settings.repulsion:
+        for name in ("strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
+            out[INFOTEXT_KEYS[name]] = v[name]
+        if v["blocks"] == "custom":
+            out[INFOTEXT_KEYS["custom_blocks"]] = str(v["custom_blocks"]).replace(":", "-")
+        if settings.config.eta is not None:
+            out[INFOTEXT_KEYS["eta"]] = settings.config.eta
+    else:
+        out[INFOTEXT_KEYS["repulsion"]] = False
+    if spell and settings.spell is not None:
+        out[INFOTEXT_KEYS["spell"]] = True
+        out[INFOTEXT_KEYS["spell_radius"]] = v["spell_radius"]
+        out[INFOTEXT_KEYS["spell_overcompensation"]] = v["spell_overcompensation"]
+        if settings.protected:
+            out[INFOTEXT_KEYS["spell_protected"]] = settings.protected
     return out
 
 
@@ -177,9 +229,9 @@ def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
         raw = params[key]
         if name == "custom_blocks":
             values[name] = str(raw).replace("-", ":")
-        elif name in ("memory", "hires"):
+        elif name in ("memory", "hires", "repulsion", "spell"):
             values[name] = str(raw).strip().lower() == "true"
-        elif name in ("strength", "window", "eta"):
+        elif name in ("strength", "window", "eta", "spell_radius", "spell_overcompensation"):
             values[name] = float(raw)
         elif name == "iterations":
             values[name] = int(float(raw))

@@ -1,4 +1,4 @@
-"""Stand-in of Forge ``modules/scripts.py``: ``Script``, ``AlwaysVisible`` and ``scripts_data``."""
+"""Stand-in of Forge ``modules/scripts.py``: ``Script``, ``AlwaysVisible``, ``PostSampleArgs`` and ``scripts_data``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,13 @@ AlwaysVisible = object()
 # Forge: ScriptClassData(script_class, path, basedir, module); scripts/xyz_grid.py loads with __module__ "xyz_grid.py"
 ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
 scripts_data: list[ScriptClassData] = []
+
+
+class PostSampleArgs:
+    """What ``post_sample(p, ps, *args)`` gets after each batch's sampling (processing.py: ``ps.samples``)."""
+
+    def __init__(self, samples):
+        self.samples = samples
 
 
 class Script:
