@@ -203,9 +203,52 @@ def run(args: argparse.Namespace) -> dict:
             f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
             f"({stream_bytes / 2**20:.1f} MiB)"
         )
+    search = spell_search(args.spell_set, args.spell_dim, nprobe=args.nprobe) if args.spell_set > 0 else None
     return dict(
-        ratio=ratio, inactive_ratio=late, whole=whole, per_block=per_block, passes=(passes_1, passes_m), times=med
+        ratio=ratio,
+        inactive_ratio=late,
+        whole=whole,
+        per_block=per_block,
+        passes=(passes_1, passes_m),
+        times=med,
+        spell_search=search,
     )
+
+
+def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: int = 8, seed: int = 0) -> dict:
+    """SPELL's protected-set search: time per query of exact search and of the faiss IVF-Flat index (when installed)
+    on ``n`` synthetic latents of ``dim`` values (clustered, like latents of similar images), and the index's recall
+    of the exact k nearest neighbours. Printed and returned."""
+    from .spell import ReferenceSet
+
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(max(1, n // 200), dim, generator=g) * 3
+    data = centres[torch.randint(len(centres), (n,), generator=g)] + torch.randn(n, dim, generator=g)
+    q = data[torch.randint(n, (queries,), generator=g)] + 0.5 * torch.randn(queries, dim, generator=g)
+    exact = ReferenceSet(data, exact_limit=n)
+    start = time.perf_counter()
+    truth = exact.search(q, k)
+    exact_ms = (time.perf_counter() - start) * 1e3 / queries
+    out = dict(n=n, dim=dim, k=k, exact_ms=exact_ms)
+    print(f"[bench] SPELL search, {n} latents x {dim}: exact {exact_ms:.2f} ms per query (k={k})")
+    try:
+        start = time.perf_counter()
+        approx = ReferenceSet(data, exact_limit=0, nprobe=nprobe)
+        build_s = time.perf_counter() - start
+    except ImportError:
+        print("[bench] SPELL search: faiss not installed (pip install faiss-cpu); approximate index not measured")
+        return out
+    start = time.perf_counter()
+    found = approx.search(q, k)
+    approx_ms = (time.perf_counter() - start) * 1e3 / queries
+    recall = sum(len(set(a.tolist()) & set(t.tolist())) for a, t in zip(found, truth, strict=True)) / truth.numel()
+    print(
+        f"[bench] SPELL search, faiss IVF-Flat (nlist {approx.index.nlist}, nprobe {nprobe}): "
+        f"built in {build_s:.1f} s, {approx_ms:.3f} ms per query ({exact_ms / approx_ms:.0f}x faster than exact), "
+        f"recall@{k} {recall:.3f}"
+    )
+    out.update(approx_ms=approx_ms, build_s=build_s, recall=recall, nprobe=nprobe)
+    return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -225,6 +268,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-mode", default="all", choices=("all", "text"), help="single blocks: paper = all")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1, help="plain calls before timing")
+    parser.add_argument("--spell-set", type=int, default=200_000, help="SPELL protected-set size to time (0: skip)")
+    parser.add_argument("--spell-dim", type=int, default=64, help="values per latent in the SPELL search timing")
+    parser.add_argument("--nprobe", type=int, default=8, help="faiss cells searched per SPELL query")
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:

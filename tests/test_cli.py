@@ -28,8 +28,10 @@ def test_bench_reports_ratio_cost_per_block_and_m_independence(capsys):
             "bench",
             "--device", "cpu", "--heads", "1", "--double", "1", "--single", "1", "--batch", "2",
             "--text-tokens", "8", "--image-tokens", "4", "--repeats", "1", "--iterations", "3",
+            "--spell-set", "3000", "--spell-dim", "8",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "ratio inside the window" in out and "ratio outside the window" in out
     assert "M=1 -> 1 Gram + 1 combination, M=3 -> 1 Gram + 1 combination" in out
+    assert "SPELL search, 3000 latents x 8: exact" in out and "ms per query" in out
