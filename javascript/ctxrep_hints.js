@@ -11,6 +11,11 @@
         hires: "Also repel during the hires-fix second pass (off: the second pass refines what the first produced).",
         eta: "The paper's raw step size eta (e.g. 5e6 to 8e9 for Flux-dev, 5e2 to 5e6 for SD3.5-Large). 0 uses Strength instead.",
         iterations: "Inner gradient steps per block (the paper: 50 on Flux, 100 on SD3.5). Costs only a tiny amount of CPU time per block.",
+        repulsion: "Contextual repulsion itself (MM-DiT models). Turn it off to run SPELL alone.",
+        spell: "SPELL: when an image's predicted result comes within the shield radius of another image of the batch, an earlier batch or the protected set, it is pushed out. Works on every model (SD1.5, SDXL, Flux, SD3). Does nothing where nothing is that close.",
+        spell_radius: "Shield radius as a fraction of the typical distance between two unrelated latents at this resolution. Larger: more images are pushed, further. The infotext records the absolute value.",
+        spell_overcompensation: "How far past the shield's edge a push goes: 1 lands exactly on the edge, the paper's 1.6 leaves it sooner.",
+        spell_protected: "Optional: a folder of images or a .safetensors latent set, inside the folder set in Settings > Contextual Repulsion. Images are encoded with this model's VAE at the generation size; outputs are kept away from them.",
     };
     onUiLoaded(function () {
         for (const tab of ["txt2img", "img2img"]) {

@@ -77,7 +77,7 @@ def main(out: str) -> int:
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 720})
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
         page.on("response", lambda r: print("render_ui: HTTP", r.status, r.url) if r.status >= 400 else None)
         page.goto(url)
         try:
@@ -88,6 +88,8 @@ def main(out: str) -> int:
             raise
         page.wait_for_timeout(1500)  # onUiLoaded callbacks
         page.click("#ctxrep_txt2img_enabled .label-wrap")  # open the accordion for the screenshot
+        page.wait_for_timeout(500)
+        page.click("#ctxrep_txt2img_spell_group .label-wrap")  # and its SPELL section
         page.wait_for_timeout(500)
         found = page.evaluate(
             "ids => ids.map(id => { const el = document.getElementById(id); return [id, !!el, el ? el.title : '']; })",
