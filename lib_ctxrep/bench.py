@@ -1,284 +1,415 @@
-"""Overhead benchmark: the hooked Flux transformer forward against the plain one, side by side in one run.
+"""``python -m lib_ctxrep bench``: every batch-diversity method side by side on the reference model, in one run.
 
-Realistic widths (D = 3072, 512 text tokens, batch 4) with fewer blocks and image tokens on a CPU, full Flux depth
-and 1024 x 1024 (4096 image tokens) on a GPU. Settings are the paper's Flux settings: M = 50 inner iterations,
-tau = 1 (the call is at sigma = 1, inside the window), every double block and every single block (all tokens).
+The same prompts (the reference data's four object classes) and the same seeds for every method; each method makes
+``batches`` batches of ``batch`` samples per class. Measured against the data's known modes
+(:mod:`lib_ctxrep.reference.metrics`):
 
-Printed: the floor (bytes and FLOPs of the repulsion against those of the forward), the median time of each
-variant measured alternately, their ratio, the inactive-hook ratio (a call outside the window), the cost per block,
-that the [B, N, D] work does not grow with M, and the peak-memory growth.
+- mode recall: the share of the data's modes (probability >= 1 %) found in one batch (mean over batches), and over
+  all samples of a class;
+- Vendi on the analytic mode features (one-hot attributes of the accepted samples of a batch) and on pixels;
+- fidelity: the share of samples the classifier accepts as a clean instance of the prompted class;
+- prompt adherence: the share whose best-matching class is the prompted one;
+- time against base (whole run of that method, same machine, same process).
+
+Methods: base; contextual repulsion (ours) at several strengths; ours with cross-batch memory at batch size 1 x
+``batch``; SPELL; latent-space Particle Guidance; CADS. Results go to the console, a JSON file, a Pareto plot (PNG)
+and, with ``--readme``, the README's results table.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
 from .config import RepulsionConfig
-from .engine import RepulsionEngine
-from .repulsion import combine_rows, gram_matrix
+from .vendi import vendi_score
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
 
 
-def _time(fn: Callable[[], object], device: torch.device) -> float:
-    _sync(device)
+@dataclass
+class Method:
+    """One configuration of one method. ``family``: base, ours, memory, spell, pg or cads; ``knob``: the value swept
+    for the Pareto front (strength, relative radius, guidance scale, noise scale)."""
+
+    name: str
+    family: str
+    knob: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Result:
+    """What one method achieved."""
+
+    name: str
+    family: str
+    knob: float | None
+    recall: float
+    recall_all: float
+    vendi_modes: float
+    vendi_pixels: float
+    fidelity: float
+    adherence: float
+    seconds: float
+    ratio: float = 1.0
+
+
+def default_methods(window: float) -> list[Method]:
+    """The benchmark's methods and sweeps."""
+    methods = [Method("base", "base")]
+    methods += [Method(f"ours g={g}", "ours", g, {"window": window}) for g in (0.05, 0.1, 0.2, 0.4)]
+    methods += [Method("ours g=0.2, memory 1x8", "memory", 0.2, {"window": window})]
+    methods += [Method(f"SPELL r={r}", "spell", r) for r in (0.1, 0.2, 0.3)]
+    methods += [Method(f"PG scale={s}", "pg", s) for s in (2.0, 8.0, 32.0)]
+    methods += [Method(f"CADS s={s}", "cads", s) for s in (0.1, 0.25, 0.5)]
+    return methods
+
+
+def _scheduler(steps: int, shift: float) -> SimpleNamespace:
+    from .reference.model import timesteps
+
+    return SimpleNamespace(sigmas=torch.tensor(timesteps(steps, shift)))
+
+
+def generate(
+    model: Any, method: Method, class_id: int, seeds: list[int], *, steps: int, guidance: float, shift: float
+) -> torch.Tensor:
+    """One batch (or, for ``memory``, len(seeds) batches of 1) of ``class_id`` with ``method``: images [B, 3, H, W]."""
+    from .baselines import cads_condition, particle_guidance
+    from .integrations.diffusers import apply_contextual_repulsion
+    from .reference.model import sample
+    from .spell import SpellConfig, SpellEngine
+
+    prompts = [class_id] * len(seeds)
+    kw: dict[str, Any] = dict(steps=steps, guidance=guidance, shift=shift)
+    family = method.family
+    if family == "base":
+        return sample(model, prompts, seeds, **kw)
+    if family in ("ours", "memory"):
+        config = RepulsionConfig(
+            strength=float(method.knob),
+            window=method.options.get("window", 0.05),
+            chunks=("uncond", "cond") if guidance != 1.0 else None,
+            memory=family == "memory",
+        )
+        with apply_contextual_repulsion(model, config, scheduler=_scheduler(steps, shift)) as handle:
+            if family == "ours":
+                return sample(model, prompts, seeds, **kw)
+            out = []
+            for seed in seeds:  # batch size 1, one after another: only the memory relates them
+                out.append(sample(model, [class_id], [seed], **kw))
+                handle.new_batch()
+            return torch.cat(out)
+    if family == "spell":
+        engine = SpellEngine(SpellConfig(relative_radius=float(method.knob), cross_batch=False))
+        return sample(model, prompts, seeds, x0_fn=lambda x0, t, i: engine.correct(x0), **kw)
+    if family == "pg":
+        scale = float(method.knob)
+        return sample(model, prompts, seeds, x0_fn=lambda x0, t, i: particle_guidance(x0, t, scale), **kw)
+    if family == "cads":
+        g = torch.Generator().manual_seed(seeds[0])
+        s = float(method.knob)
+
+        def cond_fn(embeds, pooled, t):
+            return cads_condition(embeds, t, scale=s, generator=g), cads_condition(pooled, t, scale=s, generator=g)
+
+        return sample(model, prompts, seeds, cond_fn=cond_fn, **kw)
+    raise ValueError(f"unknown method family {family!r}")
+
+
+def _mode_features(result, rows: torch.Tensor) -> torch.Tensor:
+    from .reference.data import ATTRIBUTE_SIZES
+
+    parts = [torch.nn.functional.one_hot(result.modes[rows, a], n).double() for a, n in enumerate(ATTRIBUTE_SIZES)]
+    return torch.cat(parts, dim=1)
+
+
+def evaluate(images: torch.Tensor, classes: torch.Tensor, batch: int) -> dict[str, float]:
+    """The benchmark's columns for ``images`` [N, 3, H, W] prompted with ``classes`` [N], in batches of ``batch``."""
+    from .reference import metrics
+    from .reference.data import classify
+
+    result = classify(images)
+    ok = metrics.accepted(result, classes)
+    vendi_modes, vendi_pixels = [], []
+    for start in range(0, len(images) - batch + 1, batch):
+        rows = torch.arange(start, start + batch)
+        good = rows[ok[rows]]
+        vendi_modes.append(float(vendi_score(_mode_features(result, good))) if len(good) else 0.0)
+        vendi_pixels.append(float(vendi_score(images[rows])))
+    return dict(
+        recall=metrics.batch_mode_recall(result, classes, batch),
+        recall_all=metrics.mode_recall(result, classes),
+        vendi_modes=sum(vendi_modes) / len(vendi_modes),
+        vendi_pixels=sum(vendi_pixels) / len(vendi_pixels),
+        fidelity=float(ok.float().mean()),
+        adherence=float((result.class_id == classes).float().mean()),
+    )
+
+
+def run_method(
+    model: Any,
+    method: Method,
+    *,
+    classes: list[int],
+    batches: int,
+    batch: int,
+    steps: int,
+    guidance: float,
+    shift: float,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Result, torch.Tensor]:
+    """Generate and evaluate one method; returns its result and its images (class-major, batch by batch)."""
+    images, prompted = [], []
     start = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - start
+    for c in classes:
+        for k in range(batches):
+            seeds = [seed + 100_000 * c + batch * k + i for i in range(batch)]
+            images.append(generate(model, method, c, seeds, steps=steps, guidance=guidance, shift=shift))
+            prompted.append(torch.full((batch,), c))
+            if progress is not None:
+                progress(method.name)
+    seconds = time.perf_counter() - start
+    images_t, classes_t = torch.cat(images), torch.cat(prompted)
+    columns = evaluate(images_t, classes_t, batch)
+    return Result(method.name, method.family, method.knob, seconds=seconds, **columns), images_t
 
 
-def build_flux(width_heads: int, double: int, single: int, device: torch.device, dtype: torch.dtype):
-    """A FluxTransformer2DModel of Flux's width (heads x 128) with the given depth, random weights, on ``device``."""
-    from diffusers import FluxTransformer2DModel
+def pareto_front(results: list[Result], x: str = "fidelity", y: str = "recall") -> list[Result]:
+    """The results not dominated by another (higher or equal on both axes, higher on one)."""
+
+    def dominated(r: Result) -> bool:
+        return any(
+            getattr(o, x) >= getattr(r, x) and getattr(o, y) >= getattr(r, y) and (
+                getattr(o, x) > getattr(r, x) or getattr(o, y) > getattr(r, y)
+            )
+            for o in results
+        )  # fmt: skip
+
+    return [r for r in results if not dominated(r)]
+
+
+def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
+    """The issue's three goals, each (description, met, the numbers)."""
+    by = {r.name: r for r in results}
+    base = by["base"]
+    ours = [r for r in results if r.family == "ours"]
+    out = []
+    near = [r for r in ours if r.fidelity >= base.fidelity - 0.02]
+    best = max(near, key=lambda r: r.recall, default=None)
+    gain = (best.recall / base.recall - 1) if best is not None and base.recall > 0 else float("nan")
+    out.append(
+        (
+            "at fidelity within 2 points of base, ours raises batch mode recall by >= 25 % relative",
+            best is not None and gain >= 0.25,
+            f"base {base.recall:.3f} @ fidelity {base.fidelity:.3f}; best ours within 2 points: "
+            + (f"{best.name} {best.recall:.3f} @ {best.fidelity:.3f} ({gain:+.1%})" if best else "none"),
+        )
+    )
+    others = [r for r in results if r.family in ("pg", "cads")]
+    beaten = [o for o in others if any(u.fidelity >= o.fidelity and u.recall >= o.recall for u in ours)]
+    front = pareto_front([*ours, *others])
+    out.append(
+        (
+            "ours dominates Particle Guidance and CADS on the Pareto front (recall vs fidelity)",
+            len(beaten) == len(others) and all(r.family == "ours" for r in front),
+            f"{len(beaten)}/{len(others)} PG/CADS points weakly dominated by an ours point; front: "
+            + ", ".join(r.name for r in front),
+        )
+    )
+    memory = next((r for r in results if r.family == "memory"), None)
+    single = next((r for r in ours if memory is not None and r.knob == memory.knob), None)
+    if memory is not None and single is not None:
+        share = (memory.recall - base.recall) / (single.recall - base.recall) if single.recall != base.recall else 0
+        out.append(
+            (
+                "cross-batch memory at batch size 1 x 8 reaches >= 80 % of the gain of one batch of 8",
+                single.recall > base.recall and share >= 0.8,
+                f"gain of one batch of 8: {single.recall - base.recall:+.3f}; of 1 x 8 with memory: "
+                f"{memory.recall - base.recall:+.3f} ({share:.0%})",
+            )
+        )
+    return out
+
+
+# ---- output ------------------------------------------------------------------------------------------------------
+COLUMNS = (
+    ("method", "name", "{}"),
+    ("batch mode recall", "recall", "{:.3f}"),
+    ("mode recall (all)", "recall_all", "{:.3f}"),
+    ("Vendi (modes)", "vendi_modes", "{:.2f}"),
+    ("Vendi (pixels)", "vendi_pixels", "{:.3f}"),
+    ("fidelity", "fidelity", "{:.3f}"),
+    ("adherence", "adherence", "{:.3f}"),
+    ("time vs base", "ratio", "{:.2f}"),
+)
+
+
+def table(results: list[Result]) -> str:
+    """The results as a Markdown table."""
+    lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in results:
+        lines.append("| " + " | ".join(fmt.format(getattr(r, key)) for _, key, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+FAMILY_COLOURS = {
+    "base": (0, 0, 0),
+    "ours": (214, 39, 40),
+    "memory": (255, 127, 14),
+    "spell": (31, 119, 180),
+    "pg": (44, 160, 44),
+    "cads": (148, 103, 189),
+}
+FAMILY_LABELS = {
+    "base": "base",
+    "ours": "contextual repulsion (ours)",
+    "memory": "ours, memory 1x8",
+    "spell": "SPELL",
+    "pg": "Particle Guidance",
+    "cads": "CADS",
+}
+
+
+def pareto_plot(results: list[Result], path: str | Path) -> None:
+    """Diversity (batch mode recall) against fidelity, one colour per method family, sweeps joined by lines (PNG)."""
+    from PIL import Image, ImageDraw
+
+    w, h, m = 760, 520, 70
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    xs, ys = [r.fidelity for r in results], [r.recall for r in results]
+    x0, x1 = min(xs) - 0.02, max(xs) + 0.02
+    y0, y1 = min(ys) - 0.02, max(ys) + 0.02
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return m + (x - x0) / (x1 - x0) * (w - 2 * m - 180), h - m - (y - y0) / (y1 - y0) * (h - 2 * m)
+
+    d.rectangle([m, m, w - m - 180, h - m], outline=(0, 0, 0))
+    for i in range(5):
+        fx, fy = x0 + (x1 - x0) * i / 4, y0 + (y1 - y0) * i / 4
+        px, _ = at(fx, y0)
+        _, py = at(x0, fy)
+        d.text((px - 12, h - m + 6), f"{fx:.2f}", fill=(0, 0, 0))
+        d.text((m - 34, py - 6), f"{fy:.2f}", fill=(0, 0, 0))
+    d.text(((w - 180) // 2 - 40, h - 30), "fidelity (accepted share)", fill=(0, 0, 0))
+    d.text((8, m - 30), "batch mode recall (diversity)", fill=(0, 0, 0))
+    for family, colour in FAMILY_COLOURS.items():
+        points = sorted((r for r in results if r.family == family), key=lambda r: r.knob or 0)
+        coords = [at(r.fidelity, r.recall) for r in points]
+        if len(coords) > 1:
+            d.line(coords, fill=colour, width=2)
+        for (px, py), r in zip(coords, points, strict=True):
+            d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
+            if r.knob is not None:
+                d.text((px + 6, py - 12), f"{r.knob:g}", fill=colour)
+    for i, (family, colour) in enumerate(FAMILY_COLOURS.items()):
+        y = m + 10 + 20 * i
+        d.ellipse([w - m - 160, y, w - m - 152, y + 8], fill=colour)
+        d.text((w - m - 146, y - 2), FAMILY_LABELS[family], fill=(0, 0, 0))
+    img.save(str(path))
+
+
+def write_readme(path: Path, text: str) -> None:
+    """Replace the README's results block (between the bench markers) with ``text``."""
+    readme = path.read_text(encoding="utf-8")
+    if README_START not in readme or README_END not in readme:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} block")
+    head, rest = readme.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{text}\n{README_END}{tail}", encoding="utf-8")
+
+
+# ---- command -----------------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> list[Result]:
+    """Run the comparison and write its outputs; returns the results."""
+    from .reference.model import load_reference_model
 
     torch.manual_seed(0)
-    with torch.device(device):
-        model = FluxTransformer2DModel(
-            num_layers=double,
-            num_single_layers=single,
-            num_attention_heads=width_heads,
-            attention_head_dim=128,
-            guidance_embeds=True,
+    model = load_reference_model(args.weights)
+    methods = default_methods(args.window)
+    if args.methods:
+        wanted = set(args.methods.split(","))
+        methods = [m for m in methods if m.family in wanted or m.family == "base"]
+    classes = list(range(args.classes))
+    total = len(methods) * len(classes) * args.batches
+    done = [0]
+
+    def progress(name: str) -> None:
+        done[0] += 1
+        width = 30
+        filled = int(width * done[0] / total)
+        print(f"\r[bench] [{'#' * filled}{'.' * (width - filled)}] {done[0]}/{total} {name:32}", end="", flush=True)
+
+    # Warm-up (first calls pay for allocations and thread start-up), so base is not charged for it.
+    generate(model, methods[0], 0, [args.seed], steps=min(args.steps, 2), guidance=args.guidance, shift=args.shift)
+    results, grids = [], {}
+    for method in methods:
+        result, images = run_method(
+            model, method, classes=classes, batches=args.batches, batch=args.batch, steps=args.steps,
+            guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress,
+        )  # fmt: skip
+        results.append(result)
+        grids[method.name] = images
+    print()
+    base = results[0]
+    for r in results:
+        r.ratio = r.seconds / base.seconds if base.seconds > 0 else float("nan")
+    print(
+        f"[bench] reference model, {len(classes)} classes x {args.batches} batches of {args.batch}, {args.steps} "
+        f"steps, CFG {args.guidance}, seed {args.seed}"
+    )
+    text = table(results)
+    print(text)
+    checks = goals(results)
+    for name, met, numbers in checks:
+        print(f"[bench] goal {'MET' if met else 'NOT MET'}: {name}: {numbers}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(
+        json.dumps(
+            {"args": vars(args), "results": [asdict(r) for r in results], "goals": checks}, indent=1, default=str
         )
-    return model.to(dtype).eval()
-
-
-def flux_inputs(batch: int, text: int, image: int, sigma: float, device: torch.device, dtype: torch.dtype) -> dict:
-    """Inputs of one transformer call: distinct latents per sample, one prompt's embeddings for the whole batch."""
-    g = torch.Generator().manual_seed(1)
-    embeds = torch.randn(1, text, 4096, generator=g).expand(batch, -1, -1)
-    return dict(
-        hidden_states=torch.randn(batch, image, 64, generator=g).to(device, dtype),
-        encoder_hidden_states=embeds.to(device, dtype).contiguous(),
-        pooled_projections=torch.randn(1, 768, generator=g).expand(batch, -1).to(device, dtype).contiguous(),
-        timestep=torch.full((batch,), sigma, device=device, dtype=dtype),
-        guidance=torch.full((batch,), 3.5, device=device, dtype=dtype),
-        img_ids=torch.zeros(image, 3, device=device),
-        txt_ids=torch.zeros(text, 3, device=device),
-        return_dict=False,
     )
-
-
-def _peak(device: torch.device, fn: Callable[[], object]) -> int | None:
-    """Peak memory (bytes) after running ``fn``: CUDA's allocator peak, or on the CPU the process's peak RSS
-    (monotone, so call this for the plain variant first: the difference is what the hooked one adds on top)."""
-    if device.type != "cuda":
-        try:
-            import resource
-        except ImportError:  # not on Windows
-            return None
-        fn()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Run the benchmark and print its report; returns the numbers."""
-    from .integrations.diffusers import apply_contextual_repulsion
-
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    heads, b, n, img = args.heads, args.batch, args.text_tokens, args.image_tokens
-    d = heads * 128
-    model = build_flux(heads, args.double, args.single, device, dtype)
-    active = flux_inputs(b, n, img, 1.0, device, dtype)
-    inactive = flux_inputs(b, n, img, 0.5, device, dtype)
-    config = RepulsionConfig(iterations=args.iterations, window=0.05, single_blocks=args.single_mode)
-    itemsize = torch.tensor([], dtype=dtype).element_size()
-
-    # The floor: per hooked block, one Gram matrix and one combination over [B, P].
-    p_double, p_single = n * d, (n + img if args.single_mode == "all" else n) * d
-    rep_flops = args.double * 4 * b * b * p_double + args.single * 4 * b * b * p_single
-    rep_bytes = args.double * 3 * b * p_double * itemsize + args.single * 3 * b * p_single * itemsize
-    params = sum(p.numel() for p in model.parameters())
-    fwd_flops = 2 * params * b * (n + img)  # linear layers; attention adds more
-    print(f"[bench] device={device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
-    print(
-        f"[bench] blocks: {args.double} double + {args.single} single ({args.single_mode} tokens), "
-        f"{params / 1e6:.0f} M parameters, M={args.iterations}"
-    )
-    print(
-        f"[bench] floor: repulsion {rep_flops / 1e9:.2f} GFLOP and {rep_bytes / 2**20:.0f} MiB moved per call, "
-        f"forward >= {fwd_flops / 1e12:.2f} TFLOP -> FLOP share {rep_flops / fwd_flops:.2e}"
-    )
-
-    with torch.inference_mode():
-        plain_fn = lambda: model(**active)  # noqa: E731
-        hooked_fn = lambda: model(**active)  # noqa: E731
-        inactive_fn = lambda: model(**inactive)  # noqa: E731
-        for _ in range(args.warmup):
-            plain_fn()
-        plain_peak = _peak(device, plain_fn)
-        with apply_contextual_repulsion(model, config):
-            hooked_peak = _peak(device, hooked_fn)
-
-        # Alternate the variants so that drifts of the machine hit all alike; a plain call costs the same at any
-        # sigma, so one plain timing serves as the reference for the calls inside and outside the window.
-        times: dict[str, list[float]] = {"plain": [], "hooked": [], "hooked_late": []}
-        variants = [("plain", plain_fn, False), ("hooked", hooked_fn, True), ("hooked_late", inactive_fn, True)]
-        for r in range(args.repeats):
-            for name, fn, hooked in variants if r % 2 == 0 else variants[::-1]:  # ABC CBA ...: drift cancels
-                if hooked:
-                    with apply_contextual_repulsion(model, config):
-                        times[name].append(_time(fn, device))
-                else:
-                    times[name].append(_time(fn, device))
-        med = {k: min(v) for k, v in times.items()}
-
-        # Cost per block, and independence of the [B, N, D] work from M.
-        x = torch.randn(b, n, d, device=device, dtype=dtype)
-        engine = RepulsionEngine(config)
-        engine.begin_call(0.0, ("cond",))
-        per_block = {}
-        for m in (1, args.iterations):
-            engine.config.iterations = m
-            engine.process("probe", [x])
-            per_block[m] = statistics.median(_time(lambda: engine.process("probe", [x]), device) for _ in range(5))
-        engine.config.iterations = args.iterations
-        counts = {"gram": 0, "combine": 0}
-        import lib_ctxrep.repulsion as rep
-
-        def counted(name, fn):
-            def wrapper(*a, **k):
-                counts[name] += 1
-                return fn(*a, **k)
-
-            return wrapper
-
-        rep.gram_matrix, rep.combine_rows = counted("gram", gram_matrix), counted("combine", combine_rows)
-        try:
-            engine.process("probe", [x])
-            passes_m = dict(counts)
-            engine.config.iterations = 1
-            counts.update(gram=0, combine=0)
-            engine.process("probe", [x])
-            passes_1 = dict(counts)
-        finally:
-            rep.gram_matrix, rep.combine_rows = gram_matrix, combine_rows
-
-    ratio = med["hooked"] / med["plain"]
-    late = med["hooked_late"] / med["plain"]
-    hooked_blocks = args.double + args.single
-    print(
-        f"[bench] forward, best of {args.repeats}: plain {med['plain'] * 1e3:.1f} ms, hooked inside the window "
-        f"{med['hooked'] * 1e3:.1f} ms, hooked outside the window {med['hooked_late'] * 1e3:.1f} ms"
-    )
-    print(f"[bench] ratio inside the window (hooked / plain): {ratio:.4f}  (+{(ratio - 1) * 100:.2f} %)")
-    print(f"[bench] ratio outside the window (inactive hooks): {late:.4f}")
-    whole = (med["hooked"] + (args.steps - 1) * med["hooked_late"]) / (args.steps * med["plain"])
-    print(f"[bench] whole {args.steps}-step generation, repulsion on the first step only: ratio {whole:.4f}")
-    print(
-        f"[bench] per block (text stream [{b}, {n}, {d}]): {per_block[1] * 1e3:.2f} ms at M=1, "
-        f"{per_block[args.iterations] * 1e3:.2f} ms at M={args.iterations}; "
-        f"{(med['hooked'] - med['plain']) / hooked_blocks * 1e3:.2f} ms measured per hooked block in the forward"
-    )
-    attributed = 1 + hooked_blocks * per_block[args.iterations] / med["plain"]
-    print(f"[bench] ratio attributed from the per-block cost: {attributed:.4f}  (+{(attributed - 1) * 100:.2f} %)")
-    print(
-        f"[bench] passes over [B, N, D] per block: M=1 -> {passes_1['gram']} Gram + "
-        f"{passes_1['combine']} combination, "
-        f"M={args.iterations} -> {passes_m['gram']} Gram + {passes_m['combine']} combination"
-    )
-    stream_bytes = b * n * d * itemsize
-    if plain_peak is not None and hooked_peak is not None:
-        grow = hooked_peak - plain_peak
-        print(
-            f"[bench] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain_peak / 2**20:.0f} MiB, "
-            f"hooked {hooked_peak / 2**20:.0f} MiB, growth "
-            f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
-            f"({stream_bytes / 2**20:.1f} MiB)"
+    pareto_plot(results, out / "pareto.png")
+    print(f"[bench] wrote {out / 'bench.json'} and {out / 'pareto.png'}")
+    if args.readme:
+        command = (
+            f"python -m lib_ctxrep bench --batches {args.batches} --steps {args.steps} --guidance {args.guidance} "
+            f"--seed {args.seed} --readme"
         )
-    search = spell_search(args.spell_set, args.spell_dim, nprobe=args.nprobe) if args.spell_set > 0 else None
-    return dict(
-        ratio=ratio,
-        inactive_ratio=late,
-        whole=whole,
-        per_block=per_block,
-        passes=(passes_1, passes_m),
-        times=med,
-        spell_search=search,
-    )
-
-
-def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: int = 8, seed: int = 0) -> dict:
-    """SPELL's protected-set search: time per query of exact search and of the faiss IVF-Flat index (when installed)
-    on ``n`` synthetic latents of ``dim`` values (clustered, like latents of similar images), and the index's recall
-    of the exact k nearest neighbours. Printed and returned."""
-    from .spell import ReferenceSet
-
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.randn(max(1, n // 200), dim, generator=g) * 3
-    data = centres[torch.randint(len(centres), (n,), generator=g)] + torch.randn(n, dim, generator=g)
-    q = data[torch.randint(n, (queries,), generator=g)] + 0.5 * torch.randn(queries, dim, generator=g)
-    exact = ReferenceSet(data, exact_limit=n)
-    start = time.perf_counter()
-    truth = exact.search(q, k)
-    exact_ms = (time.perf_counter() - start) * 1e3 / queries
-    out = dict(n=n, dim=dim, k=k, exact_ms=exact_ms)
-    print(f"[bench] SPELL search, {n} latents x {dim}: exact {exact_ms:.2f} ms per query (k={k})")
-    try:
-        start = time.perf_counter()
-        approx = ReferenceSet(data, exact_limit=0, nprobe=nprobe)
-        build_s = time.perf_counter() - start
-    except ImportError:
-        print("[bench] SPELL search: faiss not installed (pip install faiss-cpu); approximate index not measured")
-        return out
-    start = time.perf_counter()
-    found = approx.search(q, k)
-    approx_ms = (time.perf_counter() - start) * 1e3 / queries
-    recall = sum(len(set(a.tolist()) & set(t.tolist())) for a, t in zip(found, truth, strict=True)) / truth.numel()
-    print(
-        f"[bench] SPELL search, faiss IVF-Flat (nlist {approx.index.nlist}, nprobe {nprobe}): "
-        f"built in {build_s:.1f} s, {approx_ms:.3f} ms per query ({exact_ms / approx_ms:.0f}x faster than exact), "
-        f"recall@{k} {recall:.3f}"
-    )
-    out.update(approx_ms=approx_ms, build_s=build_s, recall=recall, nprobe=nprobe)
-    return out
+        lines = [f"Reproduce: `{command}` (same numbers for the same seed and thread count).", "", text, ""]
+        lines += [f"- {'met' if met else '**not met**'}: {name} — {numbers}" for name, met, numbers in checks]
+        write_readme(Path(args.readme_path), "\n".join(lines))
+        print(f"[bench] results table written into {args.readme_path}")
+    return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep bench``."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on GPU, float32 on CPU"
-    )
-    parser.add_argument("--heads", type=int, default=24, help="attention heads of 128 channels (Flux: 24 -> D=3072)")
-    parser.add_argument("--double", type=int, default=None, help="double blocks (default 1 on CPU, 19 on GPU)")
-    parser.add_argument("--single", type=int, default=None, help="single blocks (default 1 on CPU, 38 on GPU)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20, help="steps of the whole generation (window: the first)")
-    parser.add_argument("--text-tokens", type=int, default=512)
-    parser.add_argument("--image-tokens", type=int, default=None, help="default 16 on CPU, 4096 on GPU (1024 px)")
-    parser.add_argument("--iterations", type=int, default=50, help="M (the paper's Flux setting: 50)")
-    parser.add_argument("--single-mode", default="all", choices=("all", "text"), help="single blocks: paper = all")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=1, help="plain calls before timing")
-    parser.add_argument("--spell-set", type=int, default=200_000, help="SPELL protected-set size to time (0: skip)")
-    parser.add_argument("--spell-dim", type=int, default=64, help="values per latent in the SPELL search timing")
-    parser.add_argument("--nprobe", type=int, default=8, help="faiss cells searched per SPELL query")
+    from .reference.model import DEFAULT_GUIDANCE, DEFAULT_SHIFT, DEFAULT_STEPS
 
-
-def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the device-dependent defaults (CPU: a short model that runs in about a minute on 2 cores)."""
-    gpu = args.device.startswith("cuda")
-    args.dtype = args.dtype or ("bfloat16" if gpu else "float32")
-    args.double = args.double if args.double is not None else (19 if gpu else 1)
-    args.single = args.single if args.single is not None else (38 if gpu else 1)
-    args.image_tokens = args.image_tokens if args.image_tokens is not None else (4096 if gpu else 16)
-    args.repeats = args.repeats if args.repeats is not None else (10 if gpu else 3)
-    return args
+    parser.add_argument("--batches", type=int, default=8, help="batches per class (seeds differ per batch)")
+    parser.add_argument("--batch", type=int, default=8, help="samples per batch")
+    parser.add_argument("--classes", type=int, default=4, help="how many of the 4 classes (prompts)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="true-CFG scale")
+    parser.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
+    parser.add_argument("--window", type=float, default=0.05, help="contextual repulsion's window")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="", help="comma-separated families to run (default: all)")
+    parser.add_argument("--weights", default=None, help="reference weights (default: the committed ones)")
+    parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png")
+    parser.add_argument("--readme", action="store_true", help="write the results table into the README")
+    parser.add_argument("--readme-path", default=str(Path(__file__).resolve().parents[1] / "README.md"))

@@ -1,125 +1,97 @@
-"""Interim demo (until the reference model lands): a small diffusers Flux model built from config, with random weights.
+"""``python -m lib_ctxrep demo``: see the diversity gain on the shipped reference model, in under a minute on a CPU.
 
-Generates one batch with and without contextual repulsion from the same seeds and prints, per hooked block at the
-first step, the batch's contextual Vendi score before and after the update, the Vendi score of the final latents,
-and the wall-time ratio of the two runs. Then compares one batch of 8 with 8 batches of 1 with cross-batch memory,
-by the contextual Vendi score of the 8 samples at the last double block.
+For each prompt (an object class of the reference data), one batch is generated without and one with contextual
+repulsion, from the same seeds. The images go side by side into a PNG grid (upper row of each prompt: base; lower
+row: with repulsion), and the ground-truth numbers are printed: how many of the data's modes one batch finds (mode
+recall), the Vendi score of the batch's modes and pixels, and the share of samples the classifier accepts (fidelity).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
-from .config import RepulsionConfig
-from .vendi import vendi_score
+from .config import DEFAULT_STRENGTH, DEFAULT_WINDOW
+
+
+def grid_image(rows: list[torch.Tensor], labels: list[str], scale: int = 4, gap: int = 4):
+    """A PIL image: one row per tensor [B, 3, H, W] in [-1, 1] (nearest-neighbour upscaled), a label on the left."""
+    from PIL import Image, ImageDraw
+
+    b, _, h, w = rows[0].shape
+    cell_w, cell_h, left = w * scale + gap, h * scale + gap, 150
+    img = Image.new("RGB", (left + b * cell_w + gap, len(rows) * cell_h + gap), "white")
+    draw = ImageDraw.Draw(img)
+    for r, (batch, label) in enumerate(zip(rows, labels, strict=True)):
+        y = gap + r * cell_h
+        draw.text((6, y + cell_h // 2 - 8), label, fill=(0, 0, 0))
+        pixels = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for i, tile in enumerate(pixels):
+            im = Image.fromarray(tile, "RGB").resize((w * scale, h * scale), Image.NEAREST)
+            img.paste(im, (left + gap + i * cell_w, y))
+    return img
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Run the demo and print its report; returns the numbers."""
-    from .integrations.diffusers import apply_contextual_repulsion
-    from .integrations.diffusers_tiny import prompt_embeddings, tiny_flux_pipeline, tiny_flux_transformer
+    """Run the demo and print its report; returns the numbers per prompt and method."""
+    from .bench import Method, evaluate, generate
+    from .reference.data import CLASSES
+    from .reference.model import load_reference_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    transformer = tiny_flux_transformer(
-        layers=args.layers, single_layers=args.single_layers, heads=args.heads, head_dim=32, text_dim=64
-    )
-    pipe = tiny_flux_pipeline(transformer)
-    embeds, pooled = prompt_embeddings(args.batch, args.text_tokens, 64, 32)
-    config = RepulsionConfig(strength=args.strength, iterations=args.iterations, window=args.window)
-
-    def stop_after_first_step(pipe_, step, timestep, kwargs):
-        pipe_._interrupt = True  # the remaining steps are skipped (FluxPipeline checks .interrupt)
-        return {}
-
-    def generate(batch: int = args.batch, seed: int = args.seed, first_step_only: bool = False) -> torch.Tensor:
-        return pipe(
-            prompt_embeds=embeds[:1].expand(batch, -1, -1),
-            pooled_prompt_embeds=pooled[:1].expand(batch, -1),
-            height=args.size,
-            width=args.size,
-            num_inference_steps=args.steps,
-            output_type="latent",
-            generator=torch.Generator().manual_seed(seed),
-            callback_on_step_end=stop_after_first_step if first_step_only else None,
-        ).images
-
-    def first_step_context(runs: list[tuple[int, int]], config: RepulsionConfig | None) -> float:
-        """Vendi of the last double block's text stream at the first step, pooled over runs (batch, seed)."""
-        captured: list[torch.Tensor] = []
-        seen = {"first": False}
-
-        def capture(module, args_, output):
-            if not seen["first"]:
-                seen["first"] = True
-                captured.append(output[0].detach().clone())
-
-        handle = apply_contextual_repulsion(pipe, config) if config is not None else None
-        hook = transformer.transformer_blocks[-1].register_forward_hook(capture)
-        try:
-            for batch, seed in runs:
-                seen["first"] = False
-                generate(batch, seed, first_step_only=True)
-                if handle is not None:
-                    handle.new_batch()  # the host knows where batches end
-        finally:
-            hook.remove()
-            if handle is not None:
-                handle.remove()
-        return float(vendi_score(torch.cat(captured)))
-
-    with torch.inference_mode():
-        generate()  # warm-up
-        start = time.perf_counter()
-        base = generate()
-        plain_time = time.perf_counter() - start
-        with apply_contextual_repulsion(pipe, config, record_stats=True) as handle:
-            start = time.perf_counter()
-            repelled = generate()
-            hooked_time = time.perf_counter() - start
+    start = time.perf_counter()
+    model = load_reference_model(args.weights)
+    methods = [Method("base", "base"), Method("repulsion", "ours", args.strength, {"window": args.window})]
+    classes = list(range(min(args.classes, len(CLASSES))))
+    total, done = len(classes) * len(methods), 0
+    rows, labels, report = [], [], {}
     print(
-        f"[demo] tiny Flux (random weights): {args.layers} double + {args.single_layers} single blocks, "
-        f"D={args.heads * 32}, batch {args.batch}, {args.steps} steps, strength {args.strength}, M={args.iterations}, "
-        f"window {args.window}"
+        f"[demo] reference model, {len(classes)} prompts x batch of {args.batch}, {args.steps} steps, "
+        f"CFG {args.guidance}; repulsion strength {args.strength}, window {args.window}"
     )
-    print("[demo] contextual Vendi per hooked block at the first step (before -> after the update):")
-    for stat in handle.stats:
-        if stat.progress == 0.0:
-            print(f"  {stat.block:>10}  {stat.vendi_before:6.3f} -> {stat.vendi_after:6.3f}")
-    v_base, v_rep = float(vendi_score(base)), float(vendi_score(repelled))
-    ratio = hooked_time / plain_time
-    print(f"[demo] Vendi of the final latents: {v_base:.3f} without, {v_rep:.3f} with repulsion (max {args.batch})")
-    print(f"[demo] wall time: {plain_time:.2f} s without, {hooked_time:.2f} s with -> ratio {ratio:.3f}")
-
-    n = args.memory_batches
-    with torch.inference_mode():
-        one_batch = [(n, args.seed)]
-        singles = [(1, args.seed + i) for i in range(n)]
-        base_batch = first_step_context(one_batch, None)
-        rep_batch = first_step_context(one_batch, config)
-        base_single = first_step_context(singles, None)
-        mem_single = first_step_context(singles, RepulsionConfig(**{**config.to_dict(), "memory": True}))
-    share = (mem_single - base_single) / (rep_batch - base_batch) if rep_batch > base_batch else float("nan")
-    print(f"[demo] cross-batch memory: contextual Vendi of {n} samples at the last double block, first step")
-    print(f"  one batch of {n}:   {base_batch:.4f} without -> {rep_batch:.4f} with repulsion")
-    print(f"  {n} batches of 1:   {base_single:.4f} without -> {mem_single:.4f} with memory")
-    print(f"  memory reaches {share * 100:.0f} % of the batch's gain")
-    return dict(stats=handle.stats, vendi=(v_base, v_rep), ratio=ratio, memory_share=share)
+    for c in classes:
+        seeds = [args.seed + 1000 * c + i for i in range(args.batch)]
+        for method in methods:
+            images = generate(model, method, c, seeds, steps=args.steps, guidance=args.guidance, shift=1.0)
+            done += 1
+            bar = "#" * (20 * done // total)
+            print(f"\r[demo] [{bar:20}] {done}/{total}", end="", flush=True)
+            numbers = evaluate(images, torch.full((len(images),), c), len(images))
+            report[(CLASSES[c], method.name)] = numbers
+            rows.append(images)
+            labels.append(f"{CLASSES[c]}: {method.name}")
+    print()
+    head = f"{'prompt':10} {'method':10} {'mode recall':>11} {'Vendi modes':>11} {'Vendi pixels':>12} {'fidelity':>8}"
+    print(f"[demo] {head}")
+    for (prompt, name), n in report.items():
+        print(
+            f"[demo] {prompt:10} {name:10} {n['recall']:11.3f} {n['vendi_modes']:11.2f} {n['vendi_pixels']:12.3f} "
+            f"{n['fidelity']:8.3f}"
+        )
+    for name in ("base", "repulsion"):
+        mean = {
+            k: sum(v[k] for (_, m), v in report.items() if m == name) / len(classes) for k in ("recall", "fidelity")
+        }
+        print(f"[demo] mean over prompts, {name:9}: mode recall {mean['recall']:.3f}, fidelity {mean['fidelity']:.3f}")
+    out = Path(args.out)
+    grid_image(rows, labels).save(out)
+    print(f"[demo] grid: {out} (per prompt, upper row base, lower row with repulsion; same seeds)")
+    print(f"[demo] {time.perf_counter() - start:.1f} s")
+    return report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep demo``."""
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--size", type=int, default=32, help="latent image side in pixels / 8 * 2 (tiny VAE)")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--single-layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--text-tokens", type=int, default=64)
-    parser.add_argument("--strength", type=float, default=RepulsionConfig.strength)
-    parser.add_argument("--iterations", type=int, default=RepulsionConfig.iterations)
-    parser.add_argument("--window", type=float, default=RepulsionConfig.window)
+    from .reference.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
+
+    parser.add_argument("--classes", type=int, default=4, help="prompts: the first N object classes")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="true-CFG scale")
+    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH)
+    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--memory-batches", type=int, default=8, help="batch count for the cross-batch memory check")
+    parser.add_argument("--weights", default=None, help="reference weights (default: the committed ones)")
+    parser.add_argument("--out", default="demo_grid.png", help="where to write the PNG grid")

@@ -1,31 +1,54 @@
-"""The two commands of ``python -m lib_ctxrep`` run end to end (reduced sizes)."""
+"""The commands of ``python -m lib_ctxrep`` run end to end (reduced sizes)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 pytest.importorskip("diffusers")
+pytest.importorskip("PIL")
 
 from lib_ctxrep.__main__ import main  # noqa: E402
+from lib_ctxrep.bench import README_END, README_START, default_methods  # noqa: E402
 
 
-def test_demo_reports_vendi_per_block_overhead_and_memory(capsys):
+def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path):
+    out = tmp_path / "grid.png"
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert "mode recall" in text and "fidelity" in text and "repulsion" in text
+    from PIL import Image
+
+    with Image.open(out) as grid:
+        assert grid.size[0] > 2 * 64 and grid.size[1] >= 2 * 64  # 2 rows (base, repulsion) of 2 upscaled images
+
+
+def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_START}\nold\n{README_END}\nafter\n")
     main(
         [
-            "demo",
-            "--batch", "2", "--steps", "3", "--layers", "1", "--single-layers", "1",
-            "--heads", "2", "--text-tokens", "8", "--memory-batches", "2", "--strength", "0.5",
+            "bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "2",
+            "--out", str(tmp_path), "--readme", "--readme-path", str(readme),
         ]
     )  # fmt: skip
-    out = capsys.readouterr().out
-    assert "contextual Vendi per hooked block" in out and "double.0" in out and "single.0" in out
-    assert "ratio" in out and "memory reaches" in out
+    text = capsys.readouterr().out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    families = {r["family"] for r in data["results"]}
+    assert families == {"base", "ours", "memory", "spell", "pg", "cads"}
+    assert len(data["results"]) == len(default_methods(0.05))
+    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert "goal" in text and "| base |" in text
+    written = readme.read_text()
+    assert written.startswith("before\n") and written.endswith("after\n") and "| method |" in written
+    assert "old" not in written
 
 
-def test_bench_reports_ratio_cost_per_block_and_m_independence(capsys):
+def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(capsys):
     main(
         [
-            "bench",
+            "overhead",
             "--device", "cpu", "--heads", "1", "--double", "1", "--single", "1", "--batch", "2",
             "--text-tokens", "8", "--image-tokens", "4", "--repeats", "1", "--iterations", "3",
             "--spell-set", "3000", "--spell-dim", "8",

@@ -30,7 +30,8 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations.forge import ForgeRepulsion, PredictorWindow  # noqa: E402
+from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, PredictorWindow  # noqa: E402
+from lib_ctxrep.spell import ReferenceSet, SpellConfig  # noqa: E402
 
 B = 4  # rows per chunk (batch size)
 STEPS = 20
@@ -529,3 +530,84 @@ class ModelChecks:
             f"progress[:3] {[round(p, 4) for p in progress[:3]]}",
         )
         return window
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SPELL: ForgeSpell's post-CFG function through Forge's sampling_function_inner, on a UNet and on Flux
+# --------------------------------------------------------------------------------------------------------------------
+SPELL_STEPS = 6
+
+
+def euler(backend: Any, sc: Scenario, unet, noise: torch.Tensor, cfg: float) -> torch.Tensor:
+    """A whole generation: Forge's "simple" schedule of the model's own predictor, k-diffusion's ``sample_euler``
+    step (d = (x - denoised) / sigma; x += d * (sigma_next - sigma); written out here because Forge's
+    ``k_diffusion/sampling.py`` imports torchvision), each denoised prediction from ``sampling_function_inner``;
+    ``backend`` has the backend's ``simple_scheduler`` (modules/sd_schedulers.py)."""
+    predictor = unet.model.predictor
+
+    class ScheduleLinker:
+        sigmas = predictor.sigmas
+
+    sigmas = backend.simple_scheduler(SPELL_STEPS, None, None, ScheduleLinker, torch.device("cpu"))
+    x = noise * sigmas[0]
+    for sigma, nxt in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
+        denoised = sc.sample(unet, sigma, cfg, x=x)
+        x = x + (x - denoised) / sigma * (nxt - sigma)
+    return x
+
+
+def verify_spell(
+    backend: Any,
+    cases: list[tuple[str, Any, int, dict]],
+    check: Checks,
+    scenario: Callable[[str, Any, dict], Scenario],
+) -> None:
+    """SPELL on any model of the backend: the post-CFG function sees [B, ...] guided predictions, its corrections reach
+    the final samples (outside every shield of a protected set made of the baseline's outputs), nothing is left on the
+    shared patcher, no reference within the radius is bit-identical, and cross-batch memory repels batch 2.
+
+    ``cases``: (name, unet patcher, latent channels, scenario keyword arguments); ``scenario(name, unet, kwargs)``
+    builds the backend's :class:`Scenario` for it."""
+    forge = backend
+    for name, unet, channels, text in cases:
+        print(f"\n== SPELL on {name}: {SPELL_STEPS} Euler steps, CFG 3 ==")
+        sc = scenario(name, unet, text)
+        noise = torch.randn(B, channels, 8, 8, generator=torch.Generator().manual_seed(11))
+        base = euler(forge, sc, unet, noise, 3.0)
+        options = repr(unet.model_options)
+
+        def run(config: SpellConfig, protected: ReferenceSet | None = None, job: ForgeSpell | None = None, *,
+                unet=unet, sc=sc, noise=noise):  # fmt: skip
+            job = job or ForgeSpell(config, protected)
+            clone = unet.clone()
+            job.patch(clone)
+            return job, euler(forge, sc, clone, noise, 3.0)
+
+        far, out = run(SpellConfig(radius=1e-6))
+        check(f"{name}: no reference within the radius -> bit-identical to SPELL off", torch.equal(out, base))
+        check(
+            f"{name}: the post-CFG function ran once per step on the [B, ...] guided prediction",
+            far.engine.stats.calls == SPELL_STEPS and far.engine.stats.batch_size == B,
+            far.engine.stats.summary(),
+        )
+        flat = base.flatten(1)
+        gaps = torch.cdist(flat, flat) + torch.eye(B) * 1e9
+        radius = 0.45 * float(gaps.min())  # disjoint shields around the baseline's outputs
+        job, out = run(
+            SpellConfig(radius=radius, intra_batch=False, cross_batch=False), ReferenceSet(base), None
+        )  # fmt: skip
+        nearest = float(torch.cdist(out.flatten(1).double(), flat.double()).min())
+        check(
+            f"{name}: protected set = the baseline's outputs -> every output farther than r = {radius:.3g} from all",
+            nearest >= radius * (1 - 1e-4) and torch.isfinite(out).all(),
+            f"nearest {nearest:.4g}; pushed {job.engine.stats.summary()}",
+        )
+        check(f"{name}: the pushes are counted (sparsity statistics)", 0 < job.engine.stats.samples_pushed)
+        check(f"{name}: the shared patcher's model_options untouched", repr(unet.model_options) == options)
+        memory = ForgeSpell(SpellConfig(radius=radius, intra_batch=False))
+        memory.end_batch(base)  # batch 1's final latents (Forge: post_sample's ps.samples)
+        _, second = run(memory.engine.config, None, memory)
+        check(
+            f"{name}: cross-batch memory -> batch 2 (same seeds) lands outside batch 1's shields",
+            float(torch.cdist(second.flatten(1).double(), flat.double()).min()) >= radius * (1 - 1e-4),
+        )

@@ -91,11 +91,11 @@ from forge_verify_common import (  # noqa: E402
     repulsion,
     stats_summary,
     tiny_flux_config,
+    verify_spell,
 )
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell  # noqa: E402
-from lib_ctxrep.spell import ReferenceSet, SpellConfig  # noqa: E402
+from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 
 #: Files whose presence marks a Forge checkout (all imported or read below).
 FORGE_MARKERS = (
@@ -569,81 +569,6 @@ def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:
     )
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# SPELL: ForgeSpell's post-CFG function through Forge's sampling_function_inner, on a UNet and on Flux
-# --------------------------------------------------------------------------------------------------------------------
-SPELL_STEPS = 6
-
-
-def euler(forge: Forge, sc: Scenario, unet, noise: torch.Tensor, cfg: float) -> torch.Tensor:
-    """A whole generation: Forge's "simple" schedule of the model's own predictor, k-diffusion's ``sample_euler``
-    step (d = (x - denoised) / sigma; x += d * (sigma_next - sigma); written out here because Forge's
-    ``k_diffusion/sampling.py`` imports torchvision), each denoised prediction from ``sampling_function_inner``."""
-    predictor = unet.model.predictor
-
-    class ScheduleLinker:
-        sigmas = predictor.sigmas
-
-    sigmas = forge.simple_scheduler(SPELL_STEPS, None, None, ScheduleLinker, torch.device("cpu"))
-    x = noise * sigmas[0]
-    for sigma, nxt in zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True):
-        denoised = sc.sample(unet, sigma, cfg, x=x)
-        x = x + (x - denoised) / sigma * (nxt - sigma)
-    return x
-
-
-def verify_spell(forge: Forge, check: Checks) -> None:
-    """SPELL on any Forge model: the post-CFG function sees [B, ...] guided predictions, its corrections reach the
-    final samples (outside every shield of a protected set made of the baseline's outputs), nothing is left on the
-    shared patcher, no reference within the radius is bit-identical, and cross-batch memory repels batch 2."""
-    cases = (
-        ("SD1.5-like UNet (IntegratedUNet2DConditionModel, eps)", forge.sd15_unet(), 4, dict(tensor_text=True)),
-        ("Flux (dev-like)", forge.flux_unet(), 16, dict(guidance=True)),
-    )
-    for name, unet, channels, text in cases:
-        print(f"\n== SPELL on {name}: {SPELL_STEPS} Euler steps, CFG 3 ==")
-        sc = Scenario(forge, name, unet, ctx_len=8, unctx_len=8, **text)
-        noise = torch.randn(B, channels, 8, 8, generator=torch.Generator().manual_seed(11))
-        base = euler(forge, sc, unet, noise, 3.0)
-        options = repr(unet.model_options)
-
-        def run(config: SpellConfig, protected: ReferenceSet | None = None, job: ForgeSpell | None = None, *,
-                unet=unet, sc=sc, noise=noise):  # fmt: skip
-            job = job or ForgeSpell(config, protected)
-            clone = unet.clone()
-            job.patch(clone)
-            return job, euler(forge, sc, clone, noise, 3.0)
-
-        far, out = run(SpellConfig(radius=1e-6))
-        check(f"{name}: no reference within the radius -> bit-identical to SPELL off", torch.equal(out, base))
-        check(
-            f"{name}: the post-CFG function ran once per step on the [B, ...] guided prediction",
-            far.engine.stats.calls == SPELL_STEPS and far.engine.stats.batch_size == B,
-            far.engine.stats.summary(),
-        )
-        flat = base.flatten(1)
-        gaps = torch.cdist(flat, flat) + torch.eye(B) * 1e9
-        radius = 0.45 * float(gaps.min())  # disjoint shields around the baseline's outputs
-        job, out = run(
-            SpellConfig(radius=radius, intra_batch=False, cross_batch=False), ReferenceSet(base), None
-        )  # fmt: skip
-        nearest = float(torch.cdist(out.flatten(1).double(), flat.double()).min())
-        check(
-            f"{name}: protected set = the baseline's outputs -> every output farther than r = {radius:.3g} from all",
-            nearest >= radius * (1 - 1e-4) and torch.isfinite(out).all(),
-            f"nearest {nearest:.4g}; pushed {job.engine.stats.summary()}",
-        )
-        check(f"{name}: the pushes are counted (sparsity statistics)", 0 < job.engine.stats.samples_pushed)
-        check(f"{name}: the shared patcher's model_options untouched", repr(unet.model_options) == options)
-        memory = ForgeSpell(SpellConfig(radius=radius, intra_batch=False))
-        memory.end_batch(base)  # batch 1's final latents (Forge: post_sample's ps.samples)
-        _, second = run(memory.engine.config, None, memory)
-        check(
-            f"{name}: cross-batch memory -> batch 2 (same seeds) lands outside batch 1's shields",
-            float(torch.cdist(second.flatten(1).double(), flat.double()).min()) >= radius * (1 - 1e-4),
-        )
-
-
 def verify_standins(forge: Forge, check: Checks) -> list[str]:
     """Compare tests/forge_standins.py with the real Forge: checks where the adapter relies on it, notes elsewhere."""
     print("\n== tests/forge_standins.py vs the real Forge ==")
@@ -757,7 +682,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("\n== Flux Kontext: skipped (no --kontext /path/to/forge2_flux_kontext given) ==")
 
-    verify_spell(forge, check)
+    verify_spell(
+        forge,
+        [
+            ("SD1.5-like UNet (IntegratedUNet2DConditionModel, eps)", forge.sd15_unet(), 4, dict(tensor_text=True)),
+            ("Flux (dev-like)", forge.flux_unet(), 16, dict(guidance=True)),
+        ],
+        check,
+        lambda name, unet, kw: Scenario(forge, name, unet, ctx_len=8, unctx_len=8, **kw),
+    )
     verify_standins(forge, check)
     return check.report()
 

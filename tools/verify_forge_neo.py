@@ -78,6 +78,7 @@ from forge_verify_common import (  # noqa: E402
     repulsion,
     stats_summary,
     tiny_flux_config,
+    verify_spell,
     window_sigmas,
 )
 from forge_verify_common import Scenario as BaseScenario  # noqa: E402
@@ -631,6 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     klein = neo.flux_unet("flux2")
     if klein is not None:
         verify_flux(neo, Scenario(neo, "Flux.2 (Klein-like: global modulation, patch 1)", klein, pooled=False), check)
+    verify_spell(
+        neo,
+        [("Flux.1 (dev-like)", neo.flux_unet("flux1"), 16, {})],
+        check,
+        lambda name, unet, kw: Scenario(neo, name, unet),
+    )
     for note in neo.notes[len(startup_notes) :]:
         print(f"  [NOTE] {note}")
 

@@ -1,0 +1,193 @@
+"""Train the reference model: rectified flow with prompt dropout on the procedural data, deterministic for a seed.
+
+What it is for: producing (and reproducing) the committed ``lib_ctxrep/reference/weights.safetensors``::
+
+    python -m lib_ctxrep.reference.train --out lib_ctxrep/reference/weights.safetensors --seed 0 --steps 4500
+
+Each step draws a fresh batch from the data stream of ``seed`` (:func:`lib_ctxrep.reference.data.make_batch`), a
+time ``t ~ U(0, 1)`` and noise per sample, replaces the prompt by the null prompt with probability ``p_drop`` (so
+classifier-free guidance works) and regresses the velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t noise``. AdamW
+with linear warm-up and cosine decay, gradient clipping, and an exponential moving average of the weights (the EMA
+is what is saved). Runs on the CPU with a fixed number of threads and deterministic algorithms, so the same seed and
+arguments give the same weights on the same machine and torch build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data, text
+from .model import REFERENCE_CONFIG, build_model, velocity
+
+
+def train(
+    out: str | Path | None = None,
+    seed: int = 0,
+    steps: int = 4500,
+    batch: int = 128,
+    lr: float = 1.5e-3,
+    p_drop: float = 0.15,
+    ema_decay: float = 0.999,
+    warmup: int = 100,
+    threads: int = 2,
+    minutes: float | None = None,
+    stop_after: int | None = None,
+    save_every: int | None = None,
+    log_every: int = 100,
+    config: dict[str, Any] | None = None,
+    quiet: bool = False,
+    t_dist: str = "uniform",
+    pooled: str = "class",
+) -> dict[str, torch.Tensor]:
+    """Train from scratch and return the EMA state dict (float32); with ``out``, also save it as safetensors.
+
+    ``steps`` sets the learning-rate schedule's length. ``minutes`` stops early when the wall-clock budget is spent
+    (the number of steps done is stored in the metadata as ``steps``; ``stop_after`` = that number reproduces such a
+    run exactly). ``save_every`` also saves the EMA weights to ``out`` every that many steps (checkpoints to
+    evaluate during training). Everything else is deterministic for ``seed``.
+    """
+    config = dict(REFERENCE_CONFIG if config is None else config)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = build_model(config, seed=seed).train()
+        ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+        g = torch.Generator().manual_seed(seed)
+        start = time.time()
+
+        def meta(done: int, loss: float | None) -> dict[str, Any]:
+            return {
+                "config": config,
+                "seed": seed,
+                "steps": done,
+                "schedule_steps": steps,
+                "batch": batch,
+                "lr": lr,
+                "p_drop": p_drop,
+                "ema_decay": ema_decay,
+                "warmup": warmup,
+                "data_version": data.DATA_VERSION,
+                "text_embedding_seed": text.EMBEDDING_SEED,
+                "final_loss": loss,
+                "train_seconds": round(time.time() - start, 1),
+                "threads": threads,
+                "t_dist": t_dist,
+                "pooled": pooled,
+                "torch": torch.__version__,
+            }
+
+        done, running = 0, None
+        for step in range(steps):
+            if minutes is not None and time.time() - start > minutes * 60:
+                break
+            if stop_after is not None and step >= stop_after:
+                break
+            scale = min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / steps))
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+            x0, class_ids, _ = data.make_batch(batch, g)
+            drop = torch.rand(batch, generator=g) < p_drop
+            embeds, pooled_vec = text.encode_classes(class_ids, drop)
+            if pooled == "shared":  # class information only in the text tokens, as T5 carries a prompt in Flux
+                pooled_vec = text.shared_pooled(batch)
+            if t_dist == "logit-normal":  # SD3's training-time distribution: more weight on mid-trajectory times
+                t = torch.sigmoid(torch.randn(batch, generator=g))
+            else:
+                t = torch.rand(batch, generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            tt = t[:, None, None, None]
+            xt = (1 - tt) * x0 + tt * noise
+            pred = velocity(model, xt, t, embeds, pooled_vec)
+            loss = ((pred - (noise - x0)) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for k, v in model.state_dict().items():
+                    ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+            done = step + 1
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if out is not None and save_every and done % save_every == 0:
+                _save(ema, out, meta(done, running))
+            if not quiet and (done % log_every == 0 or done == steps):
+                elapsed = time.time() - start
+                print(
+                    f"step {done}/{steps} loss {running:.4f} lr {lr * scale:.2e} "
+                    f"{elapsed:.0f}s ({elapsed / done:.3f}s/step)",
+                    flush=True,
+                )
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    state = {k: v.float().contiguous() for k, v in ema.items()}
+    if out is not None:
+        _save(state, out, meta(done, running))
+        if not quiet:
+            print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB) after {done} steps", flush=True)
+    return state
+
+
+def _save(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out) + ".tmp")
+    tensors = {k: v.float().contiguous() for k, v in state.items()}
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: ``python -m lib_ctxrep.reference.train --out PATH [--seed 0] [--steps N] [--minutes M]``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="where to write the safetensors weights")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=4500)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--p-drop", type=float, default=0.15, help="share of prompts replaced by the null prompt")
+    parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=None, help="optional wall-clock cap (stops early)")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="stop after this many steps (reproduces a capped run)"
+    )
+    parser.add_argument("--save-every", type=int, default=None, help="also save a checkpoint every this many steps")
+    parser.add_argument("--log-every", type=int, default=100)
+    parser.add_argument("--t-dist", choices=("uniform", "logit-normal"), default="uniform", help="training times")
+    parser.add_argument(
+        "--pooled", choices=("class", "shared"), default="class", help="pooled vector: per prompt, or one for all"
+    )
+    args = parser.parse_args(argv)
+    train(
+        args.out,
+        seed=args.seed,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        p_drop=args.p_drop,
+        ema_decay=args.ema,
+        threads=args.threads,
+        minutes=args.minutes,
+        stop_after=args.stop_after,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        t_dist=args.t_dist,
+        pooled=args.pooled,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The reference model: committed weights load deterministically, the sampler is deterministic per seed and
+batch-invariant, its hooks work, and training is deterministic for a seed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lib_ctxrep.reference import data, model, text
+from lib_ctxrep.reference.train import train
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return model.load_reference_model()
+
+
+def test_committed_weights_load_deterministically(reference):
+    assert model.WEIGHTS_PATH.exists()
+    assert model.WEIGHTS_PATH.stat().st_size < 8e6
+    other = model.load_reference_model()
+    assert not reference.training and not any(p.requires_grad for p in reference.parameters())
+    for (ka, a), (kb, b) in zip(reference.state_dict().items(), other.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(a, b)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    embeds, pooled = text.encode(["square", ""])
+    v1 = model.velocity(reference, x, 0.5, embeds, pooled)
+    v2 = model.velocity(other, x, 0.5, embeds, pooled)
+    assert torch.equal(v1, v2)
+    meta = model.read_metadata()
+    assert meta["config"] == model.REFERENCE_CONFIG
+    assert meta["data_version"] == data.DATA_VERSION and meta["steps"] > 0
+
+
+def test_architecture_has_both_block_kinds(reference):
+    assert len(reference.transformer_blocks) >= 1 and len(reference.single_transformer_blocks) >= 1
+
+
+def test_pack_unpack_and_ids():
+    images = data.make_dataset(3, seed=0)[0]
+    tokens = model.pack(images)
+    assert tokens.shape == (3, 64, 12)
+    assert torch.equal(model.unpack(tokens), images)
+    ids = model.image_ids()
+    assert ids.shape == (64, 3) and ids[9].tolist() == [0.0, 1.0, 1.0]
+    assert model.text_ids().shape == (text.SEQ_LEN, 3)
+
+
+def test_timesteps():
+    ts = model.timesteps(4)
+    assert ts == [1.0, 0.75, 0.5, 0.25, 0.0]
+    shifted = model.timesteps(4, shift=3.0)
+    assert shifted[0] == 1.0 and shifted[-1] == 0.0 and shifted[2] == pytest.approx(0.75)
+    assert all(a > b for a, b in zip(shifted, shifted[1:], strict=False))
+
+
+def test_sampler_deterministic_and_batch_invariant(reference):
+    prompts, seeds = ["square", "diamond", 2, "cross"], [11, 12, 13, 14]
+    a = model.sample(reference, prompts, seeds, steps=2)
+    b = model.sample(reference, prompts, seeds, steps=2)
+    assert a.shape == (4, 3, 16, 16) and torch.equal(a, b)
+    alone = model.sample(reference, [2], [13], steps=2)
+    torch.testing.assert_close(alone[0], a[2], atol=1e-4, rtol=0)
+    other_seed = model.sample(reference, [2], [99], steps=2)
+    assert not torch.allclose(other_seed[0], a[2])
+    with pytest.raises(ValueError, match="seed"):
+        model.sample(reference, prompts, seeds[:2], steps=2)
+    with pytest.raises(ValueError, match="unknown prompt"):
+        model.sample(reference, ["a dog"], [0], steps=2)
+
+
+def test_sampler_hooks(reference):
+    seen_t, seen_steps, calls = [], [], []
+
+    def x0_fn(x0, t, step):
+        seen_steps.append(step)
+        return x0
+
+    def cond_fn(embeds, pooled, t):
+        seen_t.append(t)
+        assert embeds.shape == (2, text.SEQ_LEN, text.TEXT_DIM) and pooled.shape == (2, text.POOLED_DIM)
+        return embeds, pooled
+
+    plain = model.sample(reference, [0, 1], [1, 2], steps=3)
+    hooked = model.sample(
+        reference, [0, 1], [1, 2], steps=3, x0_fn=x0_fn, cond_fn=cond_fn, callback=lambda *a: calls.append(a[0])
+    )
+    torch.testing.assert_close(hooked, plain, atol=1e-5, rtol=0)
+    assert seen_t == model.timesteps(3)[:-1] and seen_steps == [0, 1, 2] and calls == [0, 1, 2]
+    # a modified x0 changes the result; at the last step the output is x0 itself
+    target = torch.zeros(2, 3, 16, 16)
+    pulled = model.sample(reference, [0, 1], [1, 2], steps=3, x0_fn=lambda x0, t, i: target if i == 2 else x0)
+    assert torch.equal(pulled, target)
+
+
+def test_tiny_training_run_is_deterministic(tmp_path):
+    config = dict(model.REFERENCE_CONFIG, num_attention_heads=2, num_layers=1, num_single_layers=1)
+    a = train(tmp_path / "a.safetensors", seed=3, steps=2, batch=4, config=config, quiet=True)
+    b = train(None, seed=3, steps=2, batch=4, config=config, quiet=True)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], model.build_model(config, seed=3).state_dict()[k]) for k in a)  # it trained
+    loaded = model.load_reference_model(tmp_path / "a.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], a[k]) for k in a)
+    assert model.read_metadata(tmp_path / "a.safetensors")["seed"] == 3
