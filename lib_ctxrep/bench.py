@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -346,14 +347,22 @@ def run(args: argparse.Namespace) -> list[Result]:
     total = len(methods) * len(classes) * args.batches
     done = [0]
 
+    tty = sys.stdout.isatty()
+
     def progress(name: str) -> None:
         done[0] += 1
         width = 30
         filled = int(width * done[0] / total)
-        print(f"\r[bench] [{'#' * filled}{'.' * (width - filled)}] {done[0]}/{total} {name:32}", end="", flush=True)
+        line = f"[bench] [{'#' * filled}{'.' * (width - filled)}] {done[0]}/{total} {name:32}"
+        if tty:
+            print(f"\r{line}", end="", flush=True)
+        elif done[0] % max(1, total // 10) == 0 or done[0] == total:  # a log file gets ten lines, not hundreds
+            print(line, flush=True)
 
     # Warm-up (first calls pay for allocations and thread start-up), so base is not charged for it.
-    generate(model, methods[0], 0, [args.seed], steps=min(args.steps, 2), guidance=args.guidance, shift=args.shift)
+    warm = [args.seed + i for i in range(args.batch)]
+    for _ in range(2):
+        generate(model, methods[0], 0, warm, steps=args.steps, guidance=args.guidance, shift=args.shift)
     results, grids = [], {}
     for method in methods:
         result, images = run_method(

@@ -9,6 +9,7 @@ recall), the Vendi score of the batch's modes and pixels, and the share of sampl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> dict:
             images = generate(model, method, c, seeds, steps=args.steps, guidance=args.guidance, shift=1.0)
             done += 1
             bar = "#" * (20 * done // total)
-            print(f"\r[demo] [{bar:20}] {done}/{total}", end="", flush=True)
+            print(f"\r[demo] [{bar:20}] {done}/{total}", end="" if sys.stdout.isatty() else "\n", flush=True)
             numbers = evaluate(images, torch.full((len(images),), c), len(images))
             report[(CLASSES[c], method.name)] = numbers
             rows.append(images)

@@ -103,3 +103,12 @@ def test_tiny_training_run_is_deterministic(tmp_path):
     loaded = model.load_reference_model(tmp_path / "a.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], a[k]) for k in a)
     assert model.read_metadata(tmp_path / "a.safetensors")["seed"] == 3
+
+
+def test_committed_weights_record_their_conditioning_and_the_sampler_follows_it():
+    from lib_ctxrep.reference.model import load_reference_model, read_metadata
+
+    meta = read_metadata()
+    assert meta["pooled"] == "shared" and meta["t_dist"] == "logit-normal" and meta["steps"] == 4500
+    assert load_reference_model().reference_pooled == "shared"
+    assert torch.equal(text.shared_pooled(3), text.encode([""] * 3)[1])
