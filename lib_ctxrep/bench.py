@@ -102,6 +102,7 @@ def generate(
             window=method.options.get("window", 0.05),
             chunks=("uncond", "cond") if guidance != 1.0 else None,
             memory=family == "memory",
+            single_blocks=method.options.get("single_blocks", "all"),
         )
         with apply_contextual_repulsion(model, config, scheduler=_scheduler(steps, shift)) as handle:
             if family == "ours":
