@@ -171,8 +171,8 @@ def run_method(
     shift: float,
     seed: int,
     progress: Callable[[str], None] | None = None,
-) -> tuple[Result, torch.Tensor]:
-    """Generate and evaluate one method; returns its result and its images (class-major, batch by batch)."""
+) -> Result:
+    """Generate and evaluate one method (class-major, batch by batch)."""
     images, prompted = [], []
     start = time.perf_counter()
     for c in classes:
@@ -185,7 +185,7 @@ def run_method(
     seconds = time.perf_counter() - start
     images_t, classes_t = torch.cat(images), torch.cat(prompted)
     columns = evaluate(images_t, classes_t, batch)
-    return Result(method.name, method.family, method.knob, seconds=seconds, **columns), images_t
+    return Result(method.name, method.family, method.knob, seconds=seconds, **columns)
 
 
 def pareto_front(results: list[Result], x: str = "fidelity", y: str = "recall") -> list[Result]:
@@ -364,14 +364,13 @@ def run(args: argparse.Namespace) -> list[Result]:
     warm = [args.seed + i for i in range(args.batch)]
     for _ in range(2):
         generate(model, methods[0], 0, warm, steps=args.steps, guidance=args.guidance, shift=args.shift)
-    results, grids = [], {}
+    results = []
     for method in methods:
-        result, images = run_method(
+        result = run_method(
             model, method, classes=classes, batches=args.batches, batch=args.batch, steps=args.steps,
             guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress,
         )  # fmt: skip
         results.append(result)
-        grids[method.name] = images
     print()
     base = results[0]
     for r in results:

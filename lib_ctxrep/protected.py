@@ -98,11 +98,11 @@ def _refuse_pickles(path: Path) -> None:
             raise ProtectedSetError(
                 f"refused: {name!r} is a pickle (or a torch zip archive) renamed to .safetensors; it was not loaded"
             )
-        size = path.stat().st_size
-        if len(head) < 8 or not 2 <= struct.unpack("<Q", head)[0] <= size - 8:
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        if not 2 <= length <= path.stat().st_size - 8:
             raise ProtectedSetError(f"{name!r} is not a valid safetensors file (bad header)")
         try:
-            json.loads(f.read(struct.unpack("<Q", head)[0]))
+            json.loads(f.read(length))
         except (UnicodeDecodeError, ValueError):
             raise ProtectedSetError(f"{name!r} is not a valid safetensors file (unreadable header)") from None
 
@@ -268,7 +268,7 @@ def load_protected_set(
         _CACHE.move_to_end(key)
         return _CACHE[key]
     notes: list[str] = []
-    index_file = None
+    latent_set = None
     if resolved.is_dir():
         if encode is None:
             raise ProtectedSetError("a folder of images needs the model's VAE to encode it; none was given")
@@ -282,8 +282,8 @@ def load_protected_set(
     else:
         latents, metadata = load_latent_set(resolved)
         check_latents(latents, metadata, resolved.name, latent_space, sample_shape)
-        index_file = resolved.with_name(resolved.name + ".faiss")
-    references = _reference_set(latents, nprobe, exact_limit, progress, index_file)
+        latent_set = resolved
+    references = _reference_set(latents, nprobe, exact_limit, progress, latent_set)
     loaded = ProtectedSet(references, resolved.name, latent_space, notes)
     _CACHE[key] = loaded
     while len(_CACHE) > _CACHE_ENTRIES:
@@ -291,12 +291,14 @@ def load_protected_set(
     return loaded
 
 
-def _reference_set(latents, nprobe, exact_limit, progress, index_file: Path | None) -> ReferenceSet:
+def _reference_set(latents, nprobe, exact_limit, progress, latent_set: Path | None) -> ReferenceSet:
+    """The set's search structure; for a saved latent set above ``exact_limit``, its index is kept beside it."""
+    index_file = None if latent_set is None else latent_set.with_name(latent_set.name + ".faiss")
     reuse = (
         index_file is not None
         and len(latents) > exact_limit
         and index_file.is_file()
-        and index_file.stat().st_mtime_ns >= index_file.with_name(index_file.name[: -len(".faiss")]).stat().st_mtime_ns
+        and index_file.stat().st_mtime_ns >= latent_set.stat().st_mtime_ns
     )
     if reuse:
         references = ReferenceSet(latents, exact_limit=len(latents), nprobe=nprobe)

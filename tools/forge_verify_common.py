@@ -568,12 +568,11 @@ def verify_spell(
 
     ``cases``: (name, unet patcher, latent channels, scenario keyword arguments); ``scenario(name, unet, kwargs)``
     builds the backend's :class:`Scenario` for it."""
-    forge = backend
     for name, unet, channels, text in cases:
         print(f"\n== SPELL on {name}: {SPELL_STEPS} Euler steps, CFG 3 ==")
         sc = scenario(name, unet, text)
         noise = torch.randn(B, channels, 8, 8, generator=torch.Generator().manual_seed(11))
-        base = euler(forge, sc, unet, noise, 3.0)
+        base = euler(backend, sc, unet, noise, 3.0)
         options = repr(unet.model_options)
 
         def run(config: SpellConfig, protected: ReferenceSet | None = None, job: ForgeSpell | None = None, *,
@@ -581,7 +580,7 @@ def verify_spell(
             job = job or ForgeSpell(config, protected)
             clone = unet.clone()
             job.patch(clone)
-            return job, euler(forge, sc, clone, noise, 3.0)
+            return job, euler(backend, sc, clone, noise, 3.0)
 
         far, out = run(SpellConfig(radius=1e-6))
         check(f"{name}: no reference within the radius -> bit-identical to SPELL off", torch.equal(out, base))

@@ -170,23 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pooled", choices=("class", "shared"), default="class", help="pooled vector: per prompt, or one for all"
     )
-    args = parser.parse_args(argv)
-    train(
-        args.out,
-        seed=args.seed,
-        steps=args.steps,
-        batch=args.batch,
-        lr=args.lr,
-        p_drop=args.p_drop,
-        ema_decay=args.ema,
-        threads=args.threads,
-        minutes=args.minutes,
-        stop_after=args.stop_after,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        t_dist=args.t_dist,
-        pooled=args.pooled,
-    )
+    options = vars(parser.parse_args(argv))
+    options["ema_decay"] = options.pop("ema")
+    train(options.pop("out"), **options)
 
 
 if __name__ == "__main__":
