@@ -95,18 +95,35 @@ class RepulsionEngine:
             logger.warning(message)
 
     def process_prefix(
-        self, block: str, sequence: torch.Tensor, length: int, *, use_memory: bool = True
+        self, block: str, sequence: torch.Tensor, length: int, *, memory_length: int | None = None
     ) -> torch.Tensor | None:
         """Repel the first ``length`` tokens of ``sequence`` [rows, tokens, dim] and keep the rest as it is (e.g. the
-        text part of a single-stream block, or text + target image without Kontext's reference tokens)."""
-        if length >= sequence.shape[1]:
-            new = self.process(block, [sequence], use_memory=use_memory)
-            return None if new is None else new[0]
-        new = self.process(block, [sequence[:, :length]], use_memory=use_memory)
-        return None if new is None else torch.cat([new[0], sequence[:, length:]], dim=1)
+        text part of a single-stream block, or text + target image without Kontext's reference tokens).
 
-    def process(self, block: str, parts: list[torch.Tensor], *, use_memory: bool = True) -> list[torch.Tensor] | None:
-        """Repel the rows of ``parts`` (each [rows, ...]) within their branch groups; None when nothing changes."""
+        ``memory_length``: only the first that many tokens are remembered across batches (see ``memory_parts`` of
+        :meth:`process`); None: all ``length`` tokens are.
+        """
+        length = min(length, sequence.shape[1])
+        if memory_length is not None and 0 < memory_length < length:
+            parts = [sequence[:, :memory_length], sequence[:, memory_length:length]]
+            new = self.process(block, parts, memory_parts=1)
+        else:
+            new = self.process(block, [sequence[:, :length]])
+        if new is None:
+            return None
+        pieces = [*new, sequence[:, length:]] if length < sequence.shape[1] else new
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
+
+    def process(
+        self, block: str, parts: list[torch.Tensor], *, memory_parts: int | None = None
+    ) -> list[torch.Tensor] | None:
+        """Repel the rows of ``parts`` (each [rows, ...]) within their branch groups; None when nothing changes.
+
+        ``memory_parts``: the cross-batch memory holds only the first that many parts (None: all). Used by Flux single
+        blocks in "all tokens" mode, whose image tokens are too large to remember at real resolutions: a group then
+        repels on all parts within the batch while there is no memory for it (the first batch), and on the
+        remembered parts against the batch and the memory once there is (the other parts stay as they are).
+        """
         if not self._active:
             return None
         cfg = self.config
@@ -123,7 +140,7 @@ class RepulsionEngine:
         if per_chunk % group:
             self.warn_once("group", f"[ctxrep] group_size {group} does not divide {per_chunk} rows; using {per_chunk}")
             group = per_chunk
-        memory_on = cfg.memory and use_memory
+        kept = len(parts) if memory_parts is None else memory_parts
         replaced: dict[int, list[torch.Tensor]] = {}
         for ci, label in enumerate(chunks):
             if label not in cfg.branches:
@@ -132,13 +149,14 @@ class RepulsionEngine:
             for gi, start in enumerate(range(ci * per_chunk, (ci + 1) * per_chunk, group)):
                 rows_in = [p[start : start + group] for p in parts]
                 key = (block, round(self._progress, 6), label, occurrence, gi)
-                remembered = self.memory.rows(key) if memory_on else None
+                remembered = self.memory.rows(key) if cfg.memory else None
+                moving = rows_in if remembered is None else rows_in[:kept]
                 if group < 2 and remembered is None:
-                    if memory_on:
-                        self.memory.stage(key, rows_in)
+                    if cfg.memory:
+                        self.memory.stage(key, rows_in[:kept])
                     continue
                 new, result = repel_parts(
-                    rows_in,
+                    moving,
                     cfg.iterations,
                     eta=cfg.eta,
                     strength=None if cfg.eta is not None else cfg.strength,
@@ -151,8 +169,9 @@ class RepulsionEngine:
                         f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
                     )
                     continue
-                if memory_on:
-                    self.memory.stage(key, new)
+                new = [*new, *rows_in[len(new) :]]
+                if cfg.memory:
+                    self.memory.stage(key, new[:kept])
                 if self.record_stats:
                     self.stats.append(
                         BlockStat(

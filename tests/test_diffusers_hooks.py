@@ -237,6 +237,17 @@ def test_cross_batch_memory_changes_later_batches_of_one_and_stays_bounded(flux_
         assert not torch.allclose(remembered[s], plain[s])
 
 
+def test_single_blocks_in_all_tokens_mode_remember_their_text_tokens_at_batch_size_one(flux_pipe):
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True, single_blocks="all")
+    with apply_contextual_repulsion(flux_pipe, config, record_stats=True) as handle:
+        run_flux(flux_pipe, batch=1, seed=0)
+        run_flux(flux_pipe, batch=1, seed=1)
+        slots = {key: slot for key, slot in handle.engine.memory._slots.items() if key[0].startswith("single.")}
+    assert slots and all(slot.shapes == [torch.Size([12, 32])] for slot in slots.values())  # text tokens only
+    pushed = {s.block for s in handle.stats if s.memory_rows > 0}
+    assert {"single.0", "single.1", "double.0"} <= pushed
+
+
 def test_memory_is_cleared_between_jobs(flux_pipe):
     config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True)
     with apply_contextual_repulsion(flux_pipe, config) as handle:

@@ -224,14 +224,65 @@ def test_memory_stays_within_memory_size():
     assert len(engine.memory) == 3
 
 
-def test_use_memory_false_neither_reads_nor_writes_memory():
+def test_memory_parts_remembers_only_the_leading_parts():
     engine = RepulsionEngine(RepulsionConfig(memory=True))
-    rows = features(2, seed=36)
+    text, image = features(2, seed=36), features(2, seed=136, shape=(24, 16))
     engine.begin_call(0.0, ("cond",))
-    assert engine.process("b0", [rows[:1]], use_memory=False) is None
+    engine.process("b0", [text, image], memory_parts=1)
     engine.end_call()
     engine.new_batch()
-    assert len(engine.memory) == 0
+    (remembered,) = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    assert remembered.shape == text.shape
+
+
+def test_memory_parts_repels_all_parts_within_the_batch_until_there_is_memory():
+    text, image = features(3, seed=37), features(3, seed=137, shape=(24, 16))
+    with_memory = RepulsionEngine(RepulsionConfig(memory=True))
+    with_memory.begin_call(0.0, ("cond",))
+    out = with_memory.process("b0", [text, image], memory_parts=1)
+    expected = run_call(RepulsionEngine(), [text, image])
+    assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
+
+
+def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_keeps_the_rest():
+    cfg = RepulsionConfig(memory=True)
+    engine = RepulsionEngine(cfg)
+    text, image = features(3, seed=38), features(3, seed=138, shape=(24, 16))
+    engine.begin_call(0.0, ("cond",))
+    engine.process("b0", [text[:1], image[:1]], memory_parts=1)  # batch size 1: staged, not moved
+    engine.end_call()
+    engine.new_batch()
+    (remembered,) = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    engine.begin_call(0.0, ("cond",))
+    out = engine.process("b0", [text[1:], image[1:]], memory_parts=1)
+    (expected,), _ = repel_parts([text[1:]], cfg.iterations, strength=cfg.strength, memory=[remembered])
+    assert torch.allclose(out[0], expected, atol=1e-6) and not torch.equal(out[0], text[1:])
+    assert torch.equal(out[1], image[1:])
+
+
+def test_memory_parts_without_memory_is_plain_repulsion():
+    text, image = features(3, seed=39), features(3, seed=139, shape=(24, 16))
+    engine = RepulsionEngine()
+    engine.begin_call(0.0, ("cond",))
+    out = engine.process("b0", [text, image], memory_parts=1)
+    expected = run_call(RepulsionEngine(), [text, image])
+    assert all(torch.equal(a, b) for a, b in zip(out, expected, strict=True))
+    assert engine.memory.nbytes == 0
+
+
+def test_process_prefix_with_memory_length_keeps_the_tail_and_remembers_the_head():
+    engine = RepulsionEngine(RepulsionConfig(memory=True))
+    seq = features(1, seed=40, shape=(30, 16))
+    engine.begin_call(0.0, ("cond",))
+    assert engine.process_prefix("single.0", seq, 26, memory_length=6) is None  # B = 1, nothing remembered yet
+    engine.end_call()
+    engine.new_batch()
+    other = features(1, seed=41, shape=(30, 16))
+    engine.begin_call(0.0, ("cond",))
+    out = engine.process_prefix("single.0", other, 26, memory_length=6)
+    assert out.shape == other.shape
+    assert not torch.equal(out[:, :6], other[:, :6])
+    assert torch.equal(out[:, 6:], other[:, 6:])
 
 
 def test_new_job_forgets_the_memory():

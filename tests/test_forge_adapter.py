@@ -196,6 +196,19 @@ def test_memory_spans_the_batch_count_of_one_job():
     assert len(job.engine.memory) == 0
 
 
+def test_single_blocks_in_all_tokens_mode_remember_only_their_text_tokens():
+    unet = flux_unet()
+    job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, memory=True, single_blocks="all"))
+    for s in range(2):
+        sample(clone, batch=1, seed=s)
+        job.engine.new_batch()
+    single = [slot for key, slot in job.engine.memory._slots.items() if key[0].startswith("single.")]
+    double = [slot for key, slot in job.engine.memory._slots.items() if key[0].startswith("double.")]
+    assert single and double
+    assert {tuple(slot.shapes[0]) for slot in single} == {tuple(slot.shapes[0]) for slot in double}  # text tokens
+    job.close()
+
+
 def test_sd3_joint_blocks_are_repelled_and_the_last_block_is_left_alone():
     unet = sd3_unet()
     base = sample(unet, cfg=3.5)

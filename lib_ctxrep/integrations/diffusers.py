@@ -206,7 +206,7 @@ def apply_contextual_repulsion(
                     new = engine.process(name, [text])
                     return None if new is None else (new[0], image, *output[2:])
                 target = image.shape[1] if state.target_tokens is None else state.target_tokens
-                new = engine.process(name, [text, image[:, :target]], use_memory=False)
+                new = engine.process(name, [text, image[:, :target]], memory_parts=1)
                 if new is None:
                     return None
                 new_image = new[1] if target >= image.shape[1] else torch.cat([new[1], image[:, target:]], dim=1)
@@ -215,7 +215,7 @@ def apply_contextual_repulsion(
             if mode == "text":
                 return engine.process_prefix(name, output, length)
             target = output.shape[1] - length if state.target_tokens is None else state.target_tokens
-            return engine.process_prefix(name, output, length + target, use_memory=False)
+            return engine.process_prefix(name, output, length + target, memory_length=length)
 
         return hook
 

@@ -180,7 +180,7 @@ class ForgeRepulsion:
             if mode == "text":
                 return engine.process_prefix(name, output, self._text_len)
             image = output.shape[1] - self._text_len if self._image_tokens is None else self._image_tokens
-            return engine.process_prefix(name, output, self._text_len + image, use_memory=False)
+            return engine.process_prefix(name, output, self._text_len + image, memory_length=self._text_len)
 
         return hook
 
