@@ -29,7 +29,7 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     readme.write_text(f"before\n{README_START}\nold\n{README_END}\nafter\n")
     main(
         [
-            "bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "2",
+            "bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "2", "--windows", "0.5",
             "--out", str(tmp_path), "--readme", "--readme-path", str(readme),
         ]
     )  # fmt: skip
@@ -37,7 +37,8 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     data = json.loads((tmp_path / "bench.json").read_text())
     families = {r["family"] for r in data["results"]}
     assert families == {"base", "ours", "memory", "spell", "pg", "cads"}
-    assert len(data["results"]) == len(default_methods(0.05))
+    assert len(data["results"]) == len(default_methods(0.05, (0.5,)))
+    assert {r["window"] for r in data["results"] if r["family"] in ("ours", "memory")} == {0.05, 0.5}
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert "goal" in text and "| base |" in text
     written = readme.read_text()

@@ -2,14 +2,15 @@
 
 What it is for: producing (and reproducing) the committed ``lib_ctxrep/reference/weights.safetensors``::
 
-    python -m lib_ctxrep.reference.train --out lib_ctxrep/reference/weights.safetensors --seed 0 --steps 4500
+    python -m lib_ctxrep.reference.train --out lib_ctxrep/reference/weights.safetensors --seed 0
 
 Each step draws a fresh batch from the data stream of ``seed`` (:func:`lib_ctxrep.reference.data.make_batch`), a
-time ``t ~ U(0, 1)`` and noise per sample, replaces the prompt by the null prompt with probability ``p_drop`` (so
-classifier-free guidance works) and regresses the velocity ``noise - x0`` at ``x_t = (1 - t) x0 + t noise``. AdamW
-with linear warm-up and cosine decay, gradient clipping, and an exponential moving average of the weights (the EMA
-is what is saved). Runs on the CPU with a fixed number of threads and deterministic algorithms, so the same seed and
-arguments give the same weights on the same machine and torch build.
+time ``t`` (logit-normal by default, as SD3 trains; or uniform) and noise per sample, replaces the prompt by the null
+prompt with probability ``p_drop`` (so classifier-free guidance works) and regresses the velocity ``noise - x0`` at
+``x_t = (1 - t) x0 + t noise``. AdamW with linear warm-up and cosine decay, gradient clipping, and an exponential
+moving average of the weights (the EMA is what is saved, in float16 by default: half the file, and a rounding far
+below the model's own error). Runs on the CPU with a fixed number of threads and deterministic algorithms, so the
+same seed and arguments give the same weights on the same machine and torch build.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .model import REFERENCE_CONFIG, build_model, velocity
 def train(
     out: str | Path | None = None,
     seed: int = 0,
-    steps: int = 4500,
-    batch: int = 128,
+    steps: int = 5500,
+    batch: int = 64,
     lr: float = 1.5e-3,
     p_drop: float = 0.15,
     ema_decay: float = 0.999,
@@ -43,10 +44,12 @@ def train(
     log_every: int = 100,
     config: dict[str, Any] | None = None,
     quiet: bool = False,
-    t_dist: str = "uniform",
-    pooled: str = "class",
+    t_dist: str = "logit-normal",
+    pooled: str = "shared",
+    save_dtype: str = "float16",
 ) -> dict[str, torch.Tensor]:
-    """Train from scratch and return the EMA state dict (float32); with ``out``, also save it as safetensors.
+    """Train from scratch and return the EMA state dict (float32 holding ``save_dtype`` values: exactly what is saved);
+    with ``out``, also save it as safetensors.
 
     ``steps`` sets the learning-rate schedule's length. ``minutes`` stops early when the wall-clock budget is spent
     (the number of steps done is stored in the metadata as ``steps``; ``stop_after`` = that number reproduces such a
@@ -84,6 +87,7 @@ def train(
                 "threads": threads,
                 "t_dist": t_dist,
                 "pooled": pooled,
+                "save_dtype": save_dtype,
                 "torch": torch.__version__,
             }
 
@@ -121,7 +125,7 @@ def train(
             done = step + 1
             running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
             if out is not None and save_every and done % save_every == 0:
-                _save(ema, out, meta(done, running))
+                _save(ema, out, meta(done, running), save_dtype)
             if not quiet and (done % log_every == 0 or done == steps):
                 elapsed = time.time() - start
                 print(
@@ -131,20 +135,20 @@ def train(
                 )
     finally:
         torch.use_deterministic_algorithms(deterministic)
-    state = {k: v.float().contiguous() for k, v in ema.items()}
+    state = {k: v.to(getattr(torch, save_dtype)).float().contiguous() for k, v in ema.items()}  # what is saved
     if out is not None:
-        _save(state, out, meta(done, running))
+        _save(state, out, meta(done, running), save_dtype)
         if not quiet:
             print(f"saved {out} ({Path(out).stat().st_size / 1e6:.2f} MB) after {done} steps", flush=True)
     return state
 
 
-def _save(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any]) -> None:
+def _save(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any], dtype: str = "float32") -> None:
     from safetensors.torch import save_file
 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out) + ".tmp")
-    tensors = {k: v.float().contiguous() for k, v in state.items()}
+    tensors = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in state.items()}
     save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in meta.items()})
     tmp.replace(out)
 
@@ -154,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="where to write the safetensors weights")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=4500)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5500)
+    parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--p-drop", type=float, default=0.15, help="share of prompts replaced by the null prompt")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the saved weights")
@@ -166,9 +170,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--save-every", type=int, default=None, help="also save a checkpoint every this many steps")
     parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--t-dist", choices=("uniform", "logit-normal"), default="uniform", help="training times")
+    parser.add_argument("--t-dist", choices=("uniform", "logit-normal"), default="logit-normal", help="training times")
     parser.add_argument(
-        "--pooled", choices=("class", "shared"), default="class", help="pooled vector: per prompt, or one for all"
+        "--pooled", choices=("class", "shared"), default="shared", help="pooled vector: per prompt, or one for all"
+    )
+    parser.add_argument(
+        "--save-dtype", choices=("float16", "float32"), default="float16", help="dtype of the saved weights"
     )
     options = vars(parser.parse_args(argv))
     options["ema_decay"] = options.pop("ema")
