@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -237,11 +238,9 @@ def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
             + ", ".join(r.name for r in front),
         )
     )
-    pairs = [
-        (m, next(r for r in ours if r.knob == m.knob and r.window == m.window))
-        for m in results
-        if m.family == "memory" and any(r.knob == m.knob and r.window == m.window for r in ours)
-    ]
+    batch_of = {(r.knob, r.window): r for r in ours}
+    memories = [m for m in results if m.family == "memory" and (m.knob, m.window) in batch_of]
+    pairs = [(m, batch_of[m.knob, m.window]) for m in memories]
     if pairs:
         # judged where one batch of 8 gains most: a gain of one or two modes in 256 samples is within the noise
         memory, single = max(pairs, key=lambda p: p[1].recall)
@@ -328,11 +327,14 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
     groups: dict[tuple[str, float | None], list[Result]] = {}
     for r in results:
         groups.setdefault((r.family, r.window), []).append(r)
+    windows_of = Counter(family for family, _ in groups)
+    shades: Counter[str] = Counter()
     legend = []
     for (family, window), members in groups.items():
-        shade = sum(1 for f, _ in list(groups)[: list(groups).index((family, window))] if f == family)
+        shade = shades[family]
+        shades[family] += 1
         colour = FAMILY_COLOURS[family] if shade == 0 else WINDOW_COLOURS[family][(shade - 1) % 2]
-        several = sum(1 for f, _ in groups if f == family) > 1
+        several = windows_of[family] > 1
         legend.append((FAMILY_LABELS[family] + (f", window {window:g}" if several else ""), colour))
         points = sorted(members, key=lambda r: r.knob or 0)
         coords = [at(r.fidelity, r.recall) for r in points]
@@ -434,10 +436,10 @@ def run(args: argparse.Namespace) -> list[Result]:
 def _windows(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(w) for w in text.split(",") if w.strip())
-    except ValueError:
-        raise SystemExit(f"--windows: expected comma-separated numbers, got {text!r}") from None
-    if any(not 0 < w <= 1 for w in values):
-        raise SystemExit(f"--windows: every window must be in (0, 1], got {text!r}")
+        for w in values:
+            RepulsionConfig(window=w)  # the library's own range check and message
+    except ValueError as exc:
+        raise SystemExit(f"--windows {text!r}: {exc}") from None
     return values
 
 
