@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .config import DEFAULT_STRENGTH, DEFAULT_WINDOW
+from .reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
 
 
 def grid_image(rows: list[torch.Tensor], labels: list[str], scale: int = 4, gap: int = 4):
@@ -52,6 +53,11 @@ def run(args: argparse.Namespace) -> dict:
         f"[demo] reference model, {len(classes)} prompts x batch of {args.batch}, {args.steps} steps, "
         f"CFG {args.guidance}; repulsion strength {args.strength}, window {args.window}"
     )
+    if (args.strength, args.window) == (REPULSION_STRENGTH, REPULSION_WINDOW):
+        print(
+            "[demo] (the reference model's setting; the library default, strength "
+            f"{DEFAULT_STRENGTH} and window {DEFAULT_WINDOW}, is set for Flux's 57 repelled blocks: see the README)"
+        )
     for c in classes:
         seeds = [args.seed + 1000 * c + i for i in range(args.batch)]
         for method in methods:
@@ -91,8 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="true-CFG scale")
-    parser.add_argument("--strength", type=float, default=DEFAULT_STRENGTH)
-    parser.add_argument("--window", type=float, default=DEFAULT_WINDOW)
+    parser.add_argument(
+        "--strength", type=float, default=REPULSION_STRENGTH, help="default: the reference model's setting"
+    )
+    parser.add_argument(
+        "--window", type=float, default=REPULSION_WINDOW, help="default: the reference model's setting"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default=None, help="reference weights (default: the committed ones)")
     parser.add_argument("--out", default="demo_grid.png", help="where to write the PNG grid")

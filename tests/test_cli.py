@@ -24,6 +24,20 @@ def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path)
         assert grid.size[0] > 2 * 64 and grid.size[1] >= 2 * 64  # 2 rows (base, repulsion) of 2 upscaled images
 
 
+def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
+    from lib_ctxrep.config import DEFAULT_STRENGTH, DEFAULT_WINDOW
+    from lib_ctxrep.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
+
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(tmp_path / "g.png")])
+    text = capsys.readouterr().out
+    assert f"strength {REPULSION_STRENGTH}, window {REPULSION_WINDOW}" in text
+    assert f"library default, strength {DEFAULT_STRENGTH} and window {DEFAULT_WINDOW}" in text
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--strength", "0.05", "--window", "0.05",
+          "--out", str(tmp_path / "g.png")])  # fmt: skip
+    text = capsys.readouterr().out
+    assert "strength 0.05, window 0.05" in text and "library default" not in text
+
+
 def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{README_START}\nold\n{README_END}\nafter\n")
