@@ -217,11 +217,14 @@ def pareto_front(results: list[Result], x: str = "fidelity", y: str = "recall") 
 
 
 def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
-    """The issue's three goals, each (description, met, the numbers)."""
+    """The issue's three goals, each (description, met, the numbers); a goal whose methods were not run (``--methods``)
+    is left out rather than judged on nothing."""
     by = {r.name: r for r in results}
     base = by["base"]
     ours = [r for r in results if r.family == "ours"]
-    out = []
+    out: list[tuple[str, bool, str]] = []
+    if not ours:
+        return out
     near = [r for r in ours if r.fidelity >= base.fidelity - 0.02]
     best = max(near, key=lambda r: r.recall, default=None)
     gain = (best.recall / base.recall - 1) if best is not None and base.recall > 0 else float("nan")
@@ -234,6 +237,13 @@ def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
         )
     )
     others = [r for r in results if r.family in ("pg", "cads")]
+    if others:
+        _dominance_goal(out, ours, others)
+    _memory_goal(out, results, ours, base)
+    return out
+
+
+def _dominance_goal(out: list, ours: list[Result], others: list[Result]) -> None:
     beaten = [o for o in others if any(u.fidelity >= o.fidelity and u.recall >= o.recall for u in ours)]
     front = pareto_front([*ours, *others])
     out.append(
@@ -244,6 +254,9 @@ def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
             + ", ".join(r.name for r in front),
         )
     )
+
+
+def _memory_goal(out: list, results: list[Result], ours: list[Result], base: Result) -> None:
     batch_of = {(r.knob, r.window): r for r in ours}
     memories = [m for m in results if m.family == "memory" and (m.knob, m.window) in batch_of]
     pairs = [(m, batch_of[m.knob, m.window]) for m in memories]
@@ -263,7 +276,6 @@ def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
                 f"({share:.0%}); gains (batch of 8 vs 1 x 8) per window: {every}",
             )
         )
-    return out
 
 
 # ---- output ------------------------------------------------------------------------------------------------------
