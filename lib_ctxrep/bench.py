@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from .config import RepulsionConfig
-from .reference.model import REPULSION_STRENGTH as MEMORY_STRENGTH
+from .reference.model import REPULSION_STRENGTH
 from .vendi import vendi_score
 
 README_START = "<!-- bench:start -->"
@@ -82,7 +82,9 @@ def default_methods(window: float, windows: tuple[float, ...] = ()) -> list[Meth
         methods += [Method(f"ours g={g} w={w:g}", "ours", g, {"window": w}) for g in (0.35, 0.7, 1.5)]
     for w in (window, *windows):
         suffix = "" if w == window else f" w={w:g}"
-        methods += [Method(f"ours g={MEMORY_STRENGTH}{suffix}, memory 1x8", "memory", MEMORY_STRENGTH, {"window": w})]
+        methods += [
+            Method(f"ours g={REPULSION_STRENGTH}{suffix}, memory 1x8", "memory", REPULSION_STRENGTH, {"window": w})
+        ]
     methods += [Method(f"SPELL r={r}", "spell", r) for r in (0.1, 0.2, 0.3)]
     methods += [Method(f"PG scale={s}", "pg", s) for s in (2.0, 8.0, 32.0)]
     methods += [Method(f"CADS s={s}", "cads", s) for s in (0.1, 0.25, 0.5)]
@@ -216,66 +218,64 @@ def pareto_front(results: list[Result], x: str = "fidelity", y: str = "recall") 
     return [r for r in results if not dominated(r)]
 
 
-def goals(results: list[Result]) -> list[tuple[str, bool, str]]:
+Goal = tuple[str, bool, str]
+"""One goal's check: (description, met, the numbers)."""
+
+
+def goals(results: list[Result]) -> list[Goal]:
     """The issue's three goals, each (description, met, the numbers); a goal whose methods were not run (``--methods``)
     is left out rather than judged on nothing."""
     by = {r.name: r for r in results}
     base = by["base"]
     ours = [r for r in results if r.family == "ours"]
-    out: list[tuple[str, bool, str]] = []
     if not ours:
-        return out
+        return []
     near = [r for r in ours if r.fidelity >= base.fidelity - 0.02]
     best = max(near, key=lambda r: r.recall, default=None)
     gain = (best.recall / base.recall - 1) if best is not None and base.recall > 0 else float("nan")
-    out.append(
-        (
-            "at fidelity within 2 points of base, ours raises batch mode recall by >= 25 % relative",
-            best is not None and gain >= 0.25,
-            f"base {base.recall:.3f} @ fidelity {base.fidelity:.3f}; best ours within 2 points: "
-            + (f"{best.name} {best.recall:.3f} @ {best.fidelity:.3f} ({gain:+.1%})" if best else "none"),
-        )
+    recall: Goal = (
+        "at fidelity within 2 points of base, ours raises batch mode recall by >= 25 % relative",
+        best is not None and gain >= 0.25,
+        f"base {base.recall:.3f} @ fidelity {base.fidelity:.3f}; best ours within 2 points: "
+        + (f"{best.name} {best.recall:.3f} @ {best.fidelity:.3f} ({gain:+.1%})" if best else "none"),
     )
     others = [r for r in results if r.family in ("pg", "cads")]
-    if others:
-        _dominance_goal(out, ours, others)
-    _memory_goal(out, results, ours, base)
-    return out
+    memories = [r for r in results if r.family == "memory"]
+    later = (_dominance_goal(ours, others), _memory_goal(memories, ours, base))
+    return [recall, *(check for check in later if check is not None)]
 
 
-def _dominance_goal(out: list, ours: list[Result], others: list[Result]) -> None:
+def _dominance_goal(ours: list[Result], others: list[Result]) -> Goal | None:
+    if not others:
+        return None
     beaten = [o for o in others if any(u.fidelity >= o.fidelity and u.recall >= o.recall for u in ours)]
     front = pareto_front([*ours, *others])
-    out.append(
-        (
-            "ours dominates Particle Guidance and CADS on the Pareto front (recall vs fidelity)",
-            len(beaten) == len(others) and all(r.family == "ours" for r in front),
-            f"{len(beaten)}/{len(others)} PG/CADS points weakly dominated by an ours point; front: "
-            + ", ".join(r.name for r in front),
-        )
+    return (
+        "ours dominates Particle Guidance and CADS on the Pareto front (recall vs fidelity)",
+        len(beaten) == len(others) and all(r.family == "ours" for r in front),
+        f"{len(beaten)}/{len(others)} PG/CADS points weakly dominated by an ours point; front: "
+        + ", ".join(r.name for r in front),
     )
 
 
-def _memory_goal(out: list, results: list[Result], ours: list[Result], base: Result) -> None:
+def _memory_goal(memories: list[Result], ours: list[Result], base: Result) -> Goal | None:
     batch_of = {(r.knob, r.window): r for r in ours}
-    memories = [m for m in results if m.family == "memory" and (m.knob, m.window) in batch_of]
-    pairs = [(m, batch_of[m.knob, m.window]) for m in memories]
-    if pairs:
-        # judged where one batch of 8 gains most: a gain of one or two modes in 256 samples is within the noise
-        memory, single = max(pairs, key=lambda p: p[1].recall)
-        gain, kept = single.recall - base.recall, memory.recall - base.recall
-        share = kept / gain if gain > 0 else 0.0
-        every = "; ".join(
-            f"window {m.window:g}: {s.recall - base.recall:+.3f} vs {m.recall - base.recall:+.3f}" for m, s in pairs
-        )
-        out.append(
-            (
-                "cross-batch memory at batch size 1 x 8 reaches >= 80 % of the gain of one batch of 8",
-                gain > 0 and share >= 0.8,
-                f"where one batch of 8 gains most ({single.name}): {gain:+.3f}; 1 x 8 with memory: {kept:+.3f} "
-                f"({share:.0%}); gains (batch of 8 vs 1 x 8) per window: {every}",
-            )
-        )
+    pairs = [(m, batch_of[m.knob, m.window]) for m in memories if (m.knob, m.window) in batch_of]
+    if not pairs:
+        return None
+    # judged where one batch of 8 gains most: a gain of one or two modes in 256 samples is within the noise
+    memory, single = max(pairs, key=lambda p: p[1].recall)
+    gain, kept = single.recall - base.recall, memory.recall - base.recall
+    share = kept / gain if gain > 0 else 0.0
+    every = "; ".join(
+        f"window {m.window:g}: {s.recall - base.recall:+.3f} vs {m.recall - base.recall:+.3f}" for m, s in pairs
+    )
+    return (
+        "cross-batch memory at batch size 1 x 8 reaches >= 80 % of the gain of one batch of 8",
+        gain > 0 and share >= 0.8,
+        f"where one batch of 8 gains most ({single.name}): {gain:+.3f}; 1 x 8 with memory: {kept:+.3f} "
+        f"({share:.0%}); gains (batch of 8 vs 1 x 8) per window: {every}",
+    )
 
 
 # ---- output ------------------------------------------------------------------------------------------------------
