@@ -48,6 +48,11 @@ class RepulsionConfig:
             prompts). None = the whole chunk is one group.
         memory: cross-batch memory: also repel from the contextual features that earlier batches of the same job
             had at the same block and step, so batch size 1 gains diversity over a batch count.
+        memory_image: Flux single blocks in "all" mode: also remember their image tokens, so that every batch is
+            repelled on all tokens, against its own rows and the memory alike. Off, they remember their text tokens
+            only (and later batches repel only those). Costs (image tokens x width) bytes per single block, step in
+            the window and remembered sample: about 12 MiB at Flux 1024 x 1024, 0.45 GiB per sample and step over
+            Flux's 38 single blocks, so raise ``memory_mb`` with it.
         memory_size: at most this many remembered samples per (block, step, branch).
         memory_mb: upper bound of the memory's size in MiB (it stores int8 residuals, about 1 byte per feature).
     """
@@ -63,6 +68,7 @@ class RepulsionConfig:
     chunks: tuple[str, ...] | None = None
     group_size: int | None = None
     memory: bool = False
+    memory_image: bool = False
     memory_size: int = 16
     memory_mb: float = 512.0
 
@@ -99,6 +105,8 @@ class RepulsionConfig:
             raise _fail("group_size", "None or an integer >= 1", self.group_size)
         if not isinstance(self.memory, bool):
             raise _fail("memory", "True or False", self.memory)
+        if not isinstance(self.memory_image, bool):
+            raise _fail("memory_image", "True or False", self.memory_image)
         if (
             isinstance(self.memory_size, bool)
             or not isinstance(self.memory_size, int)

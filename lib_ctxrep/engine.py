@@ -123,6 +123,7 @@ class RepulsionEngine:
         blocks in "all tokens" mode, whose image tokens are too large to remember at real resolutions: a group then
         repels on all parts within the batch while there is no memory for it (the first batch), and on the
         remembered parts against the batch and the memory once there is (the other parts stay as they are).
+        With ``config.memory_image`` every part is remembered (``memory_parts`` is ignored).
         """
         if not self._active:
             return None
@@ -140,7 +141,7 @@ class RepulsionEngine:
         if per_chunk % group:
             self.warn_once("group", f"[ctxrep] group_size {group} does not divide {per_chunk} rows; using {per_chunk}")
             group = per_chunk
-        kept = len(parts) if memory_parts is None else memory_parts
+        kept = len(parts) if memory_parts is None or cfg.memory_image else memory_parts
         replaced: dict[int, list[torch.Tensor]] = {}
         for ci, label in enumerate(chunks):
             if label not in cfg.branches:

@@ -37,6 +37,15 @@ def test_memory_goal_compares_with_the_batch_run_of_the_same_strength_and_window
     assert len(goals([BASE, batch, _r("memory", "memory", 0.2, 0.5, 0.7, 0.05)])) == 1  # no batch run to compare
 
 
+def test_memory_goal_is_met_by_either_memory_variant_and_reports_both():
+    batch = _r("ours", "ours", 0.120, 0.50, 0.7, 0.3)
+    text = _r("memory text", "memory", 0.104, 0.50, 0.7, 0.3)  # 20 %
+    every = _r("memory all", "memory_image", 0.118, 0.50, 0.7, 0.3)  # 90 %
+    check = goals([BASE, batch, text, every])[-1]
+    assert check[1] and "text tokens +0.004 (20%)" in check[2] and "all tokens +0.018 (90%)" in check[2]
+    assert not goals([BASE, batch, text])[-1][1]
+
+
 def test_goals_whose_methods_were_not_run_are_left_out_not_judged_on_nothing():
     assert goals([BASE, _r("SPELL", "spell", 0.2, 0.6, 0.3)]) == []
     checks = goals([BASE, _r("ours", "ours", 0.12, 0.5, 0.5, 0.3)])

@@ -50,9 +50,10 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     text = capsys.readouterr().out
     data = json.loads((tmp_path / "bench.json").read_text())
     families = {r["family"] for r in data["results"]}
-    assert families == {"base", "ours", "memory", "spell", "pg", "cads"}
+    assert families == {"base", "ours", "memory", "memory_image", "spell", "pg", "cads"}
     assert len(data["results"]) == len(default_methods(0.05, (0.5,)))
     assert {r["window"] for r in data["results"] if r["family"] in ("ours", "memory")} == {0.05, 0.5}
+    assert {r["window"] for r in data["results"] if r["family"] == "memory_image"} == {0.5}
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert "goal" in text and "| base |" in text
     written = readme.read_text()

@@ -40,6 +40,7 @@ INVALID = [
     ("group_size", 0),
     ("group_size", True),
     ("memory", "yes"),
+    ("memory_image", 1),
     ("memory_size", 0),
     ("memory_size", 1025),
     ("memory_mb", 0),

@@ -248,6 +248,18 @@ def test_single_blocks_in_all_tokens_mode_remember_their_text_tokens_at_batch_si
     assert {"single.0", "single.1", "double.0"} <= pushed
 
 
+def test_single_blocks_with_memory_image_remember_all_their_tokens_at_batch_size_one(flux_pipe):
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True, memory_image=True)
+    with apply_contextual_repulsion(flux_pipe, config) as handle:
+        run_flux(flux_pipe, batch=1, seed=0)
+        all_tokens = run_flux(flux_pipe, batch=1, seed=1)
+        slots = {key: slot for key, slot in handle.engine.memory._slots.items() if key[0].startswith("single.")}
+    assert slots and all(slot.shapes == [torch.Size([12, 32]), torch.Size([64, 32])] for slot in slots.values())
+    with apply_contextual_repulsion(flux_pipe, RepulsionConfig.from_dict({**config.to_dict(), "memory_image": False})):
+        run_flux(flux_pipe, batch=1, seed=0)
+        assert not torch.allclose(all_tokens, run_flux(flux_pipe, batch=1, seed=1))
+
+
 def test_memory_is_cleared_between_jobs(flux_pipe):
     config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, memory=True)
     with apply_contextual_repulsion(flux_pipe, config) as handle:

@@ -270,6 +270,33 @@ def test_memory_parts_without_memory_is_plain_repulsion():
     assert engine.memory.nbytes == 0
 
 
+def test_memory_image_remembers_every_part():
+    engine = RepulsionEngine(RepulsionConfig(memory=True, memory_image=True))
+    text, image = features(2, seed=236), features(2, seed=336, shape=(24, 16))
+    engine.begin_call(0.0, ("cond",))
+    engine.process("b0", [text, image], memory_parts=1)
+    engine.end_call()
+    engine.new_batch()
+    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    assert [r.shape for r in remembered] == [text.shape, image.shape]
+
+
+def test_memory_image_repels_later_batches_on_every_part_against_the_memory():
+    cfg = RepulsionConfig(memory=True, memory_image=True)
+    engine = RepulsionEngine(cfg)
+    text, image = features(3, seed=238), features(3, seed=338, shape=(24, 16))
+    engine.begin_call(0.0, ("cond",))
+    engine.process("b0", [text[:1], image[:1]], memory_parts=1)  # batch size 1: staged, not moved
+    engine.end_call()
+    engine.new_batch()
+    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    engine.begin_call(0.0, ("cond",))
+    out = engine.process("b0", [text[1:], image[1:]], memory_parts=1)
+    expected, _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength, memory=remembered)
+    assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(out, expected, strict=True))
+    assert not torch.equal(out[1], image[1:])
+
+
 def test_process_prefix_with_memory_length_keeps_the_tail_and_remembers_the_head():
     engine = RepulsionEngine(RepulsionConfig(memory=True))
     seq = features(1, seed=40, shape=(30, 16))
