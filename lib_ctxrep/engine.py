@@ -121,8 +121,9 @@ class RepulsionEngine:
 
         ``memory_parts``: the cross-batch memory holds only the first that many parts (None: all). Used by Flux single
         blocks in "all tokens" mode, whose image tokens are too large to remember at real resolutions: a group then
-        repels on all parts within the batch while there is no memory for it (the first batch), and on the
-        remembered parts against the batch and the memory once there is (the other parts stay as they are).
+        repels on all parts within the batch while there is no memory for it (the first batch); once there is, the
+        remembered parts are repelled against the batch and the memory, and the other parts within the batch as
+        without memory (at batch size 1 they stay as they are).
         With ``config.memory_image`` every part is remembered (``memory_parts`` is ignored).
         """
         if not self._active:
@@ -156,11 +157,12 @@ class RepulsionEngine:
                     if cfg.memory:
                         self.memory.stage(key, rows_in[:kept])
                     continue
+                strength = None if cfg.eta is not None else cfg.strength
                 new, result = repel_parts(
                     moving,
                     cfg.iterations,
                     eta=cfg.eta,
-                    strength=None if cfg.eta is not None else cfg.strength,
+                    strength=strength,
                     memory=remembered,
                     want_entropy=self.record_stats,
                 )
@@ -171,6 +173,11 @@ class RepulsionEngine:
                     )
                     continue
                 new = [*new, *rows_in[len(new) :]]
+                if len(moving) < len(parts) and group >= 2:
+                    # parts the memory does not hold are still repelled within the batch, exactly as without memory
+                    within, inner = repel_parts(rows_in, cfg.iterations, eta=cfg.eta, strength=strength)
+                    if inner.finite:
+                        new = [*new[:kept], *within[kept:]]
                 if cfg.memory:
                     self.memory.stage(key, new[:kept])
                 if self.record_stats:

@@ -244,7 +244,7 @@ def test_memory_parts_repels_all_parts_within_the_batch_until_there_is_memory():
     assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
 
 
-def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_keeps_the_rest():
+def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_the_rest_within_the_batch():
     cfg = RepulsionConfig(memory=True)
     engine = RepulsionEngine(cfg)
     text, image = features(3, seed=38), features(3, seed=138, shape=(24, 16))
@@ -257,7 +257,8 @@ def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_keeps_t
     out = engine.process("b0", [text[1:], image[1:]], memory_parts=1)
     (expected,), _ = repel_parts([text[1:]], cfg.iterations, strength=cfg.strength, memory=[remembered])
     assert torch.allclose(out[0], expected, atol=1e-6) and not torch.equal(out[0], text[1:])
-    assert torch.equal(out[1], image[1:])
+    (_, within), _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength)  # as without memory
+    assert torch.equal(out[1], within) and not torch.equal(out[1], image[1:])
 
 
 def test_memory_parts_without_memory_is_plain_repulsion():
