@@ -564,7 +564,7 @@ def verify_memory(neo: Neo, sc: Scenario, check: Checks) -> None:
     """Cross-batch memory (memory=True) keeps the rows the engine staged; Neo's in-place blocks must not alter them."""
     print("\n== cross-batch memory (memory=True) with Neo's in-place blocks ==")
     for rows in (1, 2):
-        for single in ("off", "text"):
+        for single in ("off", "text", "all"):
             tag = f"memory=True, batch size {rows}, single_blocks={single!r}"
             cfg = repulsion(memory=True, single_blocks=single)
             job, clone, _ = sc.patched(cfg)
