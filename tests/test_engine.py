@@ -244,17 +244,22 @@ def test_memory_parts_repels_all_parts_within_the_batch_until_there_is_memory():
     assert torch.equal(out[0], expected[0]) and torch.equal(out[1], expected[1])
 
 
-def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_the_rest_within_the_batch():
-    cfg = RepulsionConfig(memory=True)
-    engine = RepulsionEngine(cfg)
-    text, image = features(3, seed=38), features(3, seed=138, shape=(24, 16))
+def one_then_the_rest(engine: RepulsionEngine, text: torch.Tensor, image: torch.Tensor):
+    """Batch 1 = the first row of [text, image] (batch size 1: staged, not moved), then batch 2 = the other rows, in
+    single-block layout (text remembered, ``memory_parts=1``). Returns (the remembered rows, batch 2's output)."""
     engine.begin_call(0.0, ("cond",))
-    engine.process("b0", [text[:1], image[:1]], memory_parts=1)  # batch size 1: staged, not moved
+    engine.process("b0", [text[:1], image[:1]], memory_parts=1)
     engine.end_call()
     engine.new_batch()
-    (remembered,) = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
     engine.begin_call(0.0, ("cond",))
-    out = engine.process("b0", [text[1:], image[1:]], memory_parts=1)
+    return remembered, engine.process("b0", [text[1:], image[1:]], memory_parts=1)
+
+
+def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_the_rest_within_the_batch():
+    cfg = RepulsionConfig(memory=True)
+    text, image = features(3, seed=38), features(3, seed=138, shape=(24, 16))
+    (remembered,), out = one_then_the_rest(RepulsionEngine(cfg), text, image)
     (expected,), _ = repel_parts([text[1:]], cfg.iterations, strength=cfg.strength, memory=[remembered])
     assert torch.allclose(out[0], expected, atol=1e-6) and not torch.equal(out[0], text[1:])
     (_, within), _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength)  # as without memory
@@ -284,15 +289,8 @@ def test_memory_image_remembers_every_part():
 
 def test_memory_image_repels_later_batches_on_every_part_against_the_memory():
     cfg = RepulsionConfig(memory=True, memory_image=True)
-    engine = RepulsionEngine(cfg)
     text, image = features(3, seed=238), features(3, seed=338, shape=(24, 16))
-    engine.begin_call(0.0, ("cond",))
-    engine.process("b0", [text[:1], image[:1]], memory_parts=1)  # batch size 1: staged, not moved
-    engine.end_call()
-    engine.new_batch()
-    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
-    engine.begin_call(0.0, ("cond",))
-    out = engine.process("b0", [text[1:], image[1:]], memory_parts=1)
+    remembered, out = one_then_the_rest(RepulsionEngine(cfg), text, image)
     expected, _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength, memory=remembered)
     assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(out, expected, strict=True))
     assert not torch.equal(out[1], image[1:])
