@@ -50,7 +50,8 @@ class RepulsionConfig:
             had at the same block and step, so batch size 1 gains diversity over a batch count.
         memory_image: Flux single blocks in "all" mode: also remember their image tokens, so that every batch is
             repelled on all tokens, against its own rows and the memory alike. Off, they remember their text tokens
-            only (and later batches repel only those). Costs (image tokens x width) bytes per single block, step in
+            only: later batches repel those against the memory and their image tokens within the batch alone (at
+            batch size 1, not at all). Needs ``memory``. Costs (image tokens x width) bytes per single block, step in
             the window and remembered sample: about 12 MiB at Flux 1024 x 1024, 0.45 GiB per sample and step over
             Flux's 38 single blocks, so raise ``memory_mb`` with it.
         memory_size: at most this many remembered samples per (block, step, branch).
@@ -107,6 +108,8 @@ class RepulsionConfig:
             raise _fail("memory", "True or False", self.memory)
         if not isinstance(self.memory_image, bool):
             raise _fail("memory_image", "True or False", self.memory_image)
+        if self.memory_image and not self.memory:
+            raise _fail("memory_image", "False unless memory=True (it says what the memory keeps)", self.memory_image)
         if (
             isinstance(self.memory_size, bool)
             or not isinstance(self.memory_size, int)

@@ -41,6 +41,7 @@ INVALID = [
     ("group_size", True),
     ("memory", "yes"),
     ("memory_image", 1),
+    ("memory_image", True),  # without memory=True
     ("memory_size", 0),
     ("memory_size", 1025),
     ("memory_mb", 0),
