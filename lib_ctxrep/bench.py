@@ -109,7 +109,8 @@ def _scheduler(steps: int, shift: float) -> SimpleNamespace:
 def generate(
     model: Any, method: Method, class_id: int, seeds: list[int], *, steps: int, guidance: float, shift: float
 ) -> torch.Tensor:
-    """One batch (or, for ``memory``, len(seeds) batches of 1) of ``class_id`` with ``method``: images [B, 3, H, W]."""
+    """One batch (or, for the memory families ``memory`` and ``memory_image``, len(seeds) batches of 1) of
+    ``class_id`` with ``method``: images [B, 3, H, W]."""
     from .baselines import cads_condition, particle_guidance
     from .integrations.diffusers import apply_contextual_repulsion
     from .reference.model import sample

@@ -52,8 +52,9 @@ class RepulsionConfig:
             repelled on all tokens, against its own rows and the memory alike. Off, they remember their text tokens
             only: later batches repel those against the memory and their image tokens within the batch alone (at
             batch size 1, not at all). Needs ``memory``. Costs (image tokens x width) bytes per single block, step in
-            the window and remembered sample: about 12 MiB at Flux 1024 x 1024, 0.45 GiB per sample and step over
-            Flux's 38 single blocks, so raise ``memory_mb`` with it.
+            the window and remembered sample, plus one anchor row per key in the stream dtype: at Flux 1024 x 1024
+            about 485 MiB per sample and step over the 38 single blocks, and 912 MiB of bf16 anchors per step, so
+            raise ``memory_mb`` with it.
         memory_size: at most this many remembered samples per (block, step, branch).
         memory_mb: upper bound of the memory's size in MiB (it stores int8 residuals, about 1 byte per feature).
     """

@@ -29,7 +29,8 @@ logger = logging.getLogger("lib_ctxrep")
 
 @dataclass
 class BlockStat:
-    """What one repulsion did, for demos and benchmarks (recorded only when the engine is asked to)."""
+    """What one repulsion did, for demos and benchmarks (recorded only when the engine is asked to). With text-only
+    memory, a later batch's single-block stat describes the repulsion of the remembered (text) parts."""
 
     block: str
     progress: float
@@ -66,7 +67,7 @@ class RepulsionEngine:
         batch staged.
         """
         if self._last_progress is not None and progress < self._last_progress - 1e-9:
-            self.memory.commit()
+            self._commit()
         self._last_progress = progress
         self._progress = progress
         self._chunks = self.config.chunks or chunks
@@ -79,8 +80,16 @@ class RepulsionEngine:
 
     def new_batch(self) -> None:
         """Mark a batch boundary: rows staged by the finished batch become memory."""
-        self.memory.commit()
+        self._commit()
         self._last_progress = None
+
+    def _commit(self) -> None:
+        if not self.memory.commit():
+            self.warn_once(
+                "memory-budget",
+                f"[ctxrep] memory_mb={self.config.memory_mb:g} cannot hold one batch's rows, so the cross-batch "
+                "memory stays empty; raise memory_mb (or turn memory_image off)",
+            )
 
     def new_job(self) -> None:
         """Forget the memory and the window state (a new job starts)."""
@@ -152,6 +161,16 @@ class RepulsionEngine:
                 rows_in = [p[start : start + group] for p in parts]
                 key = (block, round(self._progress, 6), label, occurrence, gi)
                 remembered = self.memory.rows(key) if cfg.memory else None
+                if remembered is not None and [r.shape[1:] for r in remembered] != [
+                    p.shape[1:] for p in rows_in[:kept]
+                ]:
+                    # e.g. another resolution in the same job (memory_image): start a new memory for this key
+                    self.warn_once(
+                        "memory-shape",
+                        f"[ctxrep] the remembered rows of block {block} have another shape than this batch's; "
+                        "they are not used (the memory starts again at this shape)",
+                    )
+                    remembered = None
                 moving = rows_in if remembered is None else rows_in[:kept]
                 if group < 2 and remembered is None:
                     if cfg.memory:
@@ -178,6 +197,11 @@ class RepulsionEngine:
                     within, inner = repel_parts(rows_in, cfg.iterations, eta=cfg.eta, strength=strength)
                     if inner.finite:
                         new = [*new[:kept], *within[kept:]]
+                    else:
+                        self.warn_once(
+                            f"nonfinite:{block}",
+                            f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
+                        )
                 if cfg.memory:
                     self.memory.stage(key, new[:kept])
                 if self.record_stats:

@@ -101,16 +101,20 @@ class ContextMemory:
         # A copy: some hosts (Forge Neo's blocks) update the stream in place after this point.
         self._staged[key] = [p.detach().clone() for p in parts]
 
-    def commit(self) -> None:
-        """Make the staged rows visible (call when a new batch starts), then enforce the bounds."""
+    def commit(self) -> bool:
+        """Make the staged rows visible (call when a new batch starts), then enforce the bounds.
+
+        Returns False when the bounds left nothing of the batch just committed (``max_bytes`` cannot hold one
+        batch's rows), True otherwise (also when nothing was staged)."""
         if not self._staged:
-            return
+            return True
         self._seq += 1
         for key, parts in self._staged.items():
             rows = torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
+            shapes = [p.shape[1:] for p in parts]
             slot = self._slots.get(key)
-            if slot is None or slot.anchor.numel() != rows.shape[1] or slot.anchor.device != rows.device:
-                slot = _Slot(anchor=rows[0].clone(), shapes=[p.shape[1:] for p in parts])
+            if slot is None or slot.shapes != shapes or slot.anchor.device != rows.device:
+                slot = _Slot(anchor=rows[0].clone(), shapes=shapes)
                 self._slots[key] = slot
             for row in rows:
                 q, scale = _quantize(row.to(torch.float32) - slot.anchor.to(torch.float32))
@@ -119,6 +123,7 @@ class ContextMemory:
                 slot.entries.popleft()
         self._staged.clear()
         self._evict()
+        return any(slot.entries and slot.entries[-1].seq == self._seq for slot in self._slots.values())
 
     def _evict(self) -> None:
         while self.nbytes > self.max_bytes:

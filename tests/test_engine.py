@@ -296,6 +296,44 @@ def test_memory_image_repels_later_batches_on_every_part_against_the_memory():
     assert not torch.equal(out[1], image[1:])
 
 
+def test_remembered_rows_of_another_shape_are_not_used_and_the_memory_starts_again(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    engine = RepulsionEngine(RepulsionConfig(memory=True, memory_image=True))
+    text = features(3, seed=240)
+    small, large = features(3, seed=340, shape=(16, 16)), features(3, seed=341, shape=(24, 16))
+    engine.begin_call(0.0, ("cond",))
+    engine.process("b0", [text[:1], small[:1]], memory_parts=1)
+    engine.end_call()
+    engine.new_batch()
+    engine.begin_call(0.0, ("cond",))
+    assert engine.process("b0", [text[1:2], large[1:2]], memory_parts=1) is None  # e.g. another resolution: B = 1
+    assert any("another shape" in r.getMessage() for r in caplog.records)
+    engine.end_call()
+    engine.new_batch()
+    engine.begin_call(0.0, ("cond",))
+    out = engine.process("b0", [text[2:], large[2:]], memory_parts=1)  # remembers the new shape
+    assert out is not None and not torch.equal(out[1], large[2:])
+
+
+def test_a_memory_too_small_for_one_batch_warns(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    engine = RepulsionEngine(RepulsionConfig(memory=True, memory_mb=1))
+    run_call(engine, [features(1, seed=42, shape=(512, 1024))])  # a float32 anchor row of 2 MiB
+    engine.new_batch()
+    assert len(engine.memory) == 0
+    assert any("cannot hold one batch" in r.getMessage() for r in caplog.records)
+
+
+def test_non_finite_image_tokens_of_a_later_batch_are_left_unchanged_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    text, image = features(3, seed=243), features(3, seed=343, shape=(24, 16))
+    image[2, 0, 0] = float("inf")
+    _, out = one_then_the_rest(RepulsionEngine(RepulsionConfig(memory=True)), text, image)
+    assert not torch.equal(out[0], text[1:])  # the remembered text tokens are still repelled
+    assert torch.equal(out[1], image[1:])
+    assert any("non-finite" in r.getMessage() for r in caplog.records)
+
+
 def test_process_prefix_with_memory_length_keeps_the_tail_and_remembers_the_head():
     engine = RepulsionEngine(RepulsionConfig(memory=True))
     seq = features(1, seed=40, shape=(30, 16))

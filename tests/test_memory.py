@@ -206,6 +206,27 @@ def test_a_new_row_size_replaces_the_slot():
     assert rows.shape == (3, 32)
 
 
+def test_a_new_row_shape_of_the_same_size_replaces_the_slot():
+    memory = ContextMemory()
+    memory.stage("k", [near_identical(2, (4, 8), seed=17)])
+    memory.commit()
+    memory.stage("k", [near_identical(2, (8, 4), seed=18)])
+    memory.commit()
+    (rows,) = memory.rows("k")
+    assert rows.shape == (2, 8, 4)
+
+
+def test_commit_reports_when_the_bound_leaves_nothing_of_the_batch():
+    assert ContextMemory().commit()  # nothing staged: nothing lost
+    roomy = ContextMemory()
+    roomy.stage("k", [near_identical(2, (1024,), seed=19)])
+    assert roomy.commit()
+    tight = ContextMemory(max_bytes=1000)  # the float32 anchor alone is 4096 bytes
+    tight.stage("k", [near_identical(2, (1024,), seed=19)])
+    assert not tight.commit()
+    assert tight.rows("k") is None
+
+
 def test_stage_detaches_from_autograd():
     memory = ContextMemory()
     x = near_identical(2, (8,), seed=17).requires_grad_()

@@ -23,6 +23,7 @@ from lib_ctxrep.bench import _scheduler, evaluate  # noqa: E402
 from lib_ctxrep.config import RepulsionConfig  # noqa: E402
 from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
 from lib_ctxrep.reference import model as ref  # noqa: E402
+from lib_ctxrep.reference.data import CLASSES  # noqa: E402
 
 VARIANTS = {"none": (False, False), "text": (True, False), "all": (True, True)}
 
@@ -33,10 +34,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sub", type=int, default=4, help="batch size; --batch / --sub batches per group")
     parser.add_argument("--batch", type=int, default=8, help="images per group (recall is measured per group)")
     parser.add_argument("--batches", type=int, default=8, help="groups per class")
-    parser.add_argument("--memory", default="none,text,all", help="memory variants: none, text, all")
+    parser.add_argument("--memory", default="none,text,all", help=f"memory variants, from {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
     if args.batch % args.sub:
         raise SystemExit(f"--sub {args.sub} must divide --batch {args.batch}")
+    unknown = sorted(set(args.memory.split(",")) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--memory: unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     kw = dict(steps=ref.DEFAULT_STEPS, guidance=ref.DEFAULT_GUIDANCE, shift=ref.DEFAULT_SHIFT)
     model = ref.load_reference_model()
     for variant in args.memory.split(","):
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             memory=memory, memory_image=image,
         )  # fmt: skip
         start, images, classes = time.perf_counter(), [], []
-        for c in range(4):
+        for c in range(len(CLASSES)):
             for k in range(args.batches):
                 seeds = [args.seed + 100_000 * c + args.batch * k + i for i in range(args.batch)]
                 with apply_contextual_repulsion(model, config, scheduler=_scheduler(kw["steps"], kw["shift"])) as h:
