@@ -46,8 +46,10 @@ MEMORY_FAMILIES = tuple(MEMORY_LABELS)
 
 @dataclass
 class Method:
-    """One configuration of one method. ``family``: base, ours, memory, spell, pg or cads; ``knob``: the value swept
-    for the Pareto front (strength, relative radius, guidance scale, noise scale)."""
+    """One configuration of one method. ``family``: base, ours, memory, memory_image, spell, pg or cads; ``knob``: the
+    value swept for the Pareto front (strength, relative radius, guidance scale, noise scale). ``options`` of ours and
+    the memory families: ``window``, ``single_blocks`` and ``batch_size`` (a group of seeds is generated as batches of
+    that size, one after another: default the whole group for ours, 1 for the memory families)."""
 
     name: str
     family: str
@@ -109,8 +111,8 @@ def _scheduler(steps: int, shift: float) -> SimpleNamespace:
 def generate(
     model: Any, method: Method, class_id: int, seeds: list[int], *, steps: int, guidance: float, shift: float
 ) -> torch.Tensor:
-    """One batch (or, for the memory families ``memory`` and ``memory_image``, len(seeds) batches of 1) of
-    ``class_id`` with ``method``: images [B, 3, H, W]."""
+    """One group of ``seeds`` of ``class_id`` with ``method`` (one batch, or for ours and the memory families batches
+    of ``options["batch_size"]``): images [B, 3, H, W]."""
     from .baselines import cads_condition, particle_guidance
     from .integrations.diffusers import apply_contextual_repulsion
     from .reference.model import sample
@@ -130,12 +132,11 @@ def generate(
             memory_image=family == "memory_image",
             single_blocks=method.options.get("single_blocks", "all"),
         )
+        size = method.options.get("batch_size", 1 if config.memory else len(seeds))
         with apply_contextual_repulsion(model, config, scheduler=_scheduler(steps, shift)) as handle:
-            if family == "ours":
-                return sample(model, prompts, seeds, **kw)
             out = []
-            for seed in seeds:  # batch size 1, one after another: only the memory relates them
-                out.append(sample(model, [class_id], [seed], **kw))
+            for start in range(0, len(seeds), size):  # one batch after another: only the memory relates them
+                out.append(sample(model, prompts[start : start + size], seeds[start : start + size], **kw))
                 handle.new_batch()
             return torch.cat(out)
     if family == "spell":
