@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -255,7 +257,7 @@ def test_single_blocks_with_memory_image_remember_all_their_tokens_at_batch_size
         all_tokens = run_flux(flux_pipe, batch=1, seed=1)
         slots = {key: slot for key, slot in handle.engine.memory._slots.items() if key[0].startswith("single.")}
     assert slots and all(slot.shapes == [torch.Size([12, 32]), torch.Size([64, 32])] for slot in slots.values())
-    with apply_contextual_repulsion(flux_pipe, RepulsionConfig.from_dict({**config.to_dict(), "memory_image": False})):
+    with apply_contextual_repulsion(flux_pipe, dataclasses.replace(config, memory_image=False)):
         run_flux(flux_pipe, batch=1, seed=0)
         assert not torch.allclose(all_tokens, run_flux(flux_pipe, batch=1, seed=1))
 
