@@ -125,17 +125,17 @@ class ContextualRepulsionScript(scripts.Script):
         p._ctxrep_settings = None
         p._ctxrep_job = None
         p._ctxrep_spell = None
-        values = forge_args.normalise(list(args))
-        for name, field in XYZ_FIELDS.items():
-            if hasattr(p, field):
-                values[name] = getattr(p, field)
-        if getattr(p, "ctxrep_enabled", False):
-            values["enabled"] = True
-        if hasattr(p, XYZ_FIELDS["spell_radius"]):
-            values["spell"] = True
-        if not values["enabled"]:
-            return
         try:
+            values = forge_args.normalise(list(args))
+            for name, field in XYZ_FIELDS.items():
+                if hasattr(p, field):
+                    values[name] = getattr(p, field)
+            if getattr(p, "ctxrep_enabled", False):
+                values["enabled"] = True
+            if hasattr(p, XYZ_FIELDS["spell_radius"]):
+                values["spell"] = True
+            if not forge_args.is_enabled(values):
+                return
             settings = forge_args.parse(values)
         except forge_args.ArgumentError as error:
             self._report(p, f"{error}; the generation continues without it")

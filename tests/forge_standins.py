@@ -271,3 +271,67 @@ def sampling_function_inner(model: KModel, x, timestep, uncond, cond, cond_scale
                 "cond_denoised": cond_pred, "sigma": timestep, "model_options": model_options, "input": x}  # fmt: skip
         cfg_result = fn(args)
     return cfg_result
+
+
+# --- modules/api/api.py: how /sdapi/v1/txt2img and img2img build the scripts' arguments ----------------------------
+class HTTPException(Exception):
+    """The ``fastapi.HTTPException`` the API raises: an HTTP status and a detail."""
+
+    def __init__(self, status_code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code, self.detail = status_code, detail
+
+
+def script_name_to_index(name: str, scripts: list) -> int:
+    """Mirrors ``script_name_to_index``: a script is named by its title, case-insensitively; else HTTP 422."""
+    try:
+        return [script.title().lower() for script in scripts].index(name.lower())
+    except Exception as e:
+        raise HTTPException(status_code=422, detail=f"Script '{name}' not found") from e
+
+
+def init_default_script_args(script_runner) -> list:
+    """Mirrors ``Api.init_default_script_args``: position 0 is the selectable script's index, then the UI default
+    (each component's ``.value``) of every argument of every script, built inside a ``gr.Blocks()``."""
+    import gradio as gr
+
+    last_arg_index = 1
+    for script in script_runner.scripts:
+        if last_arg_index < script.args_to:
+            last_arg_index = script.args_to
+    script_args = [None] * last_arg_index
+    script_args[0] = 0
+    with gr.Blocks():
+        for script in script_runner.scripts:
+            if script.ui(script.is_img2img):
+                ui_default_values = []
+                for elem in script.ui(script.is_img2img):
+                    ui_default_values.append(elem.value)
+                script_args[script.args_from : script.args_to] = ui_default_values
+    return script_args
+
+
+def init_script_args(request, default_script_args: list, selectable_scripts, selectable_idx, script_runner, *,
+                     input_script_args: dict | None = None) -> list:  # fmt: skip
+    """Mirrors ``Api.init_script_args``: start from the UI defaults, put the values pasted from ``infotext``
+    (``input_script_args``) in their positions, then overwrite only the first ``len(args)`` positions of each
+    always-on script named in ``alwayson_scripts``; every other position keeps its default."""
+    script_args = default_script_args.copy()
+    if input_script_args is not None:
+        for index, value in input_script_args.items():
+            script_args[index] = value
+    if selectable_scripts:
+        script_args[selectable_scripts.args_from : selectable_scripts.args_to] = request.script_args
+        script_args[0] = selectable_idx + 1
+    if request.alwayson_scripts:
+        for alwayson_script_name in request.alwayson_scripts.keys():
+            alwayson_script = script_runner.scripts[script_name_to_index(alwayson_script_name, script_runner.scripts)]
+            if alwayson_script.alwayson is False:
+                raise HTTPException(
+                    status_code=422, detail="Cannot have a selectable script in the always on scripts params"
+                )
+            if "args" in request.alwayson_scripts[alwayson_script_name]:
+                given = request.alwayson_scripts[alwayson_script_name]["args"]
+                for idx in range(0, min((alwayson_script.args_to - alwayson_script.args_from), len(given))):
+                    script_args[alwayson_script.args_from + idx] = given[idx]
+    return script_args

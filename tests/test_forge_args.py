@@ -24,6 +24,40 @@ def test_dict_form_fills_defaults_and_may_be_the_single_list_element():
     assert s.config.blocks == (2, 5) and s.config.strength == fa.DEFAULTS["strength"]
 
 
+def ui_defaults() -> list:
+    return [fa.DEFAULTS[name] for name in fa.ARG_NAMES]
+
+
+def test_dict_first_then_the_ui_defaults_forge_pads_with_is_the_dict_alone():
+    request = {"enabled": True, "strength": 0.08, "blocks": "middle third"}
+    padded = fa.parse([request, *ui_defaults()[1:]])
+    assert padded.enabled and padded.config == fa.parse(request).config
+    assert padded.config.strength == 0.08 and padded.config.blocks == "middle"
+
+
+def test_dict_keys_win_over_the_positions_after_it():
+    padded = fa.parse([{"strength": 0.3}, 0.1, 0.4])
+    assert (padded.config.strength, padded.config.window) == (0.3, 0.4)
+
+
+def test_a_dict_without_enabled_asks_for_the_extension():
+    assert fa.parse({"strength": 0.3}).enabled and fa.parse([{"strength": 0.3}]).enabled
+    assert not fa.parse({"enabled": False}).enabled and not fa.is_enabled(fa.normalise([{"enabled": "false"}]))
+
+
+def test_a_dict_after_the_first_position_is_refused():
+    with pytest.raises(fa.ArgumentError, match=r"first element of 'args'.*\[1\]"):
+        fa.parse([True, {"strength": 0.3}])
+
+
+def test_an_unknown_dict_key_is_named_with_the_closest_known_one():
+    with pytest.raises(fa.ArgumentError) as info:
+        fa.parse([{"enabled": True, "strenght": 0.2, "colour": 1}, *ui_defaults()[1:]])
+    message = str(info.value)
+    assert "'colour'" in message and "'strenght' (did you mean 'strength'?)" in message
+    assert "known: ['enabled', 'strength'" in message
+
+
 def test_fewer_positional_arguments_take_defaults():
     s = fa.parse([True])
     assert s.enabled and s.config.window == fa.DEFAULTS["window"] and s.config.memory

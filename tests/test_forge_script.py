@@ -7,6 +7,8 @@ are skipped, and the Forge-pins environment runs them.
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +24,8 @@ from tests.forge_standins import (  # noqa: E402
     KModel,
     PredictionFlux,
     UnetPatcher,
+    init_default_script_args,
+    init_script_args,
     sampling_function_inner,
 )
 
@@ -62,12 +66,14 @@ def flux_unet():
     return UnetPatcher(KModel(IntegratedFluxTransformer2DModel(), PredictionFlux()))
 
 
-def noise(batch=4, seed=0):
-    return torch.randn(batch, 4, 3, 3, generator=torch.Generator().manual_seed(seed))
+def noise(batch=4, seed=0, typical=False):
+    """Initial latents; ``typical``: near-copies of one noise (the typicality bias at its worst)."""
+    x = torch.randn(batch, 4, 3, 3, generator=torch.Generator().manual_seed(seed))
+    return x[:1] + 0.05 * x if typical else x
 
 
-def sample(unet, batch=4, seed=0):
-    x = noise(batch, seed)
+def sample(unet, batch=4, seed=0, typical=False):
+    x = noise(batch, seed, typical)
     cond = [{"c_crossattn": torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(9)).expand(batch, -1, -1)}]
     with torch.inference_mode():
         return sampling_function_inner(unet.model, x, torch.ones(batch), None, cond, 1.0, unet.model_options)
@@ -77,7 +83,7 @@ def args(**kw):
     return [({**forge_args.DEFAULTS, "enabled": True, "strength": 0.5, **kw})[n] for n in forge_args.ARG_NAMES]
 
 
-def generate(script, p, script_args, batches=1, hr=False, batch=4):
+def generate(script, p, script_args, batches=1, hr=False, batch=4, typical=False):
     """Forge's order of calls for one generation (modules/processing.py): process, then per batch
     before_process_batch + process_before_every_sampling + sampling, then postprocess."""
     outs = []
@@ -86,8 +92,9 @@ def generate(script, p, script_args, batches=1, hr=False, batch=4):
     for n in range(batches):
         p.sd_model.forge_objects.unet = original  # Forge resets forge_objects before every sampling
         script.before_process_batch(p, *script_args, batch_number=n)
-        script.process_before_every_sampling(p, *script_args, x=noise(batch, n), noise=noise(batch, n))
-        outs.append(sample(p.sd_model.forge_objects.unet, batch=batch, seed=n))
+        x = noise(batch, n, typical)
+        script.process_before_every_sampling(p, *script_args, x=x, noise=x)
+        outs.append(sample(p.sd_model.forge_objects.unet, batch=batch, seed=n, typical=typical))
         post = ctxrep_scripts().PostSampleArgs(outs[-1])
         script.post_sample(p, post, *script_args)
         if hr:
@@ -213,12 +220,89 @@ def test_xyz_axes_register_once_and_override_the_ui_values(ctxrep):
     assert p._ctxrep_settings.config.strength == 0.3
 
 
-def test_api_dict_form_is_accepted(ctxrep):
-    unet = flux_unet()
-    p = processing(unet)
-    script = ctxrep.ContextualRepulsionScript()
-    script.process(p, {"enabled": True, "strength": 0.25, "blocks": "middle third"})
-    assert p._ctxrep_settings.config.strength == 0.25 and p._ctxrep_settings.config.blocks == "middle"
+# ---- the API (/sdapi/v1/txt2img, img2img), through the stand-in of Forge's modules/api/api.py ----------------------
+def readme_api_examples() -> list[dict]:
+    """Every ``"alwayson_scripts"`` JSON fragment in the README, as a user would paste it into a request."""
+    blocks = re.findall(r"```json\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    return [json.loads("{" + block + "}")["alwayson_scripts"] for block in blocks if '"alwayson_scripts"' in block]
+
+
+def api_args(ctxrep, alwayson_scripts: dict | None) -> list:
+    """What Forge's API hands our script for a request: every script's UI defaults, the request's ``args`` over the
+    first positions of ours. Another always-on script comes first, as in every Forge (ours does not start at 1)."""
+
+    class Other(ctxrep.scripts.Script):
+        def title(self):
+            return "Other"
+
+        def ui(self, is_img2img):
+            return [gr.Checkbox(value=True), gr.Slider(0, 1, value=0.5)]
+
+    other, ours = Other(), ctxrep.ContextualRepulsionScript()
+    other.args_from, other.args_to = 1, 3
+    ours.args_from, ours.args_to = 3, 3 + len(forge_args.ARG_NAMES)
+    for script in (other, ours):
+        script.alwayson, script.is_img2img = True, False
+    runner = SimpleNamespace(scripts=[other, ours])
+    request = SimpleNamespace(alwayson_scripts=alwayson_scripts, script_args=[])
+    script_args = init_script_args(request, init_default_script_args(runner), None, None, runner)
+    return script_args[ours.args_from : ours.args_to]
+
+
+def positional(settings: dict) -> list:
+    return [{**forge_args.DEFAULTS, **settings}[name] for name in forge_args.ARG_NAMES]
+
+
+def api_generate(ctxrep, script_args: list):
+    p = spell_processing(flux_unet())
+    out = generate(ctxrep.ContextualRepulsionScript(), p, script_args, typical=True)[0]
+    return out, p.extra_generation_params
+
+
+@pytest.mark.parametrize("example", readme_api_examples(), ids=lambda e: json.dumps(e)[:60])
+def test_every_readme_api_example_acts_like_its_positional_form(ctxrep, example):
+    ((name, request),) = example.items()
+    script_args = api_args(ctxrep, example)
+    assert len(script_args) == len(forge_args.ARG_NAMES) and script_args[0] == request["args"][0]  # padded
+    out, info = api_generate(ctxrep, script_args)
+    same, same_info = api_generate(ctxrep, positional(request["args"][0]))
+    plain, _ = api_generate(ctxrep, api_args(ctxrep, None))
+    assert torch.equal(out, same) and info == same_info
+    assert not torch.equal(out, plain)
+    assert info["CtxRep"] is True and "'enabled'" not in info.get("CtxRep error", "")
+
+
+def test_api_dict_with_some_keys_takes_the_defaults_for_the_rest(ctxrep):
+    out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"strength": 0.3}]}}))
+    same, _ = api_generate(ctxrep, positional({"enabled": True, "strength": 0.3}))
+    assert torch.equal(out, same) and info["CtxRep strength"] == 0.3
+    assert info["CtxRep window"] == forge_args.DEFAULTS["window"]
+
+
+def test_api_positions_after_the_dict_fill_what_it_does_not_name(ctxrep):
+    out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"enabled": True}, 0.3]}}))
+    assert info["CtxRep strength"] == 0.3
+
+
+def test_api_off_after_on_is_bit_identical_to_plain(ctxrep):
+    plain, _ = api_generate(ctxrep, api_args(ctxrep, None))
+    api_generate(ctxrep, api_args(ctxrep, readme_api_examples()[0]))
+    again, info = api_generate(ctxrep, api_args(ctxrep, None))
+    assert torch.equal(again, plain) and info == {}
+
+
+def test_api_dict_with_an_unknown_key_names_it_and_runs_plain(ctxrep):
+    plain, _ = api_generate(ctxrep, api_args(ctxrep, None))
+    request = {"contextual repulsion": {"args": [{"enabled": True, "strenght": 0.3}]}}
+    out, info = api_generate(ctxrep, api_args(ctxrep, request))
+    assert torch.equal(out, plain)
+    assert "'strenght' (did you mean 'strength'?)" in info["CtxRep error"] and "known:" in info["CtxRep error"]
+
+
+def test_api_dict_disabled_by_a_string_stays_off(ctxrep):
+    plain, _ = api_generate(ctxrep, api_args(ctxrep, None))
+    out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"enabled": "false"}]}}))
+    assert torch.equal(out, plain) and info == {}
 
 
 # ---- SPELL ---------------------------------------------------------------------------------------------------------

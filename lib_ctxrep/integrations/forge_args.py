@@ -6,6 +6,7 @@ go through the same conversions, and so they can be tested without a webui.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,24 +124,51 @@ def _as_choice(name: str, value: Any, choices: dict[str, Any]) -> str:
 
 
 def normalise(args: list | tuple | dict) -> dict[str, Any]:
-    """Script arguments from the UI / API positional list, or the API dict form ``{"strength": 0.1, ...}``
-    (also accepted as the single element of the list), as a dict of every argument with defaults filled in."""
-    if isinstance(args, (list, tuple)) and len(args) == 1 and isinstance(args[0], dict):
-        args = args[0]
+    """Script arguments as a dict of every argument, defaults filled in.
+
+    Accepts the UI / API positional list, the API dict form ``{"enabled": true, "strength": 0.1, ...}``, and the dict
+    as the first element of the list. Forge's API (``modules/api/api.py`` ``init_script_args``) always sends a full
+    list: the request's ``args`` in the first positions, then the UI default (or the value pasted from an
+    ``infotext``) of every other argument. So with a dict first, the dict's keys win and the positions after it fill
+    the rest. In the dict form "enabled" defaults to true: naming the script with settings asks for it.
+    """
     if isinstance(args, dict):
-        unknown = sorted(set(args) - set(ARG_NAMES))
-        if unknown:
-            raise ArgumentError(f"{TITLE}: unknown argument(s) {unknown}; known: {list(ARG_NAMES)}")
-        values = {**DEFAULTS, **args}
-    elif isinstance(args, (list, tuple)):
-        if len(args) > len(ARG_NAMES):
-            raise ArgumentError(
-                f"{TITLE}: got {len(args)} positional arguments, expected at most {len(ARG_NAMES)}: {list(ARG_NAMES)}"
-            )
-        values = {**DEFAULTS, **dict(zip(ARG_NAMES, args, strict=False))}
-    else:
+        return {**DEFAULTS, "enabled": True, **_known(args)}
+    if not isinstance(args, (list, tuple)):
         raise ArgumentError(f"{TITLE}: arguments must be a list or a dict, got {type(args).__name__}")
-    return values
+    if len(args) > len(ARG_NAMES):
+        raise ArgumentError(
+            f"{TITLE}: got {len(args)} positional arguments, expected at most {len(ARG_NAMES)}: {list(ARG_NAMES)}"
+        )
+    dicts = [i for i, value in enumerate(args) if isinstance(value, dict)]
+    if dicts and dicts != [0]:
+        raise ArgumentError(
+            f"{TITLE}: a dict of arguments must be the first element of 'args' and the only dict, got one at "
+            f"position(s) {dicts}"
+        )
+    if dicts:
+        rest = dict(zip(ARG_NAMES[1:], args[1:], strict=False))
+        return {**DEFAULTS, **rest, "enabled": True, **_known(args[0])}
+    return {**DEFAULTS, **dict(zip(ARG_NAMES, args, strict=False))}
+
+
+def _known(values: dict) -> dict[str, Any]:
+    """The dict form's values, refusing unknown keys with the closest known name."""
+    unknown = sorted(str(key) for key in set(values) - set(ARG_NAMES))
+    if unknown:
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)"
+            if (close := difflib.get_close_matches(key, ARG_NAMES, 1))
+            else repr(key)
+            for key in unknown
+        ]
+        raise ArgumentError(f"{TITLE}: unknown argument(s) {', '.join(hints)}; known: {list(ARG_NAMES)}")
+    return dict(values)
+
+
+def is_enabled(values: dict[str, Any]) -> bool:
+    """Whether normalised arguments ask for the extension (``"enabled"`` read as :func:`parse` reads it)."""
+    return _as_bool("enabled", values["enabled"])
 
 
 def parse(args: list | tuple | dict) -> ScriptSettings:
