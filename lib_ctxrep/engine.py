@@ -60,6 +60,11 @@ class RepulsionEngine:
         """Whether the current model call is inside the window (and the engine is enabled)."""
         return self._active
 
+    @property
+    def chunks(self) -> tuple[str, ...]:
+        """The current call's row layout: a branch label per equal, contiguous chunk of rows."""
+        return self._chunks
+
     def begin_call(self, progress: float, chunks: tuple[str, ...]) -> bool:
         """Start a model call at ``progress`` with rows laid out as ``chunks``; returns whether it is active.
 
@@ -124,7 +129,12 @@ class RepulsionEngine:
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
 
     def process(
-        self, block: str, parts: list[torch.Tensor], *, memory_parts: int | None = None
+        self,
+        block: str,
+        parts: list[torch.Tensor],
+        *,
+        memory_parts: int | None = None,
+        chunk_range: tuple[int, int] | None = None,
     ) -> list[torch.Tensor] | None:
         """Repel the rows of ``parts`` (each [rows, ...]) within their branch groups; None when nothing changes.
 
@@ -134,12 +144,16 @@ class RepulsionEngine:
         remembered parts are repelled against the batch and the memory, and the other parts within the batch as
         without memory (at batch size 1 they stay as they are).
         With ``config.memory_image`` every part is remembered (``memory_parts`` is ignored).
+
+        ``chunk_range``: ``parts`` hold only the rows of chunks ``[first, stop)`` of the call (for a call whose chunks
+        have their tokens in different places, e.g. a negative prompt of another length batched with the prompt).
         """
         if not self._active:
             return None
         cfg = self.config
         rows = parts[0].shape[0]
-        chunks = self._chunks
+        first, stop = chunk_range if chunk_range is not None else (0, len(self._chunks))
+        chunks = self._chunks[first:stop]
         if rows % len(chunks):
             self.warn_once(
                 "layout",
@@ -156,7 +170,7 @@ class RepulsionEngine:
         for ci, label in enumerate(chunks):
             if label not in cfg.branches:
                 continue
-            occurrence = chunks[:ci].count(label)  # e.g. the 2nd cond chunk of an AND prompt: its own memory
+            occurrence = self._chunks[: first + ci].count(label)  # the 2nd cond chunk of an AND prompt: own memory
             for gi, start in enumerate(range(ci * per_chunk, (ci + 1) * per_chunk, group)):
                 rows_in = [p[start : start + group] for p in parts]
                 key = (block, round(self._progress, 6), label, occurrence, gi)

@@ -28,29 +28,26 @@ from typing import Any
 
 import torch
 
+from .. import blockmap
+from ..blockmap import Architecture, CallTokens
 from ..config import RepulsionConfig
 from ..engine import RepulsionEngine
 from ..schedule import progress_from_sigma
 from ..spell import ReferenceSet, SpellConfig, SpellEngine, SpellStats
 
-#: Diffusion-model classes whose blocks are hooked, and how their text stream is laid out.
-SUPPORTED_MODELS = {
-    "IntegratedFluxTransformer2DModel": "flux",
-    "IntegratedChromaTransformer2DModel": "flux",
-    "MMDiTX": "mmditx",
-}
 _LABELS = {0: "cond", 1: "uncond"}
 
 
-def model_kind(diffusion_model: Any) -> str | None:
-    """'flux' (double + single blocks, txt at output index 1), 'mmditx' (joint blocks, context at index 0) or None."""
-    kind = SUPPORTED_MODELS.get(type(diffusion_model).__name__)
-    if kind is not None:
-        return kind
+def architecture_of(diffusion_model: Any) -> Architecture | None:
+    """The block-map entry of a Forge / Neo diffusion model, or None when contextual repulsion cannot hook it. Models
+    of other class names with Flux's or MMDiT-X's block lists (forks, renamed copies) are read by their blocks."""
+    arch = blockmap.recognise(diffusion_model, "forge")
+    if arch is not None:
+        return arch
     if hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks"):
-        return "flux"
+        return blockmap.recognise_class("IntegratedFluxTransformer2DModel", "forge")
     if hasattr(diffusion_model, "joint_blocks"):
-        return "mmditx"
+        return blockmap.recognise_class("MMDiTX", "forge")
     return None
 
 
@@ -96,10 +93,9 @@ class ForgeRepulsion:
 
     def __init__(self, config: RepulsionConfig, *, record_stats: bool = False) -> None:
         self.engine = RepulsionEngine(config, record_stats=record_stats)
-        self.kind: str | None = None
+        self.architecture: Architecture | None = None
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._text_len = 0
-        self._image_tokens: int | None = None
+        self._tokens: CallTokens | None = None
 
     @property
     def config(self) -> RepulsionConfig:
@@ -112,14 +108,14 @@ class ForgeRepulsion:
         return len(self._hooks)
 
     def supports(self, unet: Any) -> bool:
-        """Whether ``unet``'s diffusion model has MM-DiT blocks this front end can hook."""
-        return model_kind(unet.model.diffusion_model) is not None
+        """Whether ``unet``'s diffusion model has blocks this front end can hook."""
+        return architecture_of(unet.model.diffusion_model) is not None
 
     def patch(self, unet: Any) -> bool:
         """Install the chained wrapper on ``unet`` (a clone); False (nothing installed) for unsupported models."""
         diffusion_model = unet.model.diffusion_model
-        self.kind = model_kind(diffusion_model)
-        if self.kind is None:
+        self.architecture = architecture_of(diffusion_model)
+        if self.architecture is None:
             return False
         window = PredictorWindow(getattr(unet.model, "predictor", None))
         previous: Callable | None = unet.model_options.get("model_function_wrapper")
@@ -137,14 +133,7 @@ class ForgeRepulsion:
             chunks = tuple(_LABELS.get(int(c), "cond") for c in args["cond_or_uncond"])
             if not engine.begin_call(window.progress(sigma), chunks):
                 return call()
-            text = args["c"].get("c_crossattn")
-            self._text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
-            latent = args["input"]
-            # Target image tokens (Flux.1 patchifies 2 x 2, Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext)
-            # follow them and are not repelled
-            patch = int(getattr(diffusion_model, "patch_size", 2) or 2)
-            rows, cols = (latent.shape[-2] + patch - 1) // patch, (latent.shape[-1] + patch - 1) // patch
-            self._image_tokens = rows * cols if latent.ndim == 4 else None
+            self._tokens = _call_tokens(diffusion_model, args)
             self._attach(diffusion_model)
             try:
                 return call()
@@ -157,30 +146,24 @@ class ForgeRepulsion:
 
     def _attach(self, diffusion_model: torch.nn.Module) -> None:
         self._detach()
-        cfg = self.config
-        engine = self.engine
-        if self.kind == "mmditx":
-            blocks = diffusion_model.joint_blocks
+        cfg, arch = self.config, self.architecture
+        if arch.dual is not None:
+            blocks = getattr(diffusion_model, arch.dual.attr)
             for i in cfg.block_indices(len(blocks)):
-                self._hooks.append(blocks[i].register_forward_hook(_replace_output(engine, f"double.{i}", 0)))
-            return
-        blocks = diffusion_model.double_blocks
-        for i in cfg.block_indices(len(blocks)):
-            self._hooks.append(blocks[i].register_forward_hook(_replace_output(engine, f"double.{i}", 1)))
-        if cfg.single_blocks != "off":
-            for i, block in enumerate(diffusion_model.single_blocks):
-                self._hooks.append(block.register_forward_hook(self._single_hook(f"single.{i}", cfg.single_blocks)))
+                self._hooks.append(blocks[i].register_forward_hook(self._hook(f"double.{i}", arch.dual, "text")))
+        if arch.single is not None and cfg.single_blocks != "off":
+            for i, block in enumerate(getattr(diffusion_model, arch.single.attr)):
+                self._hooks.append(
+                    block.register_forward_hook(self._hook(f"single.{i}", arch.single, cfg.single_blocks))
+                )
 
-    def _single_hook(self, name: str, mode: str) -> Callable:
+    def _hook(self, name: str, where: blockmap.Blocks, mode: str) -> Callable:
         engine = self.engine
 
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-            if not engine.active or not isinstance(output, torch.Tensor):
+            if not engine.active:
                 return None
-            if mode == "text":
-                return engine.process_prefix(name, output, self._text_len)
-            image = output.shape[1] - self._text_len if self._image_tokens is None else self._image_tokens
-            return engine.process_prefix(name, output, self._text_len + image, memory_length=self._text_len)
+            return blockmap.repel_block(engine, name, where, output, self._tokens, mode)
 
         return hook
 
@@ -195,20 +178,17 @@ class ForgeRepulsion:
         self.engine.new_job()
 
 
-def _replace_output(engine: RepulsionEngine, name: str, index: int) -> Callable:
-    """Forward hook replacing element ``index`` (the text stream) of a block's output tuple."""
-
-    def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        if not engine.active or not isinstance(output, tuple) or output[index] is None:
-            return None
-        new = engine.process(name, [output[index]])
-        if new is None:
-            return None
-        out = list(output)
-        out[index] = new[0]
-        return tuple(out)
-
-    return hook
+def _call_tokens(diffusion_model: Any, args: dict) -> CallTokens:
+    """Text length from the call's ``c_crossattn``; the target's image tokens from the latent (Flux.1 patchifies 2 x 2,
+    Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext) follow them and are not repelled."""
+    text = args["c"].get("c_crossattn")
+    text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
+    latent = args["input"]
+    target = None
+    if latent.ndim == 4:
+        patch = int(getattr(diffusion_model, "patch_size", 2) or 2)
+        target = (0, ((latent.shape[-2] + patch - 1) // patch) * ((latent.shape[-1] + patch - 1) // patch))
+    return CallTokens(text_len, target=target)
 
 
 #: Latent space of each Forge diffusion engine (backend/diffusion_engine/*.py): models sharing a VAE share it.

@@ -1,0 +1,272 @@
+"""The block map: each supported architecture described once, as data, and the code that reads a block's output.
+
+Every front end (diffusers, Forge main, Forge Neo) recognises its model here (:func:`recognise`), learns on each call
+the few facts the map cannot know (:class:`CallTokens`: text length and padding, the target's image tokens) and hooks
+the blocks the map names; :func:`repel_block` then finds the contextual tokens in a block's output, has the engine
+repel them and puts them back. Nothing else touches a block's output, so a new model is a new table entry plus the
+front ends' reading of its call.
+
+Conventions that hold for every entry:
+
+- A dual-stream block returns a tuple; ``text_at`` / ``image_at`` index its text and image streams. The image stream
+  is never changed. A text stream of ``None`` (SD3's last block) is left alone.
+- A single-stream block returns either one sequence holding text and image tokens (in ``order``), or, like a dual
+  block, a tuple (diffusers' Flux from 0.35).
+- Text padding is never repelled: only the first ``text_valid`` tokens of the text are (padding that the model masks
+  out of attention, or pads with a learned token, sits after them).
+- Image tokens outside the target's span (reference images of edit models: Kontext, Flux.2 and Qwen-Image edits) are
+  never repelled; only single-stream blocks in "all" mode repel image tokens at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+TEXT_FIRST = "text-image"
+IMAGE_FIRST = "image-text"
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """One list of transformer blocks of a model and where the tokens sit in each block's output."""
+
+    attr: str  # the model attribute holding the blocks (an nn.ModuleList)
+    single: bool = False  # single-stream: text and image tokens in one sequence
+    text_at: int = 0  # in a tuple output: the text stream's index
+    image_at: int = 1  # in a tuple output: the image stream's index
+    order: str = TEXT_FIRST  # in one sequence: text first (Flux, Chroma, Flux.2, Lumina) or image first (Z-Image)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model family in one host: its classes, its blocks, and what the host does with CFG rows."""
+
+    family: str  # what users call it (shown in the infotext and the README)
+    host: str  # "diffusers" or "forge" (Forge main and Forge Neo)
+    classes: tuple[str, ...]  # class names (matched anywhere in the model's MRO)
+    dual: Blocks | None = None
+    single: Blocks | None = None
+    #: Row layout of a call that batches the CFG branches (diffusers pipelines), or None when each branch is its own
+    #: call, the prompt first (Forge and Neo pass the layout on every call).
+    cfg_rows: tuple[str, ...] | None = None
+    padding: str = "none"  # which text tokens are padding, for the README and messages
+    references: str = "none"  # where an edit model's reference-image tokens are
+
+    @property
+    def block_lists(self) -> tuple[Blocks, ...]:
+        return tuple(b for b in (self.dual, self.single) if b is not None)
+
+
+_FLUX_DUAL = Blocks("transformer_blocks")
+_FLUX_SINGLE = Blocks("single_transformer_blocks", single=True)
+_FORGE_FLUX_DUAL = Blocks("double_blocks", text_at=1, image_at=0)  # backend/nn/flux.py: returns (img, txt)
+_FORGE_FLUX_SINGLE = Blocks("single_blocks", single=True)  # one cat((txt, img), 1) sequence
+
+ARCHITECTURES: tuple[Architecture, ...] = (
+    # ---- diffusers (models/transformers/*.py)
+    Architecture(
+        "Flux.1",
+        "diffusers",
+        ("FluxTransformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        references="Kontext: image tokens whose img_ids start with 1, after the target's",
+    ),  # fmt: skip
+    Architecture(
+        "Chroma",
+        "diffusers",
+        ("ChromaTransformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        padding="T5 padding that attention_mask masks (all but one pad token)",
+    ),  # fmt: skip
+    Architecture(
+        "Flux.2",
+        "diffusers",
+        ("Flux2Transformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        references="edits: image tokens whose img_ids have a time coordinate other than 0",
+    ),  # fmt: skip
+    Architecture(
+        "Qwen-Image",
+        "diffusers",
+        ("QwenImageTransformer2DModel",),
+        _FLUX_DUAL,
+        padding="tokens that encoder_hidden_states_mask masks",
+        references="Edit: in the image stream (never touched: no single-stream blocks)",
+    ),  # fmt: skip
+    Architecture(
+        "Z-Image",
+        "diffusers",
+        ("ZImageTransformer2DModel",),
+        single=Blocks("layers", single=True, order=IMAGE_FIRST),
+        cfg_rows=("cond", "uncond"),
+        padding="caption padding to a multiple of 32 (the model's cap_pad_token)",
+    ),  # fmt: skip
+    Architecture("SD3", "diffusers", ("SD3Transformer2DModel",), _FLUX_DUAL, cfg_rows=("uncond", "cond")),
+    # ---- Forge main and Neo (backend/nn/*.py)
+    Architecture(
+        "Flux.1",
+        "forge",
+        ("IntegratedFluxTransformer2DModel",),
+        _FORGE_FLUX_DUAL,
+        _FORGE_FLUX_SINGLE,
+        references="Kontext: reference tokens after the target's image tokens",
+    ),  # fmt: skip
+    Architecture(
+        "Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE
+    ),  # fmt: skip
+    Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks")),  # backend/nn/mmditx.py: (context, x)
+)
+
+
+def recognise(model: Any, host: str) -> Architecture | None:
+    """The architecture of ``model`` in ``host`` ("diffusers" or "forge"), or None if it is not supported."""
+    names = {cls.__name__ for cls in type(model).__mro__}
+    for arch in ARCHITECTURES:
+        if arch.host == host and names.intersection(arch.classes):
+            return arch
+    return None
+
+
+def recognise_class(name: str, host: str) -> Architecture | None:
+    """The architecture whose classes include ``name`` in ``host``."""
+    return next((a for a in ARCHITECTURES if a.host == host and name in a.classes), None)
+
+
+def supported(host: str) -> list[str]:
+    """Readable list of what ``host`` supports, for messages: 'Flux.1 (FluxTransformer2DModel), ...'."""
+    return [f"{a.family} ({', '.join(a.classes)})" for a in ARCHITECTURES if a.host == host]
+
+
+@dataclass(frozen=True)
+class CallTokens:
+    """What one model call's token layout is, as the front end learns it from the call's inputs.
+
+    text_len: tokens in the text stream (padding included); text_valid: per chunk of rows (one value for all
+    chunks, or one per chunk), how many leading text tokens are real (the rest is padding, never repelled); image_len:
+    image tokens in a single-stream sequence, padding and references included (None: the rest of the sequence);
+    target: the target image's tokens among the image tokens (None: all of them); order: of a single-stream
+    sequence, if not the block list's own (Z-Image's omni mode puts the caption first).
+    """
+
+    text_len: int
+    text_valid: tuple[int, ...] = ()
+    image_len: int | None = None
+    target: Span | None = None
+    order: str | None = None
+
+    def valid(self, chunk: int) -> int:
+        if not self.text_valid:
+            return self.text_len
+        return min(self.text_valid[chunk] if len(self.text_valid) > 1 else self.text_valid[0], self.text_len)
+
+
+def leading_valid(mask: torch.Tensor | None, length: int) -> int:
+    """Leading text positions that every row of ``mask`` ([rows, >= length], nonzero = real token) marks real."""
+    if mask is None:
+        return length
+    real = mask[:, :length] != 0
+    if bool(real.all()):  # the common case: no padding at all
+        return length
+    return int(real.all(dim=0).to(torch.int8).cumprod(0).sum())
+
+
+def target_span(ids: torch.Tensor | None, tokens: int) -> Span:
+    """The target's span among ``tokens`` image tokens from image position ids ([tokens, axes] or
+    [rows, tokens, axes]) whose first coordinate is 0 for the target and non-zero for reference images (Flux
+    Kontext's and Flux.2's convention). Without ids, or with only a ragged target, every token is the target's."""
+    if not isinstance(ids, torch.Tensor) or ids.shape[-2] != tokens:
+        return (0, tokens)
+    ids = ids[0] if ids.ndim == 3 else ids
+    target = (ids[:, 0] == 0).nonzero().flatten()
+    if target.numel() == 0:
+        return (0, tokens)
+    start, stop = int(target[0]), int(target[-1]) + 1
+    return (start, stop) if stop - start == target.numel() else (0, tokens)
+
+
+def _spans(where: Blocks, call: CallTokens, chunk: int, joint: bool, image_tokens: int, mode: str) -> tuple[Span, ...]:
+    """The spans repelled for one chunk: the text span, plus the target's image span in "all" mode, in the
+    coordinates of the text and image streams (``joint`` False) or of the one sequence (``joint`` True)."""
+    valid = call.valid(chunk)
+    if not joint:
+        text, image_offset = (0, valid), 0
+    elif (call.order or where.order) == TEXT_FIRST:
+        text, image_offset = (0, valid), call.text_len
+    else:
+        text, image_offset = (image_tokens, image_tokens + valid), 0
+    if mode != "all":
+        return (text,)
+    start, stop = call.target if call.target is not None else (0, image_tokens)
+    return text, (image_offset + start, image_offset + min(stop, image_tokens))
+
+
+def _runs(spans: list[tuple[Span, ...]]) -> Iterable[tuple[int, int, tuple[Span, ...]]]:
+    """Consecutive chunks that share their spans, as (first chunk, stop chunk, spans)."""
+    first = 0
+    for c in range(1, len(spans) + 1):
+        if c == len(spans) or spans[c] != spans[first]:
+            yield first, c, spans[first]
+            first = c
+
+
+def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTokens, mode: str = "text") -> Any:
+    """Repel the contextual tokens of one block's ``output`` through ``engine`` (a RepulsionEngine inside an active
+    call); returns the output to use instead, or None when nothing changes. ``mode``: "text" (the text tokens) or
+    "all" (text and the target's image tokens; single-stream blocks only)."""
+    if isinstance(output, tuple):
+        text = output[where.text_at] if where.text_at < len(output) else None
+        if not isinstance(text, torch.Tensor):
+            return None
+        image = output[where.image_at] if mode == "all" else None
+        tensors = [text] if image is None else [text, image]
+    elif isinstance(output, torch.Tensor):
+        tensors = [output]
+    else:
+        return None
+    rows, chunks = tensors[0].shape[0], len(engine.chunks)
+    if rows % chunks:
+        return engine.process(name, [tensors[0]])  # the engine reports the layout mismatch (once) and skips
+    per_chunk = rows // chunks
+    joint = len(tensors) == 1
+    if not joint:
+        image_tokens = tensors[1].shape[1]
+    else:
+        image_tokens = call.image_len if call.image_len is not None else tensors[0].shape[1] - call.text_len
+    spans = [_spans(where, call, c, joint, image_tokens, mode) for c in range(chunks)]
+    new_tensors = list(tensors)
+    changed = False
+    for first, stop, run in _runs(spans):
+        pieces = [(0 if joint else k, a, b) for k, (a, b) in enumerate(run) if b > a]
+        if not pieces:
+            continue
+        r0, r1 = first * per_chunk, stop * per_chunk
+        parts = [tensors[t][r0:r1, a:b] for t, a, b in pieces]
+        whole = (first, stop) == (0, chunks)
+        new = engine.process(
+            name, parts, memory_parts=1 if len(parts) > 1 else None, chunk_range=None if whole else (first, stop)
+        )
+        if new is None:
+            continue
+        for (t, a, b), part in zip(pieces, new, strict=True):
+            if new_tensors[t] is tensors[t]:
+                new_tensors[t] = tensors[t].clone()
+            new_tensors[t][r0:r1, a:b] = part
+        changed = True
+    if not changed:
+        return None
+    if isinstance(output, torch.Tensor):
+        return new_tensors[0]
+    out = list(output)
+    out[where.text_at] = new_tensors[0]
+    if len(new_tensors) > 1:
+        out[where.image_at] = new_tensors[1]
+    return tuple(out)
