@@ -169,6 +169,13 @@ def neo_root_or_exit(path: str) -> Path:
     return root
 
 
+def token_spans(parts: list[torch.Tensor]) -> tuple[tuple[tuple[int, int], ...], int]:
+    """Where the parts handed to the engine sit in the block output they are views of: each part's (first token,
+    stop token) and the output's sequence length, read from the views' strides ([rows, tokens, dim], contiguous)."""
+    spans = tuple((p.storage_offset() // p.stride(1), p.storage_offset() // p.stride(1) + p.shape[1]) for p in parts)
+    return spans, parts[0].stride(0) // parts[0].stride(1)
+
+
 class Neo:
     """Forge Neo's own backend modules, imported from a work tree."""
 
@@ -178,8 +185,8 @@ class Neo:
         for p in (str(root / "modules_forge" / "packages"), str(root)):
             if p not in sys.path:
                 sys.path.insert(0, p)
-        if "--cpu" not in sys.argv:
-            sys.argv.append("--cpu")
+        # Neo's backend/args.py parses sys.argv at import (strictly in newer versions): leave it only "--cpu"
+        sys.argv[1:] = ["--cpu"]
         self.root = root
         self.notes: list[str] = []
         try:
@@ -370,23 +377,24 @@ def verify_flux(neo: Neo, sc: Scenario, check: Checks) -> None:
         with ctx:
             base = sc.sample(unet, SIGMA_IN, 3.5)
             job, clone, spy = sc.patched(repulsion(single_blocks="all"))
-            spans: list[tuple[int, int]] = []
-            process_prefix = job.engine.process_prefix
+            spans: list[tuple] = []
+            process = job.engine.process
 
-            def recording_prefix(block, sequence, length, process_prefix=process_prefix, spans=spans, **kw):
-                spans.append((int(length), int(sequence.shape[1])))
-                return process_prefix(block, sequence, length, **kw)
+            def recording_process(block, parts, process=process, spans=spans, **kw):
+                if block.startswith("single."):
+                    spans.append(token_spans(parts))
+                return process(block, parts, **kw)
 
-            job.engine.process_prefix = recording_prefix
+            job.engine.process = recording_process
             out = sc.sample(clone, SIGMA_IN, 3.5)
         model.after_run(tag, job, spy, out, base, True)
-        want = sc.ctx_len + image_tokens
-        total = want + (image_tokens if with_ref else 0)
+        total = sc.ctx_len + image_tokens + (image_tokens if with_ref else 0)
+        want = (((0, sc.ctx_len), (sc.ctx_len, sc.ctx_len + image_tokens)), total)
         check(
             f"{tag}: single blocks repel exactly the {sc.ctx_len} text + {image_tokens} target image tokens "
             f"of {total} (patch {sc.patch})",
-            spans and all(span == (want, total) for span in spans),
-            f"(repelled prefix, sequence) per single block: {sorted(set(spans))}",
+            spans and all(span == want for span in spans),
+            f"(repelled token spans, sequence length) per single block: {sorted(set(spans))}",
         )
 
     # (f) in-place blocks: the repelled text is what the next block gets ----------------------------------------------
