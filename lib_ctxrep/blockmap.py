@@ -141,6 +141,11 @@ def recognise_class(name: str, host: str) -> Architecture | None:
     return next((a for a in ARCHITECTURES if a.host == host and name in a.classes), None)
 
 
+def families(host: str) -> list[str]:
+    """The model families ``host`` supports, in the map's order, each once: ['Flux.1', 'Chroma', 'SD3']."""
+    return list(dict.fromkeys(a.family for a in ARCHITECTURES if a.host == host))
+
+
 def supported(host: str) -> list[str]:
     """Readable list of what ``host`` supports, for messages: 'Flux.1 (FluxTransformer2DModel), ...'."""
     return [f"{a.family} ({', '.join(a.classes)})" for a in ARCHITECTURES if a.host == host]

@@ -108,26 +108,6 @@ class RepulsionEngine:
             self._warned.add(key)
             logger.warning(message)
 
-    def process_prefix(
-        self, block: str, sequence: torch.Tensor, length: int, *, memory_length: int | None = None
-    ) -> torch.Tensor | None:
-        """Repel the first ``length`` tokens of ``sequence`` [rows, tokens, dim] and keep the rest as it is (e.g. the
-        text part of a single-stream block, or text + target image without Kontext's reference tokens).
-
-        ``memory_length``: only the first that many tokens are remembered across batches (see ``memory_parts`` of
-        :meth:`process`); None: all ``length`` tokens are.
-        """
-        length = min(length, sequence.shape[1])
-        if memory_length is not None and 0 < memory_length < length:
-            parts = [sequence[:, :memory_length], sequence[:, memory_length:length]]
-            new = self.process(block, parts, memory_parts=1)
-        else:
-            new = self.process(block, [sequence[:, :length]])
-        if new is None:
-            return None
-        pieces = [*new, sequence[:, length:]] if length < sequence.shape[1] else new
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1)
-
     def process(
         self,
         block: str,

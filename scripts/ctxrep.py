@@ -16,6 +16,7 @@ import gradio as gr
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
+from lib_ctxrep import blockmap
 from lib_ctxrep.integrations import forge_args
 from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, latent_space_of
 from lib_ctxrep.protected import ProtectedSetError, load_protected_set
@@ -175,8 +176,8 @@ class ContextualRepulsionScript(scripts.Script):
             alternative = "SPELL still runs" if spell is not None else "SPELL (in this accordion) works on every model"
             self._report(
                 p,
-                f"{model} is not supported by contextual repulsion (it works on MM-DiT models: Flux, Chroma, "
-                f"SD3/SD3.5, Flux Kontext); {alternative}; the generation continues",
+                f"{model} is not supported by contextual repulsion (supported: "
+                f"{', '.join(blockmap.families('forge'))}); {alternative}; the generation continues",
                 info=True,
             )
         if spell is not None:
@@ -192,6 +193,8 @@ class ContextualRepulsionScript(scripts.Script):
             return
         p.sd_model.forge_objects.unet = unet
         info = forge_args.infotext(settings, repulsion=repulsion_on, spell=spell is not None)
+        if repulsion_on:
+            info[forge_args.ARCHITECTURE_KEY] = job.architecture.family
         p.extra_generation_params.update(info)
 
     def _load_protected(self, p, spell: ForgeSpell, path: str, sample) -> None:

@@ -334,21 +334,6 @@ def test_non_finite_image_tokens_of_a_later_batch_are_left_unchanged_with_a_warn
     assert any("non-finite" in r.getMessage() for r in caplog.records)
 
 
-def test_process_prefix_with_memory_length_keeps_the_tail_and_remembers_the_head():
-    engine = RepulsionEngine(RepulsionConfig(memory=True))
-    seq = features(1, seed=40, shape=(30, 16))
-    engine.begin_call(0.0, ("cond",))
-    assert engine.process_prefix("single.0", seq, 26, memory_length=6) is None  # B = 1, nothing remembered yet
-    engine.end_call()
-    engine.new_batch()
-    other = features(1, seed=41, shape=(30, 16))
-    engine.begin_call(0.0, ("cond",))
-    out = engine.process_prefix("single.0", other, 26, memory_length=6)
-    assert out.shape == other.shape
-    assert not torch.equal(out[:, :6], other[:, :6])
-    assert torch.equal(out[:, 6:], other[:, 6:])
-
-
 def test_new_job_forgets_the_memory():
     engine = RepulsionEngine(RepulsionConfig(memory=True))
     rows = features(2, seed=37)

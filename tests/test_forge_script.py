@@ -141,6 +141,12 @@ def test_enabled_generation_patches_a_clone_and_changes_the_images(ctxrep):
     assert p.extra_generation_params["CtxRep"] is True and p.extra_generation_params["CtxRep strength"] == 0.5
 
 
+def test_the_infotext_names_the_architecture_that_was_repelled(ctxrep):
+    p = processing(flux_unet())
+    generate(ctxrep.ContextualRepulsionScript(), p, args())
+    assert p.extra_generation_params["CtxRep model"] == "Flux.1"
+
+
 def test_disabled_after_enabled_is_bit_identical_to_never_enabled(ctxrep):
     unet = flux_unet()
     base = sample(unet)
@@ -183,6 +189,8 @@ def test_unsupported_model_keeps_the_generation_and_says_why(ctxrep, capsys):
     script.process_before_every_sampling(p, *args())
     assert p.sd_model.forge_objects.unet is unet
     assert "Linear is not supported" in p.extra_generation_params["CtxRep note"]
+    assert "(supported: Flux.1, Chroma, SD3)" in p.extra_generation_params["CtxRep note"]
+    assert "CtxRep model" not in p.extra_generation_params
     assert "[Contextual Repulsion]" in capsys.readouterr().out
 
 

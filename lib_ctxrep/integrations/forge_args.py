@@ -76,6 +76,8 @@ INFOTEXT_KEYS = {
 }
 #: Infotext keys written at sampling time (not arguments): SPELL's radius in latent units and its sparsity.
 SPELL_RADIUS_ABS_KEY = "CtxRep SPELL radius abs"
+#: Infotext key written at sampling time: the block-map family contextual repulsion ran on ("Flux.1", "SD3", ...).
+ARCHITECTURE_KEY = "CtxRep model"
 SPELL_PUSHED_KEY = "CtxRep SPELL pushed"
 
 
