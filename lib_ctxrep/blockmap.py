@@ -124,6 +124,21 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE
     ),  # fmt: skip
     Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks")),  # backend/nn/mmditx.py: (context, x)
+    # Forge Neo only (ports of ComfyUI's models)
+    Architecture(
+        "Qwen-Image",
+        "forge",
+        ("QwenImageTransformer2DModel",),
+        Blocks("transformer_blocks"),
+        references="Edit: ref_latents appended to the image stream (never touched: no single-stream blocks)",
+    ),  # fmt: skip
+    Architecture(
+        "Z-Image",
+        "forge",
+        ("NextDiT",),
+        single=Blocks("layers", single=True),
+        padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
+    ),  # backend/nn/lumina.py: [caption; image] in one sequence (Z-Image and Lumina 2)  # fmt: skip
 )
 
 
@@ -149,6 +164,27 @@ def families(host: str) -> list[str]:
 def supported(host: str) -> list[str]:
     """Readable list of what ``host`` supports, for messages: 'Flux.1 (FluxTransformer2DModel), ...'."""
     return [f"{a.family} ({', '.join(a.classes)})" for a in ARCHITECTURES if a.host == host]
+
+
+def hooked_blocks(arch: Architecture, model: Any, config: Any) -> list[tuple[str, Any, Blocks, str]]:
+    """The blocks to hook for ``config`` (a RepulsionConfig), as (name, module, block list, mode).
+
+    The selected dual-stream blocks (``config.blocks``) repel their text stream; every single-stream block repels in
+    ``config.single_blocks`` mode unless it is "off". A model with single-stream blocks only (Z-Image, Lumina 2) has
+    no text stream apart from its caption slice: its blocks play the dual blocks' role, chosen by ``config.blocks``,
+    and repel the caption only (``single_blocks`` has no effect there).
+    """
+    out = []
+    if arch.dual is not None:
+        blocks = getattr(model, arch.dual.attr)
+        out += [(f"double.{i}", blocks[i], arch.dual, "text") for i in config.block_indices(len(blocks))]
+        if arch.single is not None and config.single_blocks != "off":
+            singles = getattr(model, arch.single.attr)
+            out += [(f"single.{i}", b, arch.single, config.single_blocks) for i, b in enumerate(singles)]
+    elif arch.single is not None:
+        blocks = getattr(model, arch.single.attr)
+        out += [(f"single.{i}", blocks[i], arch.single, "text") for i in config.block_indices(len(blocks))]
+    return out
 
 
 @dataclass(frozen=True)

@@ -133,4 +133,4 @@ def test_every_front_end_finds_its_architecture_by_class_name():
     assert blockmap.recognise(FluxTransformer2DModel(), "diffusers").family == "Flux.1"
     assert blockmap.recognise(FluxTransformer2DModel(), "forge") is None
     assert blockmap.recognise(IntegratedChromaTransformer2DModel(), "forge").family == "Chroma"
-    assert blockmap.families("forge") == ["Flux.1", "Chroma", "SD3"]
+    assert blockmap.families("forge") == ["Flux.1", "Chroma", "SD3", "Qwen-Image", "Z-Image"]

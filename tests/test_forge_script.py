@@ -189,7 +189,7 @@ def test_unsupported_model_keeps_the_generation_and_says_why(ctxrep, capsys):
     script.process_before_every_sampling(p, *args())
     assert p.sd_model.forge_objects.unet is unet
     assert "Linear is not supported" in p.extra_generation_params["CtxRep note"]
-    assert "(supported: Flux.1, Chroma, SD3)" in p.extra_generation_params["CtxRep note"]
+    assert "(supported: Flux.1, Chroma, SD3, Qwen-Image, Z-Image)" in p.extra_generation_params["CtxRep note"]
     assert "CtxRep model" not in p.extra_generation_params
     assert "[Contextual Repulsion]" in capsys.readouterr().out
 

@@ -272,17 +272,7 @@ def apply_contextual_repulsion(
 
     hooks = handle._hooks
     hooks.append(transformer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    if arch.dual is not None:
-        blocks = getattr(transformer, arch.dual.attr)
-        for i in config.block_indices(len(blocks)):
-            hooks.append(blocks[i].register_forward_hook(block_hook(f"double.{i}", arch.dual, "text")))
-        if arch.single is not None and config.single_blocks != "off":
-            for i, block in enumerate(getattr(transformer, arch.single.attr)):
-                hook = block_hook(f"single.{i}", arch.single, config.single_blocks)
-                hooks.append(block.register_forward_hook(hook))
-    elif arch.single is not None:  # a single-stream model: its blocks play the dual blocks' role, caption only
-        blocks = getattr(transformer, arch.single.attr)
-        for i in config.block_indices(len(blocks)):
-            hooks.append(blocks[i].register_forward_hook(block_hook(f"single.{i}", arch.single, "text")))
+    for name, block, where, mode in blockmap.hooked_blocks(arch, transformer, config):
+        hooks.append(block.register_forward_hook(block_hook(name, where, mode)))
     setattr(transformer, _ATTR, handle)
     return handle

@@ -146,16 +146,8 @@ class ForgeRepulsion:
 
     def _attach(self, diffusion_model: torch.nn.Module) -> None:
         self._detach()
-        cfg, arch = self.config, self.architecture
-        if arch.dual is not None:
-            blocks = getattr(diffusion_model, arch.dual.attr)
-            for i in cfg.block_indices(len(blocks)):
-                self._hooks.append(blocks[i].register_forward_hook(self._hook(f"double.{i}", arch.dual, "text")))
-        if arch.single is not None and cfg.single_blocks != "off":
-            for i, block in enumerate(getattr(diffusion_model, arch.single.attr)):
-                self._hooks.append(
-                    block.register_forward_hook(self._hook(f"single.{i}", arch.single, cfg.single_blocks))
-                )
+        for name, block, where, mode in blockmap.hooked_blocks(self.architecture, diffusion_model, self.config):
+            self._hooks.append(block.register_forward_hook(self._hook(name, where, mode)))
 
     def _hook(self, name: str, where: blockmap.Blocks, mode: str) -> Callable:
         engine = self.engine
@@ -180,9 +172,13 @@ class ForgeRepulsion:
 
 def _call_tokens(diffusion_model: Any, args: dict) -> CallTokens:
     """Text length from the call's ``c_crossattn``; the target's image tokens from the latent (Flux.1 patchifies 2 x 2,
-    Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext) follow them and are not repelled."""
+    Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext) follow them and are not repelled. Neo's NextDiT (Z-Image)
+    pads the caption to a multiple of its ``pad_tokens_multiple``; the padding is not repelled."""
     text = args["c"].get("c_crossattn")
     text_len = text.shape[1] if isinstance(text, torch.Tensor) else 0
+    multiple = getattr(diffusion_model, "pad_tokens_multiple", None)
+    if isinstance(multiple, int) and multiple > 1:
+        return CallTokens(text_len + (-text_len) % multiple, (text_len,))
     latent = args["input"]
     target = None
     if latent.ndim == 4:
