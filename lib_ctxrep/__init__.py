@@ -22,7 +22,7 @@ __all__ = [
     "repel_angular",
     "vendi_score",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def apply_contextual_repulsion(*args, **kwargs):

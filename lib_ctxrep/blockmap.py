@@ -41,6 +41,7 @@ class Blocks:
     text_at: int = 0  # in a tuple output: the text stream's index
     image_at: int = 1  # in a tuple output: the image stream's index
     order: str = TEXT_FIRST  # in one sequence: text first (Flux, Chroma, Flux.2, Lumina) or image first (Z-Image)
+    last_has_text: bool = True  # False: the last block outputs no text stream (SD3), so it is not hooked
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,13 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         cfg_rows=("cond", "uncond"),
         padding="caption padding to a multiple of 32 (the model's cap_pad_token)",
     ),  # fmt: skip
-    Architecture("SD3", "diffusers", ("SD3Transformer2DModel",), _FLUX_DUAL, cfg_rows=("uncond", "cond")),
+    Architecture(
+        "SD3",
+        "diffusers",
+        ("SD3Transformer2DModel",),
+        Blocks("transformer_blocks", last_has_text=False),
+        cfg_rows=("uncond", "cond"),
+    ),  # fmt: skip
     # ---- Forge main and Neo (backend/nn/*.py)
     Architecture(
         "Flux.1",
@@ -123,7 +130,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture(
         "Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE
     ),  # fmt: skip
-    Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks")),  # backend/nn/mmditx.py: (context, x)
+    Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks", last_has_text=False)),  # mmditx.py: (context, x)
     # Forge Neo only (ports of ComfyUI's models)
     Architecture(
         "Qwen-Image",
@@ -177,7 +184,10 @@ def hooked_blocks(arch: Architecture, model: Any, config: Any) -> list[tuple[str
     out = []
     if arch.dual is not None:
         blocks = getattr(model, arch.dual.attr)
-        out += [(f"double.{i}", blocks[i], arch.dual, "text") for i in config.block_indices(len(blocks))]
+        selected = config.block_indices(len(blocks))
+        if not arch.dual.last_has_text:
+            selected = [i for i in selected if i != len(blocks) - 1]
+        out += [(f"double.{i}", blocks[i], arch.dual, "text") for i in selected]
         if arch.single is not None and config.single_blocks != "off":
             singles = getattr(model, arch.single.attr)
             out += [(f"single.{i}", b, arch.single, config.single_blocks) for i, b in enumerate(singles)]

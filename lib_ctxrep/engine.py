@@ -44,9 +44,14 @@ class BlockStat:
 class RepulsionEngine:
     """Applies contextual repulsion for one job; holds the window state, the cross-batch memory and warnings."""
 
-    def __init__(self, config: RepulsionConfig | None = None, *, record_stats: bool = False) -> None:
+    def __init__(
+        self, config: RepulsionConfig | None = None, *, record_stats: bool = False, repelled_blocks: int = 1
+    ) -> None:
         self.config = config if config is not None else RepulsionConfig()
         self.record_stats = record_stats
+        #: How many blocks are repelled per model call; ``config.step_strength`` is shared out over them. Front ends
+        #: set it to the number of blocks they hook.
+        self.repelled_blocks = repelled_blocks
         self.stats: list[BlockStat] = []
         self.memory = ContextMemory(self.config.memory_size, int(self.config.memory_mb * 2**20))
         self._active = False
@@ -170,7 +175,7 @@ class RepulsionEngine:
                     if cfg.memory:
                         self.memory.stage(key, rows_in[:kept])
                     continue
-                strength = None if cfg.eta is not None else cfg.strength
+                strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
                 new, result = repel_parts(
                     moving,
                     cfg.iterations,

@@ -26,7 +26,7 @@ PREFIX = "[Contextual Repulsion]"
 
 #: Attributes an XYZ axis sets on ``p``; each overrides the UI value of the same argument.
 XYZ_FIELDS = {
-    "strength": "ctxrep_strength",
+    "step_strength": "ctxrep_step_strength",
     "window": "ctxrep_window",
     "blocks": "ctxrep_blocks",
     "spell_radius": "ctxrep_spell_radius",
@@ -63,8 +63,8 @@ class ContextualRepulsionScript(scripts.Script):
             )
             repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
             with gr.Row():
-                strength = gr.Slider(
-                    0.0, 0.5, step=0.005, value=d["strength"], label="Strength", elem_id=eid("strength")
+                step_strength = gr.Slider(
+                    0.0, 15.0, step=0.05, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
                 )
                 window = gr.Slider(0.01, 1.0, step=0.01, value=d["window"], label="Window", elem_id=eid("window"))
             with gr.Row():
@@ -84,6 +84,10 @@ class ContextualRepulsionScript(scripts.Script):
                 hires = gr.Checkbox(value=d["hires"], label="Apply on the hires pass", elem_id=eid("hires"))
             with gr.Accordion("Advanced: the paper's parameters", open=False, elem_id=eid("advanced")):
                 with gr.Row():
+                    strength = gr.Number(
+                        value=d["strength"], label="Per-block strength (empty = Strength shared over the blocks)",
+                        elem_id=eid("strength"),
+                    )  # fmt: skip
                     eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))
                     iterations = gr.Slider(
                         1, 100, step=1, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
@@ -111,7 +115,7 @@ class ContextualRepulsionScript(scripts.Script):
 
         components = [
             enabled, strength, window, blocks, custom_blocks, single_blocks, memory, hires, eta, iterations,
-            repulsion, spell, spell_radius, spell_overcompensation, spell_protected,
+            repulsion, spell, spell_radius, spell_overcompensation, spell_protected, step_strength,
         ]  # fmt: skip
         self.infotext_fields = [
             (component, lambda params, name=name: forge_args.from_infotext(params)[name])
@@ -322,7 +326,7 @@ def register_xyz_axes() -> None:
         xyz.axis_options.extend(
             [
                 xyz.AxisOption(
-                    "[CtxRep] Strength", float, _apply(XYZ_FIELDS["strength"]), confirm=_confirm("strength")
+                    "[CtxRep] Strength", float, _apply(XYZ_FIELDS["step_strength"]), confirm=_confirm("step_strength")
                 ),
                 xyz.AxisOption("[CtxRep] Window", float, _apply(XYZ_FIELDS["window"]), confirm=_confirm("window")),
                 xyz.AxisOption(

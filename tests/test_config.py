@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from lib_ctxrep.config import DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
 
 INVALID = [
     ("enabled", 1),
@@ -15,6 +15,9 @@ INVALID = [
     ("strength", math.nan),
     ("strength", math.inf),
     ("strength", "0.1"),
+    ("step_strength", -1.0),
+    ("step_strength", None),
+    ("step_strength", math.inf),
     ("eta", 0.0),
     ("eta", -5.0),
     ("eta", math.nan),
@@ -52,8 +55,19 @@ INVALID = [
 def test_defaults_are_valid():
     cfg = RepulsionConfig()
     assert cfg.enabled and cfg.eta is None and not cfg.memory
-    assert cfg.strength == DEFAULT_STRENGTH and cfg.window == DEFAULT_WINDOW
+    assert cfg.strength is None and cfg.step_strength == DEFAULT_STEP_STRENGTH and cfg.window == DEFAULT_WINDOW
     assert cfg.branches == ("cond", "uncond") and cfg.chunks is None and cfg.group_size is None
+
+
+def test_the_step_strength_is_shared_out_over_the_repelled_blocks():
+    cfg = RepulsionConfig()
+    assert math.isclose(cfg.block_strength(19 + 38), DEFAULT_STRENGTH)  # Flux-dev: the per-block default of old
+    assert math.isclose(cfg.block_strength(4) * 4, cfg.block_strength(60) * 60)
+    assert RepulsionConfig(step_strength=1.2).block_strength(0) == 1.2
+
+
+def test_a_per_block_strength_overrides_the_step_strength():
+    assert RepulsionConfig(strength=0.3, step_strength=9.0).block_strength(57) == 0.3
 
 
 @pytest.mark.parametrize(("field", "value"), INVALID, ids=[f"{f}={v!r}" for f, v in INVALID])

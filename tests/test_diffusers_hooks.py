@@ -411,3 +411,33 @@ def test_flux_kontext_reference_tokens_are_never_repelled():
     assert 0 < target < seen["out"].shape[1]  # there are reference tokens after the target's
     assert torch.equal(seen["next_in"][:, target:], seen["out"][:, target:])
     assert not torch.equal(seen["next_in"][:, :target], seen["out"][:, :target])
+
+
+def flux_once(transformer, config: RepulsionConfig) -> torch.Tensor:
+    with apply_contextual_repulsion(transformer, config), torch.no_grad():
+        return transformer(**flux_inputs())[0]
+
+
+@pytest.mark.parametrize(("blocks", "repelled"), [("all", 3 + 2), ("middle", 1 + 2), ((0, 2), 2 + 2)])
+def test_the_step_strength_is_shared_out_over_the_hooked_blocks(blocks, repelled):
+    transformer = tiny_flux_transformer(layers=3, single_layers=2)
+    shared = flux_once(transformer, RepulsionConfig(step_strength=1.5, blocks=blocks, window=1.0))
+    per_block = flux_once(transformer, RepulsionConfig(strength=1.5 / repelled, blocks=blocks, window=1.0))
+    assert torch.equal(shared, per_block)
+    assert not torch.equal(shared, flux_once(transformer, RepulsionConfig(strength=1.5, blocks=blocks, window=1.0)))
+
+
+def test_sd3_shares_the_step_strength_over_the_blocks_that_emit_text():
+    transformer = tiny_sd3_transformer(layers=3)  # the last block emits no text stream: 2 repelled blocks
+    g = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(B, 4, 8, 8, generator=g),
+        torch.randn(B, 10, 32, generator=g),
+        torch.randn(B, 64, generator=g),
+    )
+    t = torch.full((B,), 1000.0)
+    outs = []
+    for config in (RepulsionConfig(step_strength=1.0, window=1.0), RepulsionConfig(strength=0.5, window=1.0)):
+        with apply_contextual_repulsion(transformer, config), torch.no_grad():
+            outs.append(transformer(*inputs, t, return_dict=False)[0])
+    assert torch.equal(*outs)

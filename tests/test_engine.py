@@ -69,7 +69,7 @@ def test_default_strength_gives_the_angular_repulsion():
     cfg = RepulsionConfig(iterations=20)
     x = features(4, seed=4)
     (out,) = run_call(RepulsionEngine(cfg), [x])
-    assert torch.equal(out, repel_angular(x, cfg.strength, cfg.iterations))
+    assert torch.equal(out, repel_angular(x, cfg.block_strength(1), cfg.iterations))
 
 
 def test_raw_eta_overrides_strength():
@@ -83,7 +83,7 @@ def test_parts_are_repelled_together_as_one_feature_vector():
     cfg = RepulsionConfig(iterations=10)
     txt, img = features(3, seed=6, shape=(4, 8)), features(3, seed=7, shape=(10, 8))
     out = run_call(RepulsionEngine(cfg), [txt, img])
-    expected, _ = repel_parts([txt, img], 10, strength=cfg.strength)
+    expected, _ = repel_parts([txt, img], 10, strength=cfg.block_strength(1))
     assert all(torch.equal(o, e) for o, e in zip(out, expected, strict=True))
 
 
@@ -120,8 +120,8 @@ def test_each_chunk_is_repelled_as_its_own_batch():
     cfg = RepulsionConfig(iterations=10, chunks=("uncond", "cond"))
     x = features(6, seed=14)
     (out,) = run_call(RepulsionEngine(cfg), [x])
-    assert torch.equal(out[:3], repel_angular(x[:3], cfg.strength, 10))
-    assert torch.equal(out[3:], repel_angular(x[3:], cfg.strength, 10))
+    assert torch.equal(out[:3], repel_angular(x[:3], cfg.block_strength(1), 10))
+    assert torch.equal(out[3:], repel_angular(x[3:], cfg.block_strength(1), 10))
 
 
 def test_branch_not_selected_is_left_bit_identical():
@@ -129,7 +129,7 @@ def test_branch_not_selected_is_left_bit_identical():
     x = features(6, seed=15)
     (out,) = run_call(RepulsionEngine(cfg), [x])
     assert torch.equal(out[:3], x[:3])
-    assert torch.equal(out[3:], repel_angular(x[3:], cfg.strength, 10))
+    assert torch.equal(out[3:], repel_angular(x[3:], cfg.block_strength(1), 10))
 
 
 def test_no_selected_branch_changes_nothing():
@@ -145,8 +145,8 @@ def test_group_size_splits_a_chunk_into_independent_groups():
     (out_x,) = run_call(RepulsionEngine(cfg), [x])
     (out_y,) = run_call(RepulsionEngine(cfg), [y])
     assert torch.equal(out_x[:2], out_y[:2])
-    assert torch.equal(out_x[:2], repel_angular(x[:2], cfg.strength, 10))
-    assert torch.equal(out_x[2:], repel_angular(x[2:], cfg.strength, 10))
+    assert torch.equal(out_x[:2], repel_angular(x[:2], cfg.block_strength(1), 10))
+    assert torch.equal(out_x[2:], repel_angular(x[2:], cfg.block_strength(1), 10))
 
 
 def test_group_size_applies_within_each_chunk():
@@ -154,7 +154,7 @@ def test_group_size_applies_within_each_chunk():
     x = features(8, seed=19)
     (out,) = run_call(RepulsionEngine(cfg), [x])
     for start in range(0, 8, 2):
-        assert torch.equal(out[start : start + 2], repel_angular(x[start : start + 2], cfg.strength, 10))
+        assert torch.equal(out[start : start + 2], repel_angular(x[start : start + 2], cfg.block_strength(1), 10))
 
 
 def test_group_size_that_does_not_divide_the_chunk_warns_and_uses_the_chunk(caplog):
@@ -162,7 +162,7 @@ def test_group_size_that_does_not_divide_the_chunk_warns_and_uses_the_chunk(capl
     cfg = RepulsionConfig(iterations=10, group_size=2)
     x = features(3, seed=20)
     (out,) = run_call(RepulsionEngine(cfg), [x])
-    assert torch.equal(out, repel_angular(x, cfg.strength, 10))
+    assert torch.equal(out, repel_angular(x, cfg.block_strength(1), 10))
     assert any("group_size" in r.getMessage() for r in caplog.records)
 
 
@@ -260,9 +260,11 @@ def test_memory_parts_repels_the_remembered_parts_against_the_memory_and_the_res
     cfg = RepulsionConfig(memory=True)
     text, image = features(3, seed=38), features(3, seed=138, shape=(24, 16))
     (remembered,), out = one_then_the_rest(RepulsionEngine(cfg), text, image)
-    (expected,), _ = repel_parts([text[1:]], cfg.iterations, strength=cfg.strength, memory=[remembered])
+    (expected,), _ = repel_parts([text[1:]], cfg.iterations, strength=cfg.block_strength(1), memory=[remembered])
     assert torch.allclose(out[0], expected, atol=1e-6) and not torch.equal(out[0], text[1:])
-    (_, within), _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength)  # as without memory
+    (_, within), _ = repel_parts(
+        [text[1:], image[1:]], cfg.iterations, strength=cfg.block_strength(1)
+    )  # as without memory
     assert torch.equal(out[1], within) and not torch.equal(out[1], image[1:])
 
 
@@ -291,7 +293,7 @@ def test_memory_image_repels_later_batches_on_every_part_against_the_memory():
     cfg = RepulsionConfig(memory=True, memory_image=True)
     text, image = features(3, seed=238), features(3, seed=338, shape=(24, 16))
     remembered, out = one_then_the_rest(RepulsionEngine(cfg), text, image)
-    expected, _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.strength, memory=remembered)
+    expected, _ = repel_parts([text[1:], image[1:]], cfg.iterations, strength=cfg.block_strength(1), memory=remembered)
     assert all(torch.allclose(o, e, atol=1e-6) for o, e in zip(out, expected, strict=True))
     assert not torch.equal(out[1], image[1:])
 
@@ -375,7 +377,7 @@ def test_non_finite_chunk_does_not_stop_the_other_chunk(caplog):
     x[4, 0, 0] = math.inf
     (out,) = run_call(RepulsionEngine(cfg), [x])
     assert torch.equal(out[3:], x[3:])
-    assert torch.equal(out[:3], repel_angular(x[:3], cfg.strength, 10))
+    assert torch.equal(out[:3], repel_angular(x[:3], cfg.block_strength(1), 10))
 
 
 def test_record_stats_reports_vendi_increase():

@@ -142,3 +142,32 @@ def test_spell_infotext_round_trips_and_omits_repulsion_keys_when_it_is_off():
 def test_infotext_of_repulsion_alone_has_no_spell_keys():
     text = fa.infotext(fa.parse({"enabled": True}))
     assert not any(k.startswith("CtxRep SPELL") for k in text) and "CtxRep repulsion" not in text
+
+
+def test_an_infotext_from_before_the_step_strength_keeps_its_per_block_strength():
+    old = {"CtxRep": "True", "CtxRep strength": "0.08", "CtxRep window": "0.05", "CtxRep blocks": "middle third"}
+    config = fa.parse(fa.from_infotext(old)).config
+    assert config.strength == 0.08 and config.block_strength(57) == 0.08
+
+
+def test_a_positional_api_call_from_before_the_step_strength_keeps_its_per_block_strength():
+    old_call = [True, 0.08, 0.05, "all", "", "all tokens", True, False, 0, 8, True, False, 0.35, 1.6, ""]
+    padded = [*old_call, *ui_defaults()[len(old_call) :]]  # Forge pads the new argument with its UI default
+    assert fa.parse(padded).config.strength == 0.08
+
+
+def test_the_ui_defaults_share_the_step_strength_over_the_blocks():
+    config = fa.parse([True, *ui_defaults()[1:]]).config
+    assert config.strength is None and config.step_strength == fa.DEFAULTS["step_strength"]
+
+
+def test_a_new_infotext_records_the_step_strength_and_round_trips():
+    settings = fa.parse({"step_strength": 4.2, "blocks": "middle third"})
+    text = fa.infotext(settings)
+    assert text["CtxRep step strength"] == 4.2 and "CtxRep strength" not in text
+    assert fa.parse(fa.from_infotext({k: str(v) for k, v in text.items()})).config == settings.config
+
+
+def test_an_empty_per_block_strength_means_the_step_strength():
+    assert fa.parse({"strength": ""}).config.strength is None
+    assert fa.parse({"strength": "0.2"}).config.strength == 0.2

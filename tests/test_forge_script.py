@@ -222,10 +222,13 @@ def test_xyz_axes_register_once_and_override_the_ui_values(ctxrep):
     assert labels == ["[CtxRep] Strength", "[CtxRep] Window", "[CtxRep] Block preset", "[CtxRep] SPELL radius"]
     with pytest.raises(forge_args.ArgumentError, match="window"):
         axis_options[1].confirm(None, [0.1, 3.0])
-    p = processing(flux_unet())
-    axis_options[0].apply(p, 0.3, [0.3])
-    ctxrep.ContextualRepulsionScript().process(p, *args(enabled=False, strength=0.05))
-    assert p._ctxrep_settings.config.strength == 0.3
+    unet = flux_unet()
+    p = processing(unet)
+    axis_options[0].apply(p, 3.0, [3.0])
+    out = generate(ctxrep.ContextualRepulsionScript(), p, args(enabled=False, strength=None, step_strength=0.5))[0]
+    assert p.extra_generation_params["CtxRep step strength"] == 3.0
+    same = generate(ctxrep.ContextualRepulsionScript(), processing(unet), args(strength=None, step_strength=3.0))[0]
+    assert torch.equal(out, same)
 
 
 # ---- the API (/sdapi/v1/txt2img, img2img), through the stand-in of Forge's modules/api/api.py ----------------------

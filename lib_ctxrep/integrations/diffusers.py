@@ -272,7 +272,9 @@ def apply_contextual_repulsion(
 
     hooks = handle._hooks
     hooks.append(transformer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    for name, block, where, mode in blockmap.hooked_blocks(arch, transformer, config):
+    hooked = blockmap.hooked_blocks(arch, transformer, config)
+    engine.repelled_blocks = len(hooked)
+    for name, block, where, mode in hooked:
         hooks.append(block.register_forward_hook(block_hook(name, where, mode)))
     setattr(transformer, _ATTR, handle)
     return handle

@@ -146,7 +146,9 @@ class ForgeRepulsion:
 
     def _attach(self, diffusion_model: torch.nn.Module) -> None:
         self._detach()
-        for name, block, where, mode in blockmap.hooked_blocks(self.architecture, diffusion_model, self.config):
+        hooked = blockmap.hooked_blocks(self.architecture, diffusion_model, self.config)
+        self.engine.repelled_blocks = len(hooked)
+        for name, block, where, mode in hooked:
             self._hooks.append(block.register_forward_hook(self._hook(name, where, mode)))
 
     def _hook(self, name: str, where: blockmap.Blocks, mode: str) -> Callable:

@@ -10,7 +10,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+from ..config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
 from ..spell import DEFAULT_OVERCOMPENSATION, DEFAULT_RELATIVE_RADIUS, SpellConfig
 
 TITLE = "Contextual Repulsion"
@@ -38,10 +38,11 @@ ARG_NAMES = (
     "spell_radius",
     "spell_overcompensation",
     "spell_protected",
+    "step_strength",
 )
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
-    "strength": DEFAULT_STRENGTH,
+    "strength": None,  # per block; None (an empty field): Strength per step, shared out over the repelled blocks
     "window": DEFAULT_WINDOW,
     "blocks": "all",
     "custom_blocks": "",
@@ -55,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "spell_radius": DEFAULT_RELATIVE_RADIUS,
     "spell_overcompensation": DEFAULT_OVERCOMPENSATION,
     "spell_protected": "",
+    "step_strength": DEFAULT_STEP_STRENGTH,
 }
 #: Readable infotext keys (no ',' or ':' in keys), per argument; "enabled" is implied by the presence of the keys.
 INFOTEXT_KEYS = {
@@ -73,6 +75,7 @@ INFOTEXT_KEYS = {
     "spell_radius": "CtxRep SPELL radius",
     "spell_overcompensation": "CtxRep SPELL overcompensation",
     "spell_protected": "CtxRep SPELL protected",
+    "step_strength": "CtxRep step strength",
 }
 #: Infotext keys written at sampling time (not arguments): SPELL's radius in latent units and its sparsity.
 SPELL_RADIUS_ABS_KEY = "CtxRep SPELL radius abs"
@@ -113,6 +116,12 @@ def _as_float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ArgumentError(f"{TITLE}: '{name}' must be a number, got {value!r}") from None
+
+
+def _as_optional_float(name: str, value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _as_float(name, value)
 
 
 def _as_choice(name: str, value: Any, choices: dict[str, Any]) -> str:
@@ -192,7 +201,8 @@ def parse(args: list | tuple | dict) -> ScriptSettings:
             raise ArgumentError(f"{TITLE}: 'custom_blocks' must be a range 'start:stop' when blocks is 'custom'")
     try:
         config = RepulsionConfig(
-            strength=_as_float("strength", v["strength"]),
+            strength=_as_optional_float("strength", v["strength"]),
+            step_strength=_as_float("step_strength", v["step_strength"]),
             eta=eta if eta > 0 else None,
             iterations=int(iterations),
             window=_as_float("window", v["window"]),
@@ -221,6 +231,7 @@ def parse(args: list | tuple | dict) -> ScriptSettings:
     values = {**v, "enabled": enabled, "hires": hires, "memory": memory, "blocks": blocks_label}
     values.update(single_blocks=single_label, repulsion=repulsion, spell=spell_on, spell_radius=radius)
     values.update(spell_overcompensation=overcompensation, spell_protected=protected.strip())
+    values.update(strength=config.strength, step_strength=config.step_strength)
     return ScriptSettings(
         enabled, hires, config, values, repulsion, spell if spell_on else None, protected.strip() if spell_on else ""
     )
@@ -232,8 +243,10 @@ def infotext(settings: ScriptSettings, *, repulsion: bool = True, spell: bool = 
     v = settings.values
     out: dict[str, Any] = {INFOTEXT_KEYS["enabled"]: True}
     if repulsion and settings.repulsion:
-        for name in ("strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
+        for name in ("step_strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
             out[INFOTEXT_KEYS[name]] = v[name]
+        if settings.config.strength is not None:
+            out[INFOTEXT_KEYS["strength"]] = settings.config.strength
         if v["blocks"] == "custom":
             out[INFOTEXT_KEYS["custom_blocks"]] = str(v["custom_blocks"]).replace(":", "-")
         if settings.config.eta is not None:
@@ -261,7 +274,7 @@ def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
             values[name] = str(raw).replace("-", ":")
         elif name in ("memory", "hires", "repulsion", "spell"):
             values[name] = str(raw).strip().lower() == "true"
-        elif name in ("strength", "window", "eta", "spell_radius", "spell_overcompensation"):
+        elif name in ("strength", "step_strength", "window", "eta", "spell_radius", "spell_overcompensation"):
             values[name] = float(raw)
         elif name == "iterations":
             values[name] = int(float(raw))
