@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .config import RepulsionConfig
+from .config import DEFAULT_STEP_STRENGTH, RepulsionConfig
 from .reference.model import REPULSION_STRENGTH
 from .vendi import vendi_score
 
@@ -86,8 +86,10 @@ def default_methods(window: float, windows: tuple[float, ...] = ()) -> list[Meth
     """
     methods = [Method("base", "base")]
     methods += [Method(f"ours g={g}", "ours", g, {"window": window}) for g in (0.05, 0.2, 0.7, 1.5)]
+    methods += [Method(f"ours default step {DEFAULT_STEP_STRENGTH:g}", "ours", None, {"window": window})]
     for w in windows:
         methods += [Method(f"ours g={g} w={w:g}", "ours", g, {"window": w}) for g in (0.35, 0.7, 1.5)]
+        methods += [Method(f"ours default step {DEFAULT_STEP_STRENGTH:g} w={w:g}", "ours", None, {"window": w})]
     for w in (window, *windows):
         suffix = "" if w == window else f" w={w:g}"
         methods += [
@@ -125,7 +127,7 @@ def generate(
         return sample(model, prompts, seeds, **kw)
     if family in ("ours", *MEMORY_FAMILIES):
         config = RepulsionConfig(
-            strength=float(method.knob),
+            strength=None if method.knob is None else float(method.knob),  # None: the default step strength
             window=method.options.get("window", 0.05),
             chunks=("uncond", "cond") if guidance != 1.0 else None,
             memory=family in MEMORY_FAMILIES,
