@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_STRENGTH, DEFAULT_WINDOW
+from .config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
 from .reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
 
 
@@ -55,8 +55,9 @@ def run(args: argparse.Namespace) -> dict:
     )
     if (args.strength, args.window) == (REPULSION_STRENGTH, REPULSION_WINDOW):
         print(
-            "[demo] (the reference model's setting; the library default, strength "
-            f"{DEFAULT_STRENGTH} and window {DEFAULT_WINDOW}, is set for Flux's 57 repelled blocks: see the README)"
+            "[demo] (the reference model's setting, per block; the library default is the step strength "
+            f"{DEFAULT_STEP_STRENGTH} shared out over the repelled blocks, {DEFAULT_STEP_STRENGTH / 4:.2f} per block "
+            f"on this model's 4, in window {DEFAULT_WINDOW}: see the README)"
         )
     for c in classes:
         seeds = [args.seed + 1000 * c + i for i in range(args.batch)]

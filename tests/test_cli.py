@@ -25,13 +25,14 @@ def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path)
 
 
 def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
-    from lib_ctxrep.config import DEFAULT_STRENGTH, DEFAULT_WINDOW
+    from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
     from lib_ctxrep.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
 
     main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(tmp_path / "g.png")])
     text = capsys.readouterr().out
     assert f"strength {REPULSION_STRENGTH}, window {REPULSION_WINDOW}" in text
-    assert f"library default, strength {DEFAULT_STRENGTH} and window {DEFAULT_WINDOW}" in text
+    assert f"library default is the step strength {DEFAULT_STEP_STRENGTH} shared out" in text
+    assert f"in window {DEFAULT_WINDOW}" in text
     main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--strength", "0.05", "--window", "0.05",
           "--out", str(tmp_path / "g.png")])  # fmt: skip
     text = capsys.readouterr().out
