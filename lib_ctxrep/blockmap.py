@@ -287,11 +287,20 @@ def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTo
     if rows % chunks:
         return engine.process(name, [tensors[0]])  # the engine reports the layout mismatch (once) and skips
     per_chunk = rows // chunks
-    joint = len(tensors) == 1
-    if not joint:
-        image_tokens = tensors[1].shape[1]
-    else:
-        image_tokens = call.image_len if call.image_len is not None else tensors[0].shape[1] - call.text_len
+    joint = isinstance(output, torch.Tensor)
+    length = tensors[0].shape[1]
+    expected = call.text_len + (call.image_len or 0) if joint else call.text_len
+    if (joint and expected > length) or (not joint and length != expected):
+        engine.warn_once(
+            f"lengths:{name}",
+            f"[ctxrep] block {name} output {length} {'tokens' if joint else 'text tokens'} where this call's layout "
+            f"says {'at least ' if joint else ''}{expected} (text {call.text_len}"
+            f"{f', image {call.image_len}' if call.image_len is not None else ''}); this block is left unmodified",
+        )
+        return None
+    image_tokens = tensors[1].shape[1] if len(tensors) > 1 else 0
+    if joint:
+        image_tokens = call.image_len if call.image_len is not None else length - call.text_len
     spans = [_spans(where, call, c, joint, image_tokens, mode) for c in range(chunks)]
     new_tensors = list(tensors)
     changed = False

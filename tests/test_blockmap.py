@@ -134,3 +134,20 @@ def test_every_front_end_finds_its_architecture_by_class_name():
     assert blockmap.recognise(FluxTransformer2DModel(), "forge") is None
     assert blockmap.recognise(IntegratedChromaTransformer2DModel(), "forge").family == "Chroma"
     assert blockmap.families("forge") == ["Flux.1", "Chroma", "SD3", "Qwen-Image", "Z-Image"]
+
+
+def test_a_text_stream_of_another_length_than_the_call_says_is_left_alone_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    image, text = features(4, 10, seed=1), features(4, 7, seed=2)
+    out = repel_block(engine_in_call(), "double.3", Blocks("transformer_blocks"), (text, image), CallTokens(6))
+    assert out is None
+    assert any(
+        "double.3 output 7 text tokens where this call's layout says 6" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_a_sequence_shorter_than_the_call_layout_is_left_alone_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    where = Blocks("layers", single=True, order=IMAGE_FIRST)
+    out = repel_block(engine_in_call(), "single.0", where, features(4, 16), CallTokens(8, image_len=12), "text")
+    assert out is None and any("at least 20" in r.getMessage() for r in caplog.records)
