@@ -26,6 +26,25 @@ block patch of another extension does not hide the blocks from the hooks, that `
 ``model_options`` (and so the wrapper), and that the cross-batch memory (``memory=True``) stores what the blocks
 output, not what later blocks make of it in place.
 
+Neo's other DiTs, where the Neo version has them (otherwise a note), each built tiny from Neo's own class with the
+constructor arguments ``huggingface_guess/detection.py`` gives the real checkpoint, and wrapped as its diffusion engine
+wraps it (``UnetPatcher.from_model`` with the engine's predictor and the ``model_list`` entry as ``estimated_config``;
+a note if the engine's source no longer says so): Qwen-Image (``backend/nn/qwen.py``, dual-stream
+``transformer_blocks`` returning (text, image), [B, 16, 1, H, W] latents, ``PredictionDiscreteFlow``), Qwen-Image-Edit
+(the same with ``dynamic_args["ref_latents"]``, appended to the image stream), Z-Image (``backend/nn/lumina.py``
+``NextDiT`` with ``pad_tokens_multiple`` 32 and a caption that is not a multiple of it: one [caption + cap_pad_token
+padding; image + x_pad_token padding] sequence through ``layers``, ``PredictionDiscreteFlow`` with the engine's shift
+3) and Chroma (``backend/nn/chroma.py``, Flux's Neo blocks, ``PredictionFlux(mu=1.0)``). For each: cases (a)-(e), in
+and out of the window at the first two sigmas of Neo's "simple" schedule of that predictor (w), ``enabled=False``
+bit-identical, and an observation of every block in every model call (its output before ForgeRepulsion's hook, after
+it, and what the next block receives; the streams told apart by token count, not by the block map): at hooked
+dual-stream blocks the image stream is exactly what the block computed and every text token changes, blocks not
+selected by ``blocks`` are untouched (o); Qwen-Image-Edit's reference tokens never change (r); Z-Image's selected
+layers change exactly the valid caption tokens, never caption padding or image tokens, also with a negative caption of
+another length in a call of its own (z). An exception raised inside an in-window call (a block's forward pre-hook, a
+``patches_replace["dit"]`` block patch) propagates, leaves no hook attached and the engine inactive, and the job then
+repels as a fresh one; the shared patcher's ``model_options`` stay untouched.
+
 Environment: Python 3.11+ (Neo recommends 3.13) with torch (CPU), numpy, einops, psutil, rich, safetensors,
 diffusers, transformers, huggingface_hub (Neo's requirements.txt pins; newer Neo versions also import
 comfy-kitchen); no GPU, no network, no model files, no webui. The script puts the Neo root and its
@@ -43,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import inspect
 import io
 import math
@@ -50,6 +70,7 @@ import re
 import sys
 import types
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +85,7 @@ from forge_verify_common import (  # noqa: E402
     CONFIG,
     FLUX_BLOCKS,
     SIGMA_IN,
+    STEPS,
     B,
     Checks,
     ModelChecks,
@@ -140,6 +162,97 @@ FLUX2_CONFIG = dict(
     ops_bias=False,
     default_ref_method="index",
     ref_index_scale=10.0,
+)
+
+
+@dataclass(frozen=True)
+class OtherModel:
+    """One of Neo's other DiTs: where Neo has it and how its engine wraps it. ``config`` is a tiny version of what
+    huggingface_guess/detection.py gives the real checkpoints (the loader passes it to the class as keyword
+    arguments, and to the model_list entry ``guess`` to make the engine's ``estimated_config``)."""
+
+    family: str
+    module: str  # backend/nn/<module>.py
+    cls: str
+    guess: str  # huggingface_guess model_list entry
+    engine: str  # backend/diffusion_engine/<engine>.py
+    predictor: str  # how the engine makes its k_predictor (checked against the engine's source: a note if it differs)
+    config: dict
+    fill: tuple[str, ...] = ()  # parameters the class leaves to the checkpoint (torch.empty)
+    frames: bool = False  # latents [B, C, T, H, W] (engines with is_wan = True: the Wan VAE)
+
+
+#: Qwen-Image (ComfyUI's port): 3 dual-stream transformer_blocks returning (text, image), 2 heads x 32.
+QWEN = OtherModel(
+    "Qwen-Image",
+    "qwen",
+    "QwenImageTransformer2DModel",
+    "QwenImage",
+    "qwen",
+    "PredictionDiscreteFlow(estimated_config)",
+    dict(
+        patch_size=2,
+        in_channels=64,
+        out_channels=16,
+        num_layers=3,
+        attention_head_dim=32,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(8, 12, 12),
+    ),
+    frames=True,
+)
+#: Z-Image: NextDiT with detection.py's Z-Image flags (z_image_modulation, which needs dim >= 256; time scale 1000;
+#: pad_tokens_multiple 32, set when the checkpoint has cap_pad_token), 3 layers after 1 noise / 1 context refiner.
+ZIMAGE = OtherModel(
+    "Z-Image",
+    "lumina",
+    "NextDiT",
+    "ZImage",
+    "zimage",
+    "PredictionDiscreteFlow(estimated_config)",
+    dict(
+        patch_size=2,
+        in_channels=16,
+        dim=256,
+        n_layers=3,
+        n_refiner_layers=1,
+        n_heads=4,
+        n_kv_heads=4,
+        multiple_of=64,
+        ffn_dim_multiplier=8.0 / 3.0,
+        norm_eps=1e-5,
+        qk_norm=True,
+        cap_feat_dim=32,
+        axes_dims=[16, 24, 24],
+        axes_lens=[1536, 512, 512],
+        rope_theta=256.0,
+        z_image_modulation=True,
+        time_scale=1000.0,
+        pad_tokens_multiple=32,
+    ),
+    fill=("x_pad_token", "cap_pad_token"),
+)
+#: Chroma: Flux's Neo blocks (2 double, 2 single) without modulation, fed by the distilled guidance approximator.
+CHROMA = OtherModel(
+    "Chroma",
+    "chroma",
+    "IntegratedChromaTransformer2DModel",
+    "Chroma",
+    "chroma",
+    "PredictionFlux(mu=1.0)",
+    dict(
+        tiny_flux_config(),
+        in_channels=64,
+        out_channels=64,
+        patch_size=2,
+        in_dim=64,
+        out_dim=64,
+        hidden_dim=64,
+        n_layers=2,
+        txt_ids_dims=[],
+        vec_in_dim=None,
+    ),  # fmt: skip
 )
 
 
@@ -245,7 +358,14 @@ class Neo:
         digest = hashlib.sha256()
         for rel in FINGERPRINT_FILES:
             digest.update(_read(self.root / rel).encode())
-        return f"{where}; backend fingerprint {digest.hexdigest()[:12]}"
+        models = []
+        for spec in (QWEN, ZIMAGE, CHROMA):
+            path = self.root / f"backend/nn/{spec.module}.py"
+            text = _read(path) if path.exists() else None
+            models.append(
+                f"{spec.module}.py " + (hashlib.sha256(text.encode()).hexdigest()[:12] if text else "absent")
+            )
+        return f"{where}; backend fingerprint {digest.hexdigest()[:12]}; models: {', '.join(models)}"
 
     # --- dynamic_args: a dict in some Neo versions, a class with __getitem__/__setitem__ in others -----------------
     def get_dynamic(self, key: str) -> Any:
@@ -255,6 +375,29 @@ class Neo:
         self.args.dynamic_args[key] = value
 
     # --- the model, built as backend/loader.py and backend/diffusion_engine/flux.py do -------------------------------
+    def build_model(self, cls: type, config: dict, seed: int = 0, fill: tuple[str, ...] = ()) -> torch.nn.Module:
+        """``cls(**config)`` as backend/loader.py makes it: constructed under ``using_forge_operations`` (float32, CPU)
+        and loaded from a state dict, here of random weights made by plain torch.nn (seeded). Parameters whose names
+        end with one of ``fill`` (made by ``torch.empty`` and left to the checkpoint, e.g. NextDiT's pad tokens) get
+        seeded normal values instead."""
+        torch.manual_seed(seed)
+        weights = {k: v.clone() for k, v in cls(**config).state_dict().items()}  # random init by plain torch.nn
+        for k in weights:
+            if k.endswith(fill):
+                weights[k] = torch.randn(weights[k].shape, generator=torch.Generator().manual_seed(seed + 1))
+        cpu = torch.device("cpu")
+        self.set_dynamic("ops", None)  # loader.py resets it; using_forge_operations names the operations in use
+        with self.operations.using_forge_operations(device=cpu, dtype=torch.float32, manual_cast_enabled=False):
+            model = cls(**config).to(device=cpu, dtype=torch.float32)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            self.state_dict.load_state_dict(model, weights)
+        if log.getvalue().strip():
+            raise RuntimeError(f"loading the state dict into Neo's model: {log.getvalue().strip()}")
+        model.config = config
+        prepare_model(model, self.mm, initial_device=cpu)
+        return model
+
     def flux_unet(self, variant: str = "flux1", seed: int = 0):
         """A tiny model of ``variant`` ("flux1": Flux.1-dev, "flux2": Flux.2 Klein), or None if this Neo version does
         not have it."""
@@ -274,19 +417,7 @@ class Neo:
             self.notes.append(f"no Flux.2 in this Neo version (IntegratedFluxTransformer2DModel lacks {unknown})")
             return None
         config = {k: v for k, v in flux_config.items() if k in params}
-        torch.manual_seed(seed)
-        weights = {k: v.clone() for k, v in cls(**config).state_dict().items()}  # random init by plain torch.nn
-        cpu = torch.device("cpu")
-        self.set_dynamic("ops", None)  # loader.py resets it; using_forge_operations names the operations in use
-        with self.operations.using_forge_operations(device=cpu, dtype=torch.float32, manual_cast_enabled=False):
-            model = cls(**config).to(device=cpu, dtype=torch.float32)
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            self.state_dict.load_state_dict(model, weights)
-        if log.getvalue().strip():
-            raise RuntimeError(f"loading the state dict into Neo's model: {log.getvalue().strip()}")
-        model.config = config
-        prepare_model(model, self.mm, initial_device=cpu)
+        model = self.build_model(cls, config, seed)
         # The predictor as diffusion_engine/flux.py makes it for Flux-dev: from the model config in newer Neo versions
         # (base.py _get_predictor), from Flux-dev's shift parameters in older ones.
         # For Flux.2 Klein: diffusion_engine/flux2.py, PredictionFlux2(estimated_config) or, in newer versions,
@@ -307,6 +438,50 @@ class Neo:
         with contextlib.redirect_stdout(io.StringIO()):
             return self.UnetPatcher.from_model(
                 model=model, diffusers_scheduler=None, config=model_config, k_predictor=predictor
+            )
+
+    def other_unet(self, spec: OtherModel, seed: int = 0):
+        """A tiny ``spec`` model wrapped as its diffusion engine wraps it (``UnetPatcher.from_model`` with the engine's
+        predictor), or None (and a note) if this Neo version does not have it."""
+        try:
+            module = importlib.import_module(f"backend.nn.{spec.module}")
+        except ImportError as exc:
+            self.notes.append(f"no {spec.family} in this Neo version (backend/nn/{spec.module}.py: {exc!r})")
+            return None
+        cls = getattr(module, spec.cls, None)
+        guess = getattr(self.model_list, spec.guess, None)
+        if cls is None or guess is None:
+            what = f"backend/nn/{spec.module}.py has no {spec.cls}" if cls is None else f"no model_list.{spec.guess}"
+            self.notes.append(f"no {spec.family} in this Neo version ({what})")
+            return None
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            unknown = [k for k in spec.config if k not in params]
+            if unknown:
+                self.notes.append(f"no {spec.family} in this Neo version ({spec.cls} lacks {unknown})")
+                return None
+        engine = self.root / f"backend/diffusion_engine/{spec.engine}.py"
+        if not engine.exists() or spec.predictor not in _read(engine):
+            self.notes.append(
+                f"{spec.family}: backend/diffusion_engine/{spec.engine}.py does not say {spec.predictor} (this script "
+                "wraps the model so): check how this Neo version wraps it"
+            )
+        model = self.build_model(cls, dict(spec.config), seed, spec.fill)
+        estimated_config = guess(dict(spec.config))  # what huggingface_guess hands the engine
+        if spec.predictor.startswith("PredictionDiscreteFlow"):
+            predictor = self.k_prediction.PredictionDiscreteFlow(estimated_config)
+            if spec.engine == "zimage" and hasattr(predictor, "set_parameters"):
+                # zimage.py get_learned_conditioning: shift = the "distilled CFG" slider, 3.0 by default
+                predictor.set_parameters(shift=3.0)
+        else:
+            prediction_flux = self.k_prediction.PredictionFlux
+            if "mu" in inspect.signature(prediction_flux.__init__).parameters:
+                predictor = prediction_flux(mu=1.0)
+            else:
+                predictor = prediction_flux(estimated_config)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return self.UnetPatcher.from_model(
+                model=model, diffusers_scheduler=None, config=estimated_config, k_predictor=predictor
             )
 
 
@@ -610,6 +785,425 @@ def verify_memory(neo: Neo, sc: Scenario, check: Checks) -> None:
             check(f"{tag}: no forward hook left", forward_hooks(sc.unet.model.diffusion_model) == 0)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Neo's other DiTs: Qwen-Image (and Edit), Z-Image, Chroma
+# --------------------------------------------------------------------------------------------------------------------
+WRAPPER_SEEN = "model_function_wrapper called by Neo, cond_or_uncond"
+RAISED = "raised on purpose by verify_forge_neo"
+
+
+class DiTScenario(BaseScenario):
+    """One of Neo's other DiTs with its fixed inputs: the text as one tensor (``c_crossattn`` alone: Neo's Qwen,
+    Qwen3 and T5 engines return a tensor) of ``ctx_len`` tokens, on [B, 16, 8, 8] latents, or [B, 16, 1, 8, 8]
+    with ``frames`` (engines with ``is_wan``). Conditions are cut to the rows of the batch sampled."""
+
+    def __init__(
+        self, neo: Neo, name: str, unet, ctx_len: int = 6, unctx_len: int | None = None, frames: bool = False
+    ) -> None:
+        super().__init__(neo, name, unet, ctx_len, unctx_len, tensor_text=True)
+        self.neo = neo
+        if frames:
+            self.x = self.x.unsqueeze(2)
+
+    def conditioning(self, text: torch.Tensor, rows: int) -> torch.Tensor:
+        return text[:rows]
+
+
+@dataclass
+class Seen:
+    """One block in one model call: its output as the block computed it (``before``) and as the model goes on with it
+    (``after`` ForgeRepulsion's hook), its tensor inputs, and the call's text length (``c_crossattn`` tokens)."""
+
+    text_len: int
+    before: Any = None
+    after: Any = None
+    inputs: tuple[torch.Tensor, ...] = ()
+
+
+def _snapshot(out: Any) -> Any:
+    if isinstance(out, tuple):
+        return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in out)
+    return out.clone()
+
+
+def observe(
+    sc: BaseScenario, config, cfg: float, blocks: dict[str, torch.nn.Module], *, low_vram: bool = False
+) -> dict[str, list[Seen]]:
+    """One repelled run at SIGMA_IN recording, per model call, every block's inputs (a pre-hook) and its output
+    before ForgeRepulsion's hook (a hook prepended ahead of it) and after it (a hook behind it). The observers are
+    attached inside each model call, after ForgeRepulsion's own hooks, and removed before the call returns."""
+    job = ForgeRepulsion(config)
+    clone = sc.unet.clone()
+    job.patch(clone)
+    previous = clone.model_options["model_function_wrapper"]
+    seen: dict[str, list[Seen]] = {name: [] for name in blocks}
+
+    def observing(apply_model, args):
+        text_len = int(args["c"]["c_crossattn"].shape[1])
+
+        def observed_apply_model(*a, **k):
+            handles = []
+            for name, block in blocks.items():
+                slot = Seen(text_len)
+                seen[name].append(slot)
+
+                def inputs(m, a_, k_, slot=slot):
+                    slot.inputs = tuple(t.clone() for t in (*a_, *k_.values()) if isinstance(t, torch.Tensor))
+
+                def before(m, a_, out, slot=slot):
+                    slot.before = _snapshot(out)
+
+                def after(m, a_, out, slot=slot):
+                    slot.after = _snapshot(out)
+
+                handles.append(block.register_forward_pre_hook(inputs, with_kwargs=True))
+                handles.append(block.register_forward_hook(before, prepend=True))
+                handles.append(block.register_forward_hook(after))
+            with removing(handles):
+                return apply_model(*a, **k)
+
+        return previous(observed_apply_model, args)
+
+    clone.model_options["model_function_wrapper"] = observing
+    sc.sample(clone, SIGMA_IN, cfg, low_vram=low_vram)
+    return seen
+
+
+def changed_tokens(before: torch.Tensor, after: torch.Tensor) -> list[int]:
+    """Token positions ([rows, tokens, dim] tensors) where any row differs."""
+    return (before != after).any(dim=-1).any(dim=0).nonzero().flatten().tolist()
+
+
+def untouched(before: Any, after: Any) -> bool:
+    """A block's output (a tensor or a tuple) is what the block computed."""
+    if isinstance(before, tuple):
+        return len(before) == len(after) and all(untouched(a, b) for a, b in zip(before, after, strict=True))
+    if isinstance(before, torch.Tensor):
+        return isinstance(after, torch.Tensor) and torch.equal(before, after)
+    return before is after
+
+
+def show(tokens: list[int]) -> str:
+    """Changed token positions, briefly: '0..5 (6)', 'none'."""
+    if not tokens:
+        return "none"
+    if tokens == list(range(tokens[0], tokens[-1] + 1)):
+        return f"{tokens[0]}..{tokens[-1]} ({len(tokens)})"
+    return f"{tokens[:8]}{'...' if len(tokens) > 8 else ''} ({len(tokens)})"
+
+
+def streams(out: tuple, text_len: int) -> tuple[int, int]:
+    """(text index, image index) in a dual-stream block's output, told apart by their token counts (this script's
+    own reading, not the block map's)."""
+    lengths = [t.shape[1] if isinstance(t, torch.Tensor) else None for t in out]
+    text = [i for i, n in enumerate(lengths) if n == text_len]
+    image = [i for i, n in enumerate(lengths) if n is not None and n != text_len]
+    if len(text) != 1 or len(image) != 1:
+        raise RuntimeError(f"cannot tell the text and image streams apart (lengths {lengths}, text {text_len})")
+    return text[0], image[0]
+
+
+def check_dual(check: Checks, tag: str, seen: dict[str, list[Seen]], hooked: list[str], image_tokens: int) -> None:
+    """Dual-stream blocks: the hooked ones keep their image stream exactly as computed and change every text token;
+    the others are left exactly as computed."""
+    detail, image_ok, text_ok = [], True, True
+    for name in hooked:
+        for n, call in enumerate(seen[name]):
+            t, i = streams(call.before, call.text_len)
+            image_ok &= call.before[i].shape[1] == image_tokens and torch.equal(call.before[i], call.after[i])
+            text = changed_tokens(call.before[t], call.after[t])
+            text_ok &= text == list(range(call.text_len))
+            image = changed_tokens(call.before[i], call.after[i])
+            detail.append(f"{name}/{n}: text {show(text)} of {call.text_len}, image {show(image)}")
+    calls = len(seen[hooked[0]])
+    check(
+        f"{tag}: {', '.join(hooked)} ({calls} call{'s' if calls > 1 else ''}): image stream ({image_tokens} tokens) "
+        "exactly what the block computed",
+        image_ok and calls > 0,
+        "; ".join(detail),
+    )
+    check(f"{tag}: {', '.join(hooked)}: every text token changed", text_ok and calls > 0, "; ".join(detail))
+    others = [name for name in seen if name.startswith("double.") and name not in hooked]
+    if others:
+        check(
+            f"{tag}: {', '.join(others)} (not selected): output exactly what the block computed",
+            all(untouched(c.before, c.after) for n in others for c in seen[n]),
+        )
+
+
+def check_passed_on(check: Checks, tag: str, seen: dict[str, list[Seen]], chain: list[str]) -> None:
+    """Each block of ``chain`` gets what the previous one returned (after ForgeRepulsion's hook): every tensor of
+    the previous output is one of its inputs, or (dual -> single stream) their concatenation in the model's order is
+    its first input."""
+    bad = []
+    for prev, nxt in zip(chain, chain[1:], strict=False):
+        if len(seen[prev]) != len(seen[nxt]) or not seen[prev]:
+            bad.append(f"{prev} ran in {len(seen[prev])} calls, {nxt} in {len(seen[nxt])}")
+        for n, (p, q) in enumerate(zip(seen[prev], seen[nxt], strict=False)):
+            outs = [t for t in (p.after if isinstance(p.after, tuple) else (p.after,)) if isinstance(t, torch.Tensor)]
+            inputs = q.inputs
+            ok = all(any(x.shape == y.shape and torch.equal(x, y) for y in inputs) for x in outs)
+            if not ok and len(outs) == 2 and inputs:
+                t, i = streams(p.after, p.text_len)
+                ok = torch.equal(inputs[0], torch.cat((p.after[t], p.after[i]), 1))  # Neo's cat((txt, img), 1)
+            if not ok:
+                bad.append(f"{prev} -> {nxt} in call {n}")
+    check(f"{tag}: each block gets the previous block's output as repelled", not bad, "; ".join(bad))
+
+
+def schedule_steps(neo: Neo, model: ModelChecks) -> None:
+    """Inside and outside the window at the first two sigmas of Neo's "simple" schedule of the model's predictor."""
+    predictor = model.unet.model.predictor
+
+    class ScheduleLinker:  # what Neo hands its schedulers (k_diffusion/external.py ForgeScheduleLinker)
+        sigmas = predictor.sigmas
+
+    sigmas = neo.simple_scheduler(STEPS, None, None, ScheduleLinker, torch.device("cpu")).tolist()
+    for step in (0, 1):
+        tag = f"(w) step {step} of Neo's {STEPS}-step simple schedule (sigma {sigmas[step]:.4f}), cfg 3.5"
+        job, spy, base, out = model.compare(sigmas[step], 3.5)
+        model.after_run(tag, job, spy, out, base, step == 0)
+
+
+def verify_raising(sc: BaseScenario, check: Checks, blocks: dict[str, torch.nn.Module], patch: str | None) -> None:
+    """An exception inside an in-window model call, raised by the last block's forward pre-hook and (``patch``:
+    Neo's ``patches_replace["dit"]`` block name) by another extension's block patch: it propagates, the wrapper's
+    ``finally`` detaches every hook, the engine ends the call, and the job goes on as a fresh one would."""
+    dm = sc.unet.model.diffusion_model
+    options = repr(sc.unet.model_options)
+    name, last = list(blocks.items())[-1]
+    index = int(name.rsplit(".", 1)[1])
+
+    def raising(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(RAISED)
+
+    ways = [(f"{name}'s forward pre-hook raises", None)]
+    if patch is not None:
+        ways.append((f"patches_replace['dit'] ({patch!r}, {index}) raises", patch))
+    for how, block_name in ways:
+        tag = f"exception inside an in-window call ({how})"
+        job, clone, spy = sc.patched()
+        handles = []
+        if block_name is None:
+            handles.append(last.register_forward_pre_hook(raising))
+        else:
+            clone.set_model_patch_replace(raising, "dit", block_name, index)
+        message = ""
+        with removing(handles):
+            try:
+                sc.sample(clone, SIGMA_IN, 3.5)
+            except RuntimeError as exc:
+                message = str(exc)
+        check(
+            f"{tag}: propagates from inside the call, no forward hook left, engine inactive",
+            message == RAISED
+            and spy.hooks_during
+            and spy.hooks_during[0] > 0
+            and forward_hooks(dm) == 0
+            and job.attached_hooks == 0
+            and not job.engine.active,
+            f"{message or 'nothing raised'}; hooks during the call {spy.hooks_during}, after {forward_hooks(dm)}",
+        )
+        again = sc.unet.clone()
+        job.patch(again)
+        _, fresh, _ = sc.patched()
+        check(
+            f"{tag}: the same job then repels a new call as a fresh job does",
+            torch.equal(sc.sample(again, SIGMA_IN, 3.5), sc.sample(fresh, SIGMA_IN, 3.5)),
+        )
+    check("after the exceptions: the shared patcher's model_options untouched", repr(sc.unet.model_options) == options)
+
+
+def finish(neo: Neo, model: ModelChecks) -> None:
+    model.chained_wrapper()
+    model.shared_patcher()
+    window = model.schedule_window(neo.simple_scheduler, "Neo")
+    model.check(
+        "PredictorWindow reads Neo's predictor sigma table (not the 1 - sigma fallback)", window._table is not None
+    )
+
+
+def verify_qwen(neo: Neo, unet, check: Checks) -> None:
+    dm = unet.model.diffusion_model
+    blocks = {f"double.{i}": b for i, b in enumerate(dm.transformer_blocks)}
+    sc = DiTScenario(neo, f"Qwen-Image (tiny: {len(blocks)} dual-stream blocks, [B, 16, 1, 8, 8] latents)", unet,
+                     frames=True)  # fmt: skip
+    model = ModelChecks(sc, check, hooked_blocks=len(blocks), expect_blocks=set(blocks), check_finite=True)
+    model.cases(WRAPPER_SEEN)
+    schedule_steps(neo, model)
+    image_tokens = (8 // dm.patch_size) ** 2
+    for low_vram in (False, True):
+        tag = f"(o) blocks='1:3', cfg 3.5, {'split by low VRAM' if low_vram else 'one batched call'}, sigma {SIGMA_IN}"
+        seen = observe(sc, repulsion(blocks="1:3"), 3.5, blocks, low_vram=low_vram)
+        check_dual(check, tag, seen, ["double.1", "double.2"], image_tokens)
+        check_passed_on(check, tag, seen, list(blocks))
+        check(f"{tag}: no forward hook left", forward_hooks(dm) == 0)
+    verify_raising(sc, check, blocks, "double_block")
+    finish(neo, model)
+
+
+def verify_qwen_edit(neo: Neo, unet, check: Checks) -> None:
+    """Qwen-Image-Edit: the engine puts the reference latents in dynamic_args["ref_latents"]; Neo's
+    QwenImageTransformer2DModel.forward appends their tokens to the image stream, which is never repelled."""
+    dm = unet.model.diffusion_model
+    blocks = {f"double.{i}": b for i, b in enumerate(dm.transformer_blocks)}
+    sc = DiTScenario(neo, "Qwen-Image-Edit (the Qwen-Image model + one reference latent)", unet, frames=True)
+    model = ModelChecks(sc, check, hooked_blocks=len(blocks), expect_blocks=set(blocks), check_finite=True)
+    one = torch.randn(1, 16, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    plain = sc.sample(unet, SIGMA_IN, 1.0)
+    # Neo's flux.py expands a one-image reference to the call's rows; its qwen.py (Feb 2026) concatenates it as it is,
+    # so Neo itself only runs calls of as many rows as the reference has. Use such a reference then.
+    with kontext_reference(neo, one):
+        try:
+            sc.sample(unet, SIGMA_IN, 3.5)
+            expands = True
+        except RuntimeError as exc:
+            expands = False
+            neo.notes.append(
+                "Qwen-Image-Edit: Neo's QwenImageTransformer2DModel.forward does not expand a one-image reference to "
+                f"a call of {2 * B} rows ({str(exc).splitlines()[0]}): Neo itself fails on any call of more than one "
+                f"row (batch size > 1, or cond and uncond batched); checked here with a {B}-row reference, on calls "
+                f"of {B} rows (cfg 1, and cfg 3.5 split by low VRAM)"
+            )
+    ref = one if expands else one.repeat(B, 1, 1, 1, 1)
+    image_tokens = (8 // dm.patch_size) ** 2
+    with kontext_reference(neo, ref):
+        base = sc.sample(unet, SIGMA_IN, 1.0)
+        check(
+            "Qwen-Image-Edit: the reference changes the output", not torch.allclose(base, plain), max_diff(base, plain)
+        )
+        model.case_cond_only(WRAPPER_SEEN)
+        if expands:
+            model.case_batched()
+            model.case_low_vram()
+        else:
+            for tag, sigma, inside in window_sigmas("(c) cond+uncond split by low VRAM"):
+                job, spy, base, out = model.compare(sigma, 3.5, low_vram=True)
+                check(f"{tag}: wrapper saw separate calls [[1], [0]]", spy.calls == [[1], [0]], spy.calls)
+                model.after_run(tag, job, spy, out, base, inside)
+                if inside:
+                    branches = [s.branch for s in job.engine.stats]
+                    check(
+                        f"{tag}: stats: all uncond blocks, then all cond blocks, {B} rows each",
+                        {s.block for s in job.engine.stats} == set(blocks)
+                        and branches == ["uncond"] * len(blocks) + ["cond"] * len(blocks)
+                        and all(s.rows == B for s in job.engine.stats),
+                        stats_summary(job),
+                    )
+        for cfg, low_vram in ((1.0, False), (3.5, True)) if not expands else ((1.0, False), (3.5, False), (3.5, True)):
+            what = "cond only" if cfg == 1.0 else ("split by low VRAM" if low_vram else "one batched call")
+            tag = f"(r) reference, cfg {cfg}, {what}, sigma {SIGMA_IN}"
+            seen = observe(sc, CONFIG, cfg, blocks, low_vram=low_vram)
+            check_dual(check, tag, seen, list(blocks), 2 * image_tokens)
+            calls = [c for name in blocks for c in seen[name]]
+            reference = [
+                changed_tokens(c.before[i][:, image_tokens:], c.after[i][:, image_tokens:])
+                for c in calls
+                for _, i in [streams(c.before, c.text_len)]
+            ]
+            check(
+                f"{tag}: reference tokens ({image_tokens}..{2 * image_tokens - 1} of the image stream) never change",
+                calls and not any(reference),
+                f"{len(calls)} block calls",
+            )
+            check_passed_on(check, tag, seen, list(blocks))
+            check(f"{tag}: no forward hook left", forward_hooks(dm) == 0)
+    check("Qwen-Image-Edit: dynamic_args['ref_latents'] restored", neo.get_dynamic("ref_latents") == [])
+
+
+def verify_zimage(neo: Neo, unet, check: Checks) -> None:
+    """Z-Image: one [caption (padded with cap_pad_token to a multiple of pad_tokens_multiple); image (padded with
+    x_pad_token)] sequence through ``layers``; only the valid caption tokens of the selected layers are repelled."""
+    dm = unet.model.diffusion_model
+    blocks = {f"single.{i}": b for i, b in enumerate(dm.layers)}
+    multiple = dm.pad_tokens_multiple
+    sc = DiTScenario(neo, f"Z-Image (NextDiT, {len(blocks)} layers, pad_tokens_multiple {multiple})", unet)
+    model = ModelChecks(sc, check, hooked_blocks=len(blocks), expect_blocks=set(blocks), check_finite=True)
+    check(
+        f"Z-Image: the caption ({sc.ctx_len} tokens) is padded: not a multiple of pad_tokens_multiple {multiple}",
+        isinstance(multiple, int) and multiple > 1 and sc.ctx_len % multiple != 0,
+    )
+    model.cases(WRAPPER_SEEN)
+    schedule_steps(neo, model)
+
+    def padded(n: int) -> int:
+        return n + (-n) % multiple
+
+    image = padded((8 // dm.patch_size) ** 2)
+
+    def caption_only(tag: str, seen: dict[str, list[Seen]], selected: list[str]) -> None:
+        detail, ok = [], True
+        for name, calls in seen.items():
+            for n, c in enumerate(calls):
+                tokens = changed_tokens(c.before, c.after)
+                want = list(range(c.text_len)) if name in selected else []
+                ok &= tokens == want and c.before.shape[1] == padded(c.text_len) + image
+                detail.append(f"{name}/{n}: {show(tokens)} of {c.before.shape[1]}")
+        texts = sorted({c.text_len for calls in seen.values() for c in calls})
+        check(
+            f"{tag}: {', '.join(selected)} change exactly the valid caption tokens "
+            f"({', '.join(f'{t} of {padded(t)}' for t in texts)}): no caption padding, no image token "
+            f"({image} incl. padding); the other layers nothing",
+            ok and all(seen.values()),
+            "; ".join(detail),
+        )
+
+    for low_vram in (False, True):
+        tag = f"(z) blocks='0:2', cfg 3.5, {'split by low VRAM' if low_vram else 'one batched call'}, sigma {SIGMA_IN}"
+        seen = observe(sc, repulsion(blocks="0:2"), 3.5, blocks, low_vram=low_vram)
+        caption_only(tag, seen, ["single.0", "single.1"])
+        check_passed_on(check, tag, seen, list(blocks))
+        check(f"{tag}: no forward hook left", forward_hooks(dm) == 0)
+    # A negative caption longer than pad_tokens_multiple: texts too different to batch (Neo's ConditionCrossAttn
+    # repeats to their lcm only up to 4x), so each call has its own caption length and padding.
+    long = multiple + 3
+    other = DiTScenario(neo, "Z-Image, negative caption of another length", unet, unctx_len=long)
+    tag = f"(z) negative caption of {long} tokens, cfg 3.5, sigma {SIGMA_IN}"
+    seen = observe(other, CONFIG, 3.5, blocks)
+    lengths = [c.text_len for c in seen["single.0"]]
+    check(f"{tag}: two calls with their own caption lengths", sorted(lengths) == sorted([sc.ctx_len, long]), lengths)
+    caption_only(tag, seen, list(blocks))
+    verify_raising(sc, check, blocks, None)
+    finish(neo, model)
+
+
+def verify_chroma(neo: Neo, unet, check: Checks) -> None:
+    dm = unet.model.diffusion_model
+    doubles = {f"double.{i}": b for i, b in enumerate(dm.double_blocks)}
+    singles = {f"single.{i}": b for i, b in enumerate(dm.single_blocks)}
+    blocks = {**doubles, **singles}
+    sc = DiTScenario(neo, "Chroma (tiny: 2 double + 2 single blocks, T5 text only)", unet)
+    model = ModelChecks(sc, check, hooked_blocks=len(blocks), expect_blocks=set(blocks), check_finite=True)
+    model.cases(WRAPPER_SEEN)
+    schedule_steps(neo, model)
+    image_tokens = (8 // dm.patch_size) ** 2
+    for low_vram in (False, True):
+        tag = (
+            f"(o) blocks='first', single_blocks='text', cfg 3.5, "
+            f"{'split by low VRAM' if low_vram else 'one batched call'}, sigma {SIGMA_IN}"
+        )
+        seen = observe(sc, repulsion(blocks="first", single_blocks="text"), 3.5, blocks, low_vram=low_vram)
+        check_dual(check, tag, seen, ["double.0"], image_tokens)
+        single = [(changed_tokens(c.before, c.after), c) for name in singles for c in seen[name]]
+        check(
+            f"{tag}: single blocks change exactly the {sc.ctx_len} text tokens of {sc.ctx_len + image_tokens}",
+            single and all(t == list(range(c.text_len)) for t, c in single),
+            "; ".join(show(t) for t, _ in single),
+        )
+        check_passed_on(check, tag, seen, list(blocks))
+        check(f"{tag}: no forward hook left", forward_hooks(dm) == 0)
+    verify_raising(sc, check, blocks, "single_block")
+    finish(neo, model)
+
+
+OTHER_MODELS: tuple[tuple[OtherModel, Callable[[Neo, Any, Checks], None]], ...] = (
+    (QWEN, verify_qwen),
+    (QWEN, verify_qwen_edit),
+    (ZIMAGE, verify_zimage),
+    (CHROMA, verify_chroma),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("neo", help="path to a Forge Neo work tree (sd-webui-forge-classic, branch neo)")
@@ -618,6 +1212,9 @@ def main(argv: list[str] | None = None) -> int:
     root = neo_root_or_exit(ns.neo)
     neo = Neo(root)
     torch.set_grad_enabled(False)
+    # The models are tiny: one thread is fastest, and keeps the run short on a busy machine (with two threads, each
+    # small matmul waits for a second core: 60x slower per model call when the cores are shared).
+    torch.set_num_threads(1)
     print(f"Forge Neo at {root} ({neo.describe()})")
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}, device {neo.mm.get_torch_device()}")
     startup_notes = list(neo.notes)
@@ -640,6 +1237,12 @@ def main(argv: list[str] | None = None) -> int:
     klein = neo.flux_unet("flux2")
     if klein is not None:
         verify_flux(neo, Scenario(neo, "Flux.2 (Klein-like: global modulation, patch 1)", klein, pooled=False), check)
+    built: dict[str, Any] = {}
+    for spec, verify in OTHER_MODELS:
+        if spec.family not in built:
+            built[spec.family] = neo.other_unet(spec)
+        if built[spec.family] is not None:
+            verify(neo, built[spec.family], check)
     verify_spell(
         neo,
         [("Flux.1 (dev-like)", neo.flux_unet("flux1"), 16, {})],

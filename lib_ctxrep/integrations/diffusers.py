@@ -222,12 +222,15 @@ def apply_contextual_repulsion(
             schedule_cache["values"] = [float(s) for s in sigmas]
         return progress_from_schedule(sigma, schedule_cache["values"])
 
-    def chunks_of(rows: int) -> tuple[str, ...]:
+    def chunks_of(rows: int, time: float) -> tuple[str, ...]:
         if arch.cfg_rows is None:  # one call per branch, the prompt's first
             return ("cond",) if state["calls"] == 0 else ("uncond",)
         cfg_on = bool(getattr(pipeline, "do_classifier_free_guidance", False)) if pipeline is not None else False
         if arch.family == "SD3" and call.get("skip_layers") is not None:
             cfg_on = False  # skip-layer guidance: an extra call on the prompt's rows alone
+        truncation = getattr(pipeline, "_cfg_truncation", None) if arch.family == "Z-Image" else None
+        if isinstance(truncation, (int, float)) and truncation <= 1 and time > truncation:
+            cfg_on = False  # ZImagePipeline drops CFG (the prompt's rows alone) once its t = 1 - sigma passes this
         return arch.cfg_rows if cfg_on and rows % len(arch.cfg_rows) == 0 else ("cond",)
 
     def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
@@ -247,7 +250,7 @@ def apply_contextual_repulsion(
         else:
             state["sigma"], state["calls"] = sigma, 0
         first = call.get("hidden_states") if arch.family != "Z-Image" else call.get("x")
-        chunks = chunks_of(_rows(first)) if first is not None else ("cond",)
+        chunks = chunks_of(_rows(first), value) if first is not None else ("cond",)
         if not engine.begin_call(progress_of(sigma), chunks):
             return
         tokens = _tokens(arch, call, len(engine.chunks), multiple)

@@ -1,7 +1,10 @@
-"""Small diffusers Flux / SD3 models and pipelines built from config, for the demo, the benchmark and the tests.
+"""Small diffusers models and pipelines built from config (Flux.1, SD3, Chroma, Flux.2, Qwen-Image, Z-Image), for the
+demo, the benchmark and the tests.
 
 Nothing is downloaded: weights are random (seeded) and prompts are given as embeddings, so no text encoder or
-tokenizer is needed. diffusers is imported inside the functions.
+tokenizer is needed. diffusers is imported inside the functions, so this module imports with any diffusers (or none);
+the constructors of classes that a diffusers release lacks (Chroma, Flux.2, Qwen-Image and Z-Image are not in 0.31)
+raise ImportError there.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ def tiny_sd3_transformer(*, layers: int = 3, seed: int = 0) -> Any:
 
 
 def tiny_vae(latent_channels: int, seed: int = 0) -> Any:
-    """The tiny AutoencoderKL of diffusers' own pipeline tests (1 latent channel for Flux, 4 for SD3)."""
+    """The tiny AutoencoderKL of diffusers' own pipeline tests (latent channels: 1 for Flux and Chroma, 4 for SD3,
+    16 for Z-Image)."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
@@ -115,3 +119,204 @@ def prompt_embeddings(batch: int, tokens: int, dim: int, pooled_dim: int, seed: 
     embeds = torch.randn(1, tokens, dim, generator=g).expand(batch, -1, -1).contiguous()
     pooled = torch.randn(1, pooled_dim, generator=g).expand(batch, -1).contiguous()
     return embeds, pooled
+
+
+def tiny_chroma_transformer(
+    *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
+) -> Any:
+    """A ChromaTransformer2DModel (hidden size = heads * head_dim, 4 input channels), random weights."""
+    from diffusers import ChromaTransformer2DModel
+
+    quarter = head_dim // 4
+    torch.manual_seed(seed)
+    return ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=text_dim,
+        axes_dims_rope=(quarter, quarter, head_dim - 2 * quarter),
+        approximator_num_channels=8,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    ).eval()
+
+
+def tiny_chroma_pipeline(transformer: Any = None) -> Any:
+    """A ChromaPipeline without a text encoder: call it with ``prompt_embeds`` and ``prompt_attention_mask`` (and the
+    negative ones when ``guidance_scale`` > 1: Chroma calls the transformer once per CFG branch)."""
+    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+
+    pipe = ChromaPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(1),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_chroma_transformer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux2_transformer(
+    *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
+) -> Any:
+    """A Flux2Transformer2DModel (hidden size = heads * head_dim, 4 input channels, 4-axis RoPE), random weights."""
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=text_dim,
+        timestep_guidance_channels=256,
+        axes_dims_rope=(head_dim // 4,) * 4,
+    ).eval()
+
+
+def tiny_flux2_vae(seed: int = 0) -> Any:
+    """A tiny AutoencoderKLFlux2: 1 latent channel, 4 x downsampling (the pipeline's vae_scale_factor), so the
+    smallest edit input Flux2Pipeline accepts (64 x 64) packs into 8 x 8 = 64 reference tokens."""
+    from diffusers import AutoencoderKLFlux2
+
+    torch.manual_seed(seed)
+    return AutoencoderKLFlux2(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(4, 4, 4),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    ).eval()
+
+
+def tiny_flux2_pipeline(transformer: Any = None) -> Any:
+    """A Flux2Pipeline without a text encoder: call it with ``prompt_embeds`` (and ``image=`` for an edit, whose
+    reference tokens are appended after the target's image tokens)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+
+    pipe = Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_flux2_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_flux2_transformer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_qwen_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Any:
+    """A QwenImageTransformer2DModel (dual-stream blocks only; 16 input channels = 4 latent channels x 2 x 2
+    patches, text embeddings of width 16), random weights."""
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=16,
+        guidance_embeds=False,
+        axes_dims_rope=(head_dim // 2, head_dim // 4, head_dim // 4),
+    ).eval()
+
+
+def tiny_qwen_image_vae(downsamples: int = 2, seed: int = 0) -> Any:
+    """A tiny AutoencoderKLQwenImage with 4 latent channels and ``downsamples`` spatial halvings (the pipelines'
+    vae_scale_factor is 2 ** downsamples) and no residual blocks. The Edit pipeline resizes its input image to about
+    1024 x 1024 whatever the output size; 5 halvings keep its reference latents at 32 x 32 (256 tokens once
+    packed)."""
+    from diffusers import AutoencoderKLQwenImage
+
+    z_dim = 4
+    torch.manual_seed(seed)
+    return AutoencoderKLQwenImage(
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1] * (downsamples + 1),
+        num_res_blocks=0,  # the encoder's full-resolution 3D convolutions dominate its cost on CPU
+        temperal_downsample=[False] * downsamples,
+        latents_mean=[0.0] * z_dim,
+        latents_std=[1.0] * z_dim,
+    ).eval()
+
+
+def tiny_qwen_image_pipeline(transformer: Any = None, *, edit: bool = False) -> Any:
+    """A QwenImagePipeline (or QwenImageEditPipeline) without a text encoder: call it with ``prompt_embeds`` and
+    ``prompt_embeds_mask``; true CFG (``true_cfg_scale`` > 1 with negative embeddings) is a second transformer call
+    per step. The Edit pipeline appends the input image's latents to the image stream."""
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    components = dict(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_qwen_image_vae(5 if edit else 2),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_qwen_image_transformer(),
+    )
+    if edit:
+        pipe = diffusers.QwenImageEditPipeline(processor=None, **components)
+    else:
+        pipe = diffusers.QwenImagePipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_z_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Any:
+    """A ZImageTransformer2DModel (single-stream ``layers`` only, 16 latent channels, caption embeddings of width
+    16), random weights; its image and caption pad tokens are set to seeded random values (diffusers leaves them at
+    zero until a checkpoint is loaded)."""
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    model = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=heads * head_dim,
+        n_layers=layers,
+        n_refiner_layers=1,
+        n_heads=heads,
+        n_kv_heads=heads,
+        qk_norm=True,
+        cap_feat_dim=16,
+        axes_dims=[head_dim // 2, head_dim // 4, head_dim // 4],
+        axes_lens=[256, 32, 32],
+    ).eval()
+    with torch.no_grad():
+        model.x_pad_token.copy_(torch.randn_like(model.x_pad_token))
+        model.cap_pad_token.copy_(torch.randn_like(model.cap_pad_token))
+    return model
+
+
+def tiny_z_image_pipeline(transformer: Any = None) -> Any:
+    """A ZImagePipeline without a text encoder: call it with ``prompt_embeds`` (a list of [tokens, 16] tensors, one
+    per prompt) and, when ``guidance_scale`` > 0, ``negative_prompt_embeds``: the pipeline then batches
+    [prompts; negatives] in one transformer call."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    pipe = ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(16),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_z_image_transformer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
