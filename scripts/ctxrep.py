@@ -84,8 +84,8 @@ class ContextualRepulsionScript(scripts.Script):
                 hires = gr.Checkbox(value=d["hires"], label="Apply on the hires pass", elem_id=eid("hires"))
             with gr.Accordion("Advanced: the paper's parameters", open=False, elem_id=eid("advanced")):
                 with gr.Row():
-                    strength = gr.Number(
-                        value=d["strength"], label="Per-block strength (empty = Strength shared over the blocks)",
+                    strength = gr.Textbox(
+                        value=d["strength"], label="Per-block strength", placeholder="empty: Strength, shared out",
                         elem_id=eid("strength"),
                     )  # fmt: skip
                     eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))

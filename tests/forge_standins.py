@@ -335,3 +335,20 @@ def init_script_args(request, default_script_args: list, selectable_scripts, sel
                 for idx in range(0, min((alwayson_script.args_to - alwayson_script.args_from), len(given))):
                     script_args[alwayson_script.args_from + idx] = given[idx]
     return script_args
+
+
+def api_pasted_value(function, component, params: dict):
+    """Mirrors ``Api.apply_infotext``'s ``get_field_value`` for a script's infotext field: the field's function reads
+    the pasted ``params``; the value is cast to the type of the component's default value, and dropped (None) when
+    that default is None."""
+    value = function(params)
+    if value is None:
+        return None
+    target_type = type(component.value)
+    if target_type is type(None):
+        return None
+    if isinstance(value, dict) and value.get("__type__") == "generic_update":
+        value = value.get("value")
+    if value is not None and not isinstance(value, target_type):
+        value = target_type(value)
+    return value

@@ -21,7 +21,7 @@ def test_positional_arguments_in_ui_order_become_a_config():
 def test_dict_form_fills_defaults_and_may_be_the_single_list_element():
     assert fa.parse({"enabled": True, "strength": 0.2}).config.strength == 0.2
     s = fa.parse([{"enabled": True, "blocks": "custom", "custom_blocks": "2:5"}])
-    assert s.config.blocks == (2, 5) and s.config.strength == fa.DEFAULTS["strength"]
+    assert s.config.blocks == (2, 5) and s.config.strength is None
 
 
 def ui_defaults() -> list:

@@ -24,6 +24,7 @@ from tests.forge_standins import (  # noqa: E402
     KModel,
     PredictionFlux,
     UnetPatcher,
+    api_pasted_value,
     init_default_script_args,
     init_script_args,
     sampling_function_inner,
@@ -128,7 +129,7 @@ def test_infotext_fields_restore_pasted_values(ctxrep):
     pasted = {k: str(v) for k, v in forge_args.infotext(settings).items()}
     restored = {id(c): target(pasted) for c, target in script.infotext_fields}
     assert restored[id(components[0])] is True
-    assert restored[id(components[1])] == 0.2 and restored[id(components[3])] == "middle third"
+    assert restored[id(components[1])] == "0.2" and restored[id(components[3])] == "middle third"
 
 
 def test_enabled_generation_patches_a_clone_and_changes_the_images(ctxrep):
@@ -139,6 +140,30 @@ def test_enabled_generation_patches_a_clone_and_changes_the_images(ctxrep):
     assert not torch.allclose(out, base)
     assert "model_function_wrapper" not in unet.model_options
     assert p.extra_generation_params["CtxRep"] is True and p.extra_generation_params["CtxRep strength"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strength": 0.3},  # a per-block strength
+        {"step_strength": 4.2, "blocks": "custom", "custom_blocks": "1:3", "single_blocks": "text only"},
+        {"repulsion": False, "spell": True, "spell_radius": 0.25},
+        {"eta": 5e6, "iterations": 12, "memory": False, "hires": True},
+    ],
+)
+def test_a_pasted_infotext_through_the_api_restores_the_same_settings(ctxrep, settings):
+    """Forge's API casts each pasted value to its component's default type and drops it when that default is None:
+    every argument must survive that (modules/api/api.py apply_infotext)."""
+    script = ctxrep.ContextualRepulsionScript()
+    with gr.Blocks():
+        components = script.ui(is_img2img=False)
+    original = forge_args.parse({"enabled": True, **settings})
+    params = {k: str(v) for k, v in forge_args.infotext(original).items()}
+    pasted = [api_pasted_value(function, component, params) for component, function in script.infotext_fields]
+    assert None not in pasted
+    restored = forge_args.parse(pasted)
+    assert restored.config == original.config and restored.spell == original.spell and restored.hires == original.hires
+    assert [c.value for c in components] == [forge_args.DEFAULTS[n] for n in forge_args.ARG_NAMES]
 
 
 def test_the_infotext_names_the_architecture_that_was_repelled(ctxrep):

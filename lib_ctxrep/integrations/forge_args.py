@@ -42,7 +42,9 @@ ARG_NAMES = (
 )
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
-    "strength": None,  # per block; None (an empty field): Strength per step, shared out over the repelled blocks
+    # Per block, as text: empty = the step strength shared out over the repelled blocks. Not None: Forge's API
+    # (modules/api/api.py apply_infotext) drops a pasted value whose component's default is None.
+    "strength": "",
     "window": DEFAULT_WINDOW,
     "blocks": "all",
     "custom_blocks": "",
@@ -231,7 +233,7 @@ def parse(args: list | tuple | dict) -> ScriptSettings:
     values = {**v, "enabled": enabled, "hires": hires, "memory": memory, "blocks": blocks_label}
     values.update(single_blocks=single_label, repulsion=repulsion, spell=spell_on, spell_radius=radius)
     values.update(spell_overcompensation=overcompensation, spell_protected=protected.strip())
-    values.update(strength=config.strength, step_strength=config.step_strength)
+    values.update(strength="" if config.strength is None else config.strength, step_strength=config.step_strength)
     return ScriptSettings(
         enabled, hires, config, values, repulsion, spell if spell_on else None, protected.strip() if spell_on else ""
     )
@@ -274,7 +276,7 @@ def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
             values[name] = str(raw).replace("-", ":")
         elif name in ("memory", "hires", "repulsion", "spell"):
             values[name] = str(raw).strip().lower() == "true"
-        elif name in ("strength", "step_strength", "window", "eta", "spell_radius", "spell_overcompensation"):
+        elif name in ("step_strength", "window", "eta", "spell_radius", "spell_overcompensation"):
             values[name] = float(raw)
         elif name == "iterations":
             values[name] = int(float(raw))
