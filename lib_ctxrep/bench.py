@@ -381,14 +381,18 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
         colour = FAMILY_COLOURS[family] if shade == 0 else WINDOW_COLOURS[family][(shade - 1) % 2]
         several = windows_of[family] > 1
         legend.append((FAMILY_LABELS[family] + (f", window {window:g}" if several else ""), colour))
-        points = sorted(members, key=lambda r: r.knob or 0)
+        points = sorted((r for r in members if r.knob is not None), key=lambda r: r.knob)
         coords = [at(r.fidelity, r.recall) for r in points]
         if len(coords) > 1:
             d.line(coords, fill=colour, width=2)
         for (px, py), r in zip(coords, points, strict=True):
             d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-            if r.knob is not None:
-                d.text((px + 6, py - 12), f"{r.knob:g}", fill=colour)
+            d.text((px + 6, py - 12), f"{r.knob:g}", fill=colour)
+        for r in members:
+            if r.knob is None and family != "base":  # the library default (the step strength): a square, off the line
+                px, py = at(r.fidelity, r.recall)
+                d.rectangle([px - 5, py - 5, px + 5, py + 5], outline=colour, width=2)
+                d.text((px + 7, py + 2), "default", fill=colour)
     for i, (label, colour) in enumerate(legend):
         y = m + 10 + 20 * i
         d.ellipse([w - m - 262, y, w - m - 254, y + 8], fill=colour)
