@@ -57,9 +57,10 @@ class ContextualRepulsionScript(scripts.Script):
         with InputAccordion(False, label=self.title(), elem_id=eid("enabled")) as enabled:
             gr.Markdown(
                 "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
-                "(Flux, Chroma, SD3/SD3.5, Flux Kontext): during the first steps, the batch's text-stream tokens are "
-                "pushed apart after each dual-stream block. **SPELL** (any model): a sample whose predicted image "
-                "comes too close to another sample, an earlier batch or a protected image is pushed away."
+                "(Flux.1 and Kontext, Chroma, Flux.2, Qwen-Image, Z-Image, SD3/SD3.5): during the first steps, the "
+                "batch's text-stream tokens are pushed apart after each block. **SPELL** (any model): a sample whose "
+                "predicted image comes too close to another sample, an earlier batch or a protected image is pushed "
+                "away."
             )
             repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
             with gr.Row():
@@ -76,7 +77,7 @@ class ContextualRepulsionScript(scripts.Script):
                     elem_id=eid("custom_blocks"),
                 )  # fmt: skip
                 single_blocks = gr.Radio(
-                    list(forge_args.SINGLE_MODES), value=d["single_blocks"], label="Flux single blocks",
+                    list(forge_args.SINGLE_MODES), value=d["single_blocks"], label="Single-stream blocks (Flux, Chroma)",
                     elem_id=eid("single_blocks"),
                 )  # fmt: skip
             with gr.Row():
