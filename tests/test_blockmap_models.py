@@ -638,3 +638,19 @@ def test_z_image_steps_past_cfg_truncation_are_repelled_as_one_prompt_batch() ->
     later = {(s.branch, s.rows) for s in handle.stats if s.progress > 0.0}
     assert first == {("cond", B), ("uncond", B)}
     assert later == {("cond", B)}
+
+
+def test_a_z_image_call_whose_token_layout_cannot_be_read_runs_unmodified_with_one_message(caplog) -> None:
+    needs("ZImageTransformer2DModel")
+    caplog.set_level("WARNING", logger="lib_ctxrep")
+    transformer = tiny.tiny_z_image_transformer()
+    inputs = z_image_inputs(B)
+    inputs["x"][1] = randn(16, 1, 16, 16, seed=99)  # another size (64 tokens, not 32): its caption starts later
+    with torch.no_grad():
+        plain = transformer(**inputs)[0]
+        with apply_contextual_repulsion(transformer, STRONG):
+            out = transformer(**inputs)[0]
+            transformer(**inputs)
+    assert all(torch.equal(a, b) for a, b in zip(out, plain, strict=True))
+    messages = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(messages) == 1 and "ZImageTransformer2DModel" in messages[0]
