@@ -77,8 +77,8 @@ class ContextualRepulsionScript(scripts.Script):
                     elem_id=eid("custom_blocks"),
                 )  # fmt: skip
                 single_blocks = gr.Radio(
-                    list(forge_args.SINGLE_MODES), value=d["single_blocks"], label="Single-stream blocks (Flux, Chroma)",
-                    elem_id=eid("single_blocks"),
+                    list(forge_args.SINGLE_MODES), value=d["single_blocks"],
+                    label="Single-stream blocks (Flux, Chroma)", elem_id=eid("single_blocks"),
                 )  # fmt: skip
             with gr.Row():
                 memory = gr.Checkbox(value=d["memory"], label="Cross-batch memory", elem_id=eid("memory"))
