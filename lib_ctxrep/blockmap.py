@@ -14,8 +14,11 @@ Conventions that hold for every entry:
   block, a tuple (diffusers' Flux from 0.35).
 - Text padding is never repelled: only the first ``text_valid`` tokens of the text are (padding that the model masks
   out of attention, or pads with a learned token, sits after them).
-- Image tokens outside the target's span (reference images of edit models: Kontext, Flux.2 and Qwen-Image edits) are
-  never repelled; only single-stream blocks in "all" mode repel image tokens at all.
+- Image tokens outside the target's span (reference images of edit models: Kontext, Flux.2, LongCat-Image and
+  Qwen-Image edits, Flux 3's image_cond) are never repelled; only single-stream blocks in "all" mode repel image
+  tokens at all.
+- A block list's text stream may end in tokens the model discards after the block (HiDream appends one Llama layer's
+  tokens per block): the front end leaves them out of ``text_valid``, so they are never repelled.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class Blocks:
     single: bool = False  # single-stream: text and image tokens in one sequence
     text_at: int = 0  # in a tuple output: the text stream's index
     image_at: int = 1  # in a tuple output: the image stream's index
-    order: str = TEXT_FIRST  # in one sequence: text first (Flux, Chroma, Flux.2, Lumina) or image first (Z-Image)
+    order: str = (
+        TEXT_FIRST  # in one sequence: text first (Flux, Chroma, Flux.2, Lumina) or image first (Z-Image, HiDream)
+    )
     last_has_text: bool = True  # False: the last block outputs no text stream (SD3), so it is not hooked
 
 
@@ -58,6 +63,12 @@ class Architecture:
     cfg_rows: tuple[str, ...] | None = None
     padding: str = "none"  # which text tokens are padding, for the README and messages
     references: str = "none"  # where an edit model's reference-image tokens are
+    #: The first image position id coordinate of the target's tokens (:func:`target_span`): 0 in Flux Kontext's and
+    #: Flux.2's convention, 1 in LongCat-Image's (text 0, target 1, references 2).
+    target_id: int = 0
+    #: Template tokens at the end of the text stream that are never repelled (Krea 2's chat-template suffix, which
+    #: follows the prompt's padding).
+    text_tail: int = 0
 
     @property
     def block_lists(self) -> tuple[Blocks, ...]:
@@ -116,6 +127,93 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         "diffusers",
         ("SD3Transformer2DModel",),
         Blocks("transformer_blocks", last_has_text=False),
+        cfg_rows=("uncond", "cond"),
+    ),  # fmt: skip
+    Architecture(
+        "HiDream",
+        "diffusers",
+        ("HiDreamImageTransformer2DModel",),
+        Blocks("double_stream_blocks", text_at=1, image_at=0),
+        Blocks("single_stream_blocks", single=True, order=IMAGE_FIRST),
+        cfg_rows=("uncond", "cond"),
+        padding="each block's own Llama-layer tokens, appended and discarded after it (T5/Llama padding is attended)",
+    ),  # fmt: skip
+    Architecture(
+        "Lumina 2",
+        "diffusers",
+        ("Lumina2Transformer2DModel",),
+        single=Blocks("layers", single=True),
+        padding="Gemma padding (encoder_attention_mask), dropped from each row's joint sequence",
+    ),  # fmt: skip
+    Architecture(
+        "Krea 2",
+        "diffusers",
+        ("Krea2Transformer2DModel",),
+        single=Blocks("transformer_blocks", single=True),
+        padding="encoder_attention_mask padding after the prompt, and the 5 chat-template suffix tokens after it",
+        text_tail=5,
+    ),  # fmt: skip
+    Architecture(
+        "Flux 3",
+        "diffusers",
+        ("Flux3Transformer2DModel",),
+        single=Blocks("single_transformer_blocks", single=True),  # joint blocks returning (text, [image; refs])
+        references="image_cond tokens after the target's in the content stream (never touched: text mode only)",
+    ),  # fmt: skip
+    Architecture(
+        "HunyuanImage 2.1",
+        "diffusers",
+        ("HunyuanImageTransformer2DModel",),
+        Blocks("transformer_blocks", text_at=1, image_at=0),
+        Blocks("single_transformer_blocks", single=True, text_at=1, image_at=0),
+        padding="encoder_attention_mask (+ _2): the model moves the valid tokens first",
+    ),  # fmt: skip
+    Architecture(
+        "Ovis-Image",
+        "diffusers",
+        ("OvisImageTransformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        padding="text rows the pipeline zeroes (after the prompt)",
+    ),  # fmt: skip
+    Architecture(
+        "LongCat-Image",
+        "diffusers",
+        ("LongCatImageTransformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        references="Edit: image tokens whose img_ids start with 2, after the target's (1)",
+        target_id=1,
+    ),  # fmt: skip
+    Architecture(
+        "Bria 3",
+        "diffusers",
+        ("BriaTransformer2DModel",),
+        _FLUX_DUAL,
+        _FLUX_SINGLE,
+        cfg_rows=("uncond", "cond"),
+        padding="zero rows after the prompt (the pipeline pads T5 with zeros)",
+    ),  # fmt: skip
+    Architecture(
+        "AuraFlow",
+        "diffusers",
+        ("AuraFlowTransformer2DModel",),
+        Blocks("joint_transformer_blocks"),
+        Blocks("single_transformer_blocks", single=True),
+        cfg_rows=("uncond", "cond"),
+        padding="zero rows after the prompt (the pipeline zeroes T5 padding); text = 8 register tokens + T5",
+    ),  # fmt: skip
+    Architecture(
+        "CogView4",
+        "diffusers",
+        ("CogView4Transformer2DModel",),
+        Blocks("transformer_blocks", text_at=1, image_at=0),
+    ),  # fmt: skip
+    Architecture(
+        "CogView3-Plus",
+        "diffusers",
+        ("CogView3PlusTransformer2DModel",),
+        Blocks("transformer_blocks", text_at=1, image_at=0),
         cfg_rows=("uncond", "cond"),
     ),  # fmt: skip
     # ---- Forge main and Neo (backend/nn/*.py)
@@ -230,14 +328,15 @@ def leading_valid(mask: torch.Tensor | None, length: int) -> int:
     return int(real.all(dim=0).to(torch.int8).cumprod(0).sum())
 
 
-def target_span(ids: torch.Tensor | None, tokens: int) -> Span:
+def target_span(ids: torch.Tensor | None, tokens: int, target_id: int = 0) -> Span:
     """The target's span among ``tokens`` image tokens from image position ids ([tokens, axes] or
-    [rows, tokens, axes]) whose first coordinate is 0 for the target and non-zero for reference images (Flux
-    Kontext's and Flux.2's convention). Without ids, or with only a ragged target, every token is the target's."""
+    [rows, tokens, axes]) whose first coordinate is ``target_id`` for the target and another value for reference
+    images (0 in Flux Kontext's and Flux.2's convention, 1 in LongCat-Image's: ``Architecture.target_id``). Without
+    ids, or with only a ragged target, every token is the target's."""
     if not isinstance(ids, torch.Tensor) or ids.shape[-2] != tokens:
         return (0, tokens)
     ids = ids[0] if ids.ndim == 3 else ids
-    target = (ids[:, 0] == 0).nonzero().flatten()
+    target = (ids[:, 0] == target_id).nonzero().flatten()
     if target.numel() == 0:
         return (0, tokens)
     start, stop = int(target[0]), int(target[-1]) + 1

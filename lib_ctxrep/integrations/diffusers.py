@@ -11,11 +11,13 @@ output to :func:`lib_ctxrep.blockmap.repel_block`. The call state lasts until th
 gradient-checkpointing recomputation during backward repeats exactly the same update (keep the handle attached until
 backward is done). Hooks read only the output, so positional calls (gradient checkpointing) work too.
 
-Row layouts: Flux.1, Chroma, Flux.2 and Qwen-Image pipelines call the transformer once per CFG branch, the prompt
-first (a second call at the same sigma is the negative prompt's, repelled within itself); SD3 batches [uncond; cond]
-and Z-Image [cond; uncond] when the pipeline's CFG is on. Z-Image has no dual-stream blocks: its ``layers`` (the
-single stream over [image; caption]) play their role, chosen by ``blocks``, and only caption tokens are repelled
-(``single_blocks`` has no effect there).
+Row layouts: Flux.1, Chroma, Flux.2, Qwen-Image, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image,
+LongCat-Image and CogView4 pipelines call the transformer once per CFG branch, the prompt first (a second call at the
+same sigma is the negative prompt's, repelled within itself); SD3, HiDream, Bria 3, AuraFlow and CogView3-Plus batch
+[uncond; cond] and Z-Image [cond; uncond] when the pipeline's CFG is on (AuraFlow's pipeline has no
+``do_classifier_free_guidance``: its ``guidance_scale`` > 1 is read instead). Z-Image, Lumina 2, Krea 2 and Flux 3
+have no dual-stream blocks: their single-stream blocks play that role, chosen by ``blocks``, and only text tokens are
+repelled (``single_blocks`` has no effect there).
 """
 
 from __future__ import annotations
@@ -36,8 +38,42 @@ from ..schedule import progress_from_schedule, progress_from_sigma
 
 SUPPORTED_CLASSES = tuple(c for a in blockmap.ARCHITECTURES if a.host == "diffusers" for c in a.classes)
 _ATTR = "_ctxrep_handle"
-#: Model time -> sigma, per family whose pipeline does not pass sigma (SD3: sigma x 1000; Z-Image: 1 - sigma).
-_SIGMA_OF_TIME: dict[str, Callable[[float], float]] = {"SD3": lambda t: t / 1000.0, "Z-Image": lambda t: 1.0 - t}
+
+
+def _per_mille(t: float) -> float:
+    return t / 1000.0
+
+
+def _one_minus(t: float) -> float:
+    return 1.0 - t
+
+
+#: Model time -> sigma, per family whose pipeline does not pass sigma (sigma x 1000, or 1 - sigma).
+_SIGMA_OF_TIME: dict[str, Callable[[float], float]] = {
+    "SD3": _per_mille,
+    "Z-Image": _one_minus,
+    "HiDream": _per_mille,
+    "Lumina 2": _one_minus,
+    "HunyuanImage 2.1": _per_mille,
+    "Bria 3": _per_mille,
+    "CogView4": _per_mille,
+    "CogView3-Plus": _per_mille,
+}
+#: The forward argument holding the model time, where it is not ``timestep``.
+_TIME_ARG = {"Z-Image": "t", "HiDream": "timesteps"}
+#: The forward argument holding the text padding mask ([rows, text] or longer; nonzero = real), where it is not
+#: ``encoder_hidden_states_mask``.
+_MASK_ARG = {
+    "Chroma": "attention_mask",
+    "Lumina 2": "encoder_attention_mask",
+    "Krea 2": "encoder_attention_mask",
+    "HunyuanImage 2.1": "encoder_attention_mask",
+}
+#: Families whose pipelines pad the text with zero rows and pass no mask: the zero rows are the padding.
+_ZERO_PADDED = frozenset({"Ovis-Image", "Bria 3", "AuraFlow"})
+#: Families whose model time is not a sigma of the scheduler's (CogView4 passes unshifted timesteps while its
+#: scheduler steps shifted sigmas; CogView3-Plus is a DDPM): the step is found in ``scheduler.timesteps``.
+_STEP_BY_TIMESTEPS = frozenset({"CogView4", "CogView3-Plus"})
 #: Z-Image pads captions and images to a multiple of this many tokens (transformer_z_image.SEQ_MULTI_OF).
 _Z_IMAGE_SEQ_MULTIPLE = 32
 
@@ -124,30 +160,84 @@ def _rows(value: Any) -> int:
     return len(value) if isinstance(value, (list, tuple)) else int(value.shape[0])
 
 
+def _duplicated(latents: Any) -> bool:
+    """Whether the rows of ``latents`` are two identical halves: ``torch.cat([latents] * 2)``, a pipeline's CFG
+    batch, where nothing else says whether CFG is on (AuraFlowPipeline in diffusers 0.31)."""
+    if not isinstance(latents, torch.Tensor) or latents.shape[0] % 2:
+        return False
+    half = latents.shape[0] // 2
+    return bool(torch.equal(latents[:half], latents[half:]))
+
+
 def _padded(tokens: int, multiple: int) -> int:
     return tokens + (-tokens) % multiple
 
 
-def _tokens(arch: Architecture, call: _Call, chunks: int, multiple: int) -> CallTokens | None:
+def _per_chunk(values: torch.Tensor, chunks: int, reduce: Callable[[torch.Tensor], int]) -> tuple[int, ...]:
+    """``reduce`` of each chunk's rows of ``values`` ([rows, ...])."""
+    per_chunk = values.shape[0] // chunks
+    return tuple(reduce(values[c * per_chunk : (c + 1) * per_chunk]) for c in range(chunks))
+
+
+def _tokens(arch: Architecture, call: _Call, chunks: int, multiple: int, model: Any = None) -> CallTokens | None:
     """The token layout of this call (None when it cannot be read: the call is then left unmodified)."""
     if arch.family == "Z-Image":
         return _z_image_tokens(call, chunks, multiple)
+    if arch.family == "HiDream":
+        return _hidream_tokens(call, model)
     text = call.get("encoder_hidden_states")
     if not isinstance(text, torch.Tensor):
         return None
     text_len = text.shape[1]
-    mask = call.get("attention_mask") if arch.family == "Chroma" else call.get("encoder_hidden_states_mask")
+    mask = call.get(_MASK_ARG.get(arch.family, "encoder_hidden_states_mask"))
+    if arch.family in _ZERO_PADDED:
+        mask = (text != 0).any(-1)
+    if arch.family == "AuraFlow":  # 8 learned register tokens lead the text stream
+        registers = int(model.register_tokens.shape[1])
+        mask = torch.cat([mask.new_ones(mask.shape[0], registers), mask], dim=1)
+        text_len += registers
     valid: tuple[int, ...] = ()
+    if arch.family == "Lumina 2":  # each row's joint sequence holds its real caption tokens only, then the image
+        if not isinstance(mask, torch.Tensor):
+            return None
+        lengths = mask.bool().sum(1)
+        return CallTokens(int(lengths.max()), _per_chunk(lengths, chunks, lambda n: int(n.min())))
+    if arch.family == "HunyuanImage 2.1":
+        text_2, mask_2 = call.get("encoder_hidden_states_2"), call.get("encoder_attention_mask_2")
+        masks = isinstance(mask, torch.Tensor) and isinstance(mask_2, torch.Tensor)
+        if masks and isinstance(text_2, torch.Tensor) and getattr(model, "context_embedder_2", None) is not None:
+            # the model moves each row's valid byT5 and MLLM tokens first, padding after them
+            lengths = mask.bool().sum(1) + mask_2.bool().sum(1)
+            return CallTokens(text_len + text_2.shape[1], _per_chunk(lengths, chunks, lambda n: int(n.min())))
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-        per_chunk = mask.shape[0] // chunks
-        valid = tuple(
-            blockmap.leading_valid(mask[c * per_chunk : (c + 1) * per_chunk], text_len) for c in range(chunks)
-        )
+        valid = _per_chunk(mask, chunks, lambda rows: blockmap.leading_valid(rows, text_len))
+    if arch.text_tail:
+        valid = tuple(min(v, text_len - arch.text_tail) for v in valid or (text_len,))
     image = call.get("hidden_states")
     target = None
-    if isinstance(image, torch.Tensor) and arch.single is not None:
-        target = blockmap.target_span(call.get("img_ids"), image.shape[1])
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and arch.single is not None:
+        target = blockmap.target_span(call.get("img_ids"), image.shape[1], arch.target_id)
     return CallTokens(text_len, valid, target=target)
+
+
+def _hidream_tokens(call: _Call, model: Any) -> CallTokens | None:
+    """HiDream's text stream in every block: [T5; last Llama layer; this block's Llama layer], the last part
+    discarded after the block (never repelled); its single-stream sequence: [image (padded to ``max_seq`` when not
+    square); that text]."""
+    t5, llama, image = (
+        call.get(n) for n in ("encoder_hidden_states_t5", "encoder_hidden_states_llama3", "hidden_states")
+    )
+    if not all(isinstance(x, torch.Tensor) for x in (t5, llama, image)):
+        return None
+    kept = t5.shape[1] + llama.shape[-2]
+    if image.ndim == 4:  # latents [rows, channels, height, width]: patchified in the model
+        patch = int(model.config.patch_size)
+        target = (image.shape[-2] // patch) * (image.shape[-1] // patch)
+        image_len = target if image.shape[-2] == image.shape[-1] else int(model.max_seq)
+    else:  # already patchified, with hidden_states_masks marking the real image tokens
+        image_len = image.shape[1]
+        target = blockmap.leading_valid(call.get("hidden_states_masks"), image_len)
+    return CallTokens(kept + llama.shape[-2], (kept,), image_len=image_len, target=(0, target))
 
 
 def _z_image_tokens(call: _Call, chunks: int, multiple: int) -> CallTokens | None:
@@ -181,9 +271,12 @@ def apply_contextual_repulsion(
 
     Args:
         model: a supported transformer (``blockmap.supported("diffusers")``: Flux.1, Chroma, Flux.2, Qwen-Image,
-            Z-Image, SD3), or a pipeline (FluxPipeline, FluxKontextPipeline, Flux2Pipeline, QwenImagePipeline,
-            ZImagePipeline, StableDiffusion3Pipeline, ...) whose ``.transformer`` is one. Given a pipeline, the window
-            is read from ``pipeline.scheduler`` and batched CFG rows (SD3, Z-Image) from the pipeline's CFG state.
+            Z-Image, SD3, HiDream, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3,
+            AuraFlow, CogView4, CogView3-Plus), or a pipeline (FluxPipeline, FluxKontextPipeline, Flux2Pipeline,
+            QwenImagePipeline, ZImagePipeline, StableDiffusion3Pipeline, ...) whose ``.transformer`` is one. Given a
+            pipeline, the window is read from ``pipeline.scheduler`` (its ``timesteps`` for CogView4 and
+            CogView3-Plus) and batched CFG rows (SD3, Z-Image, HiDream, Bria 3, AuraFlow, CogView3-Plus) from the
+            pipeline's CFG state.
         config: the settings; default ``RepulsionConfig()``.
         scheduler: the sampler's scheduler (with ``.sigmas``), for the exact "first tau steps" window. Without one the
             window is read from sigma with the time shift ``shift`` undone.
@@ -212,7 +305,11 @@ def apply_contextual_repulsion(
     state: dict[str, Any] = {"sigma": None, "calls": 0, "tokens": None}
     schedule_cache: dict[str, Any] = {"key": None, "values": None}
 
-    def progress_of(sigma: float) -> float:
+    def progress_of(sigma: float, time: float) -> float:
+        if arch.family in _STEP_BY_TIMESTEPS:
+            timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
+            if timesteps is not None and len(timesteps) > 0:
+                return progress_from_schedule(time, [float(t) for t in timesteps] + [0.0])  # every timestep a step
         sigmas = getattr(scheduler, "sigmas", None) if scheduler is not None else None
         if sigmas is None or len(sigmas) == 0:
             return progress_from_sigma(sigma, shift)
@@ -225,7 +322,15 @@ def apply_contextual_repulsion(
     def chunks_of(rows: int, time: float) -> tuple[str, ...]:
         if arch.cfg_rows is None:  # one call per branch, the prompt's first
             return ("cond",) if state["calls"] == 0 else ("uncond",)
-        cfg_on = bool(getattr(pipeline, "do_classifier_free_guidance", False)) if pipeline is not None else False
+        cfg_on = False
+        if pipeline is not None:
+            cfg_on = getattr(pipeline, "do_classifier_free_guidance", None)
+            if cfg_on is None:  # AuraFlow: a local flag in __call__, guidance_scale > 1
+                scale = getattr(pipeline, "guidance_scale", None)  # a property from diffusers 0.32
+                cfg_on = (
+                    float(scale) > 1.0 if isinstance(scale, (int, float)) else _duplicated(call.get("hidden_states"))
+                )
+            cfg_on = bool(cfg_on)
         if arch.family == "SD3" and call.get("skip_layers") is not None:
             cfg_on = False  # skip-layer guidance: an extra call on the prompt's rows alone
         truncation = getattr(pipeline, "_cfg_truncation", None) if arch.family == "Z-Image" else None
@@ -238,7 +343,7 @@ def apply_contextual_repulsion(
             engine.end_call()
             return
         call.args, call.kwargs = args, kwargs
-        timestep = call.get("timestep") if arch.family != "Z-Image" else call.get("t")
+        timestep = call.get(_TIME_ARG.get(arch.family, "timestep"))
         if timestep is None:
             engine.warn_once("timestep", "[ctxrep] the transformer was called without a timestep; repulsion skipped")
             engine.end_call()
@@ -251,9 +356,9 @@ def apply_contextual_repulsion(
             state["sigma"], state["calls"] = sigma, 0
         first = call.get("hidden_states") if arch.family != "Z-Image" else call.get("x")
         chunks = chunks_of(_rows(first), value) if first is not None else ("cond",)
-        if not engine.begin_call(progress_of(sigma), chunks):
+        if not engine.begin_call(progress_of(sigma, value), chunks):
             return
-        tokens = _tokens(arch, call, len(engine.chunks), multiple)
+        tokens = _tokens(arch, call, len(engine.chunks), multiple, module)
         call.args, call.kwargs = (), {}
         if tokens is None:
             engine.warn_once(

@@ -1,10 +1,11 @@
-"""Small diffusers models and pipelines built from config (Flux.1, SD3, Chroma, Flux.2, Qwen-Image, Z-Image), for the
-demo, the benchmark and the tests.
+"""Small diffusers models and pipelines built from config (Flux.1, SD3, Chroma, Flux.2, Qwen-Image, Z-Image, HiDream,
+Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3, AuraFlow, CogView4, CogView3-Plus), for
+the demo, the benchmark and the tests.
 
 Nothing is downloaded: weights are random (seeded) and prompts are given as embeddings, so no text encoder or
 tokenizer is needed. diffusers is imported inside the functions, so this module imports with any diffusers (or none);
-the constructors of classes that a diffusers release lacks (Chroma, Flux.2, Qwen-Image and Z-Image are not in 0.31)
-raise ImportError there.
+the constructors of classes that a diffusers release lacks (of these, 0.31 has only Flux.1, SD3, AuraFlow and
+CogView3-Plus) raise ImportError there.
 """
 
 from __future__ import annotations
@@ -320,3 +321,299 @@ def tiny_z_image_pipeline(transformer: Any = None) -> Any:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _pipeline(cls_name: str, **components: Any) -> Any:
+    """``diffusers.<cls_name>`` built from ``components`` (text encoders and tokenizers None), progress bar off."""
+    import diffusers
+
+    pipe = getattr(diffusers, cls_name)(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_hidream_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
+    """A HiDreamImageTransformer2DModel (hidden size 32, 4 latent channels in 2 x 2 patches, T5 and Llama embeddings
+    of width 16, pooled 32; one Llama layer per block; images up to 8 x 8 latents, so a non-square latent pads to
+    16 image tokens), random weights, plain feed-forward (no MoE)."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_channels=[16, 16],
+        text_emb_dim=32,
+        num_routed_experts=0,
+        axes_dims_rope=(4, 2, 2),
+        max_resolution=(8, 8),
+        llama_layers=list(range(layers + single_layers)),
+    ).eval()
+
+
+def tiny_hidream_pipeline(transformer: Any = None) -> Any:
+    """A HiDreamImagePipeline without text encoders: call it with ``prompt_embeds_t5``, ``prompt_embeds_llama3``
+    ([layers, batch, tokens, 16]) and ``pooled_prompt_embeds`` (and the negative ones: with CFG it batches
+    [negatives; prompts]). Its images are 8 x 8 pixels (the pipeline rescales every request to its default area)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    pipe = _pipeline(
+        "HiDreamImagePipeline",
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(4),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        text_encoder_3=None,
+        tokenizer_3=None,
+        text_encoder_4=None,
+        tokenizer_4=None,
+        transformer=transformer if transformer is not None else tiny_hidream_transformer(),
+    )
+    pipe.default_sample_size = 8
+    return pipe
+
+
+def tiny_lumina2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """A Lumina2Transformer2DModel (hidden size 32, 4 latent channels, caption embeddings of width 16), random
+    weights."""
+    from diffusers import Lumina2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Lumina2Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=32,
+        num_layers=layers,
+        num_refiner_layers=1,
+        num_attention_heads=4,
+        num_kv_heads=2,
+        multiple_of=16,
+        axes_dim_rope=(4, 2, 2),
+        axes_lens=(64, 16, 16),
+        cap_feat_dim=16,
+    ).eval()
+
+
+def tiny_lumina2_pipeline(transformer: Any = None) -> Any:
+    """A Lumina2Pipeline without a text encoder: call it with ``prompt_embeds``, ``prompt_attention_mask`` and the
+    negative ones (one transformer call per CFG branch, the prompt's first)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return _pipeline(
+        "Lumina2Pipeline",
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(4),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_lumina2_transformer(),
+    )
+
+
+def tiny_krea2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """A Krea2Transformer2DModel (hidden size 32, packed latents of 16 channels, text of 2 tapped layers of width
+    16), random weights."""
+    from diffusers import Krea2Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Krea2Transformer2DModel(
+        in_channels=16,
+        num_layers=layers,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        timestep_embed_dim=32,
+        text_hidden_dim=16,
+        num_text_layers=2,
+        text_num_attention_heads=2,
+        text_num_key_value_heads=2,
+        text_intermediate_size=32,
+        num_layerwise_text_blocks=1,
+        num_refiner_text_blocks=1,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
+def tiny_flux3_transformer(*, layers: int = 1, single_layers: int = 2, seed: int = 0) -> Any:
+    """A Flux3Transformer2DModel (hidden size 32, 4 image and 4 reference channels, text of width 32, 4-axis RoPE),
+    random weights."""
+    from diffusers import Flux3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return Flux3Transformer2DModel(
+        in_channels=4,
+        cond_in_channels=4,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        timestep_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+    ).eval()
+
+
+def tiny_hunyuan_image_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
+    """A HunyuanImageTransformer2DModel (hidden size 32, 4 latent channels, MLLM text of width 16 and byT5 text of
+    width 8), random weights."""
+    from diffusers import HunyuanImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    return HunyuanImageTransformer2DModel(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        num_layers=layers,
+        num_single_layers=single_layers,
+        num_refiner_layers=1,
+        patch_size=(1, 1),
+        text_embed_dim=16,
+        text_embed_2_dim=8,
+        rope_axes_dim=(8, 8),
+    ).eval()
+
+
+def _flux_like(cls_name: str, seed: int, **config: Any) -> Any:
+    import diffusers
+
+    torch.manual_seed(seed)
+    return getattr(diffusers, cls_name)(
+        patch_size=1,
+        in_channels=4,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 6, 6),
+        **config,
+    ).eval()
+
+
+def tiny_ovis_image_transformer(*, seed: int = 0) -> Any:
+    """An OvisImageTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
+    return _flux_like("OvisImageTransformer2DModel", seed, out_channels=4)
+
+
+def tiny_longcat_image_transformer(*, seed: int = 0) -> Any:
+    """A LongCatImageTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
+    return _flux_like("LongCatImageTransformer2DModel", seed, pooled_projection_dim=32)
+
+
+def tiny_bria_transformer(*, seed: int = 0) -> Any:
+    """A BriaTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
+    return _flux_like("BriaTransformer2DModel", seed)
+
+
+def tiny_auraflow_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
+    """An AuraFlowTransformer2DModel (hidden size 32, 4 latent channels, T5 text of width 32; 8 register tokens
+    lead its text stream), random weights; in diffusers 0.31 too."""
+    from diffusers import AuraFlowTransformer2DModel
+
+    torch.manual_seed(seed)
+    return AuraFlowTransformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_mmdit_layers=layers,
+        num_single_dit_layers=single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        caption_projection_dim=32,
+        out_channels=4,
+        pos_embed_max_size=64,
+    ).eval()
+
+
+def tiny_auraflow_pipeline(transformer: Any = None) -> Any:
+    """An AuraFlowPipeline without a text encoder: call it with ``prompt_embeds`` (and the negative ones); with
+    ``guidance_scale`` > 1 it batches [negatives; prompts] (it has no ``do_classifier_free_guidance`` property)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return _pipeline(
+        "AuraFlowPipeline",
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=tiny_vae(4),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_auraflow_transformer(),
+    )
+
+
+def _cogview_config(layers: int) -> dict[str, Any]:
+    return dict(
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=layers,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        text_embed_dim=32,
+        time_embed_dim=16,
+        condition_dim=8,
+        pos_embed_max_size=16,
+        sample_size=8,
+    )
+
+
+def tiny_cogview4_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """A CogView4Transformer2DModel (hidden size 32, 4 latent channels, text of width 32), random weights."""
+    from diffusers import CogView4Transformer2DModel
+
+    torch.manual_seed(seed)
+    return CogView4Transformer2DModel(**_cogview_config(layers), rope_axes_dim=(4, 4)).eval()
+
+
+def tiny_cogview4_pipeline(transformer: Any = None) -> Any:
+    """A CogView4Pipeline without a text encoder: call it with ``prompt_embeds`` and ``negative_prompt_embeds`` (one
+    transformer call per CFG branch, the prompt's first; its timesteps are unshifted, its sigmas shifted)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return _pipeline(
+        "CogView4Pipeline",
+        scheduler=FlowMatchEulerDiscreteScheduler(  # CogView4-6B's: dynamic, linear time shift
+            base_shift=0.25,
+            max_shift=0.75,
+            base_image_seq_len=256,
+            use_dynamic_shifting=True,
+            time_shift_type="linear",
+        ),
+        vae=tiny_vae(4),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_cogview4_transformer(),
+    )
+
+
+def tiny_cogview3plus_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """A CogView3PlusTransformer2DModel (hidden size 32, 4 latent channels, T5 text of width 32), random weights; in
+    diffusers 0.31 too."""
+    from diffusers import CogView3PlusTransformer2DModel
+
+    torch.manual_seed(seed)
+    return CogView3PlusTransformer2DModel(**_cogview_config(layers)).eval()
+
+
+def tiny_cogview3plus_pipeline(transformer: Any = None) -> Any:
+    """A CogView3PlusPipeline without a text encoder (a DDIM sampler): call it with ``prompt_embeds`` and
+    ``negative_prompt_embeds``; with CFG it batches [negatives; prompts]."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    return _pipeline(
+        "CogView3PlusPipeline",
+        scheduler=CogVideoXDDIMScheduler(),
+        vae=tiny_vae(4),
+        text_encoder=None,
+        tokenizer=None,
+        transformer=transformer if transformer is not None else tiny_cogview3plus_transformer(),
+    )
