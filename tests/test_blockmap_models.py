@@ -441,25 +441,34 @@ def test_z_image_layers_without_padding_reach_the_last_caption_token() -> None:
 # ---- attaching, removing, batch size one
 
 
+def removal_is_bit_identical(run: Callable[[Any], torch.Tensor], transformer: Any) -> None:
+    """With repulsion the output changes; after ``remove()`` every hook is gone and the output is the plain one."""
+    hooks = all_hooks(transformer)
+    plain = run(transformer)
+    handle = apply_contextual_repulsion(transformer, STRONG)
+    assert not torch.equal(run(transformer), plain)
+    handle.remove()
+    assert all_hooks(transformer) == hooks
+    assert torch.equal(run(transformer), plain)
+
+
+def a_batch_of_one_is_unchanged(run: Callable[..., torch.Tensor], transformer: Any) -> None:
+    plain = run(transformer, batch=1)
+    with apply_contextual_repulsion(transformer, STRONG) as handle:
+        assert torch.equal(run(transformer, batch=1), plain)
+    assert not handle.attached
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_removing_the_handle_is_bit_identical_to_never_attaching(name: str) -> None:
     model, transformer = built(name)
-    hooks = all_hooks(transformer)
-    plain = model.run(transformer)
-    handle = apply_contextual_repulsion(transformer, STRONG)
-    assert not torch.equal(model.run(transformer), plain)
-    handle.remove()
-    assert all_hooks(transformer) == hooks
-    assert torch.equal(model.run(transformer), plain)
+    removal_is_bit_identical(model.run, transformer)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_batch_of_one_is_left_exactly_as_computed(name: str) -> None:
     model, transformer = built(name)
-    plain = model.run(transformer, batch=1)
-    with apply_contextual_repulsion(transformer, STRONG) as handle:
-        assert torch.equal(model.run(transformer, batch=1), plain)
-    assert not handle.attached
+    a_batch_of_one_is_unchanged(model.run, transformer)
 
 
 # ---- whole pipeline runs

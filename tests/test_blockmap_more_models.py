@@ -40,13 +40,14 @@ from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa
 from .test_blockmap_models import (  # noqa: E402
     PIPELINE,
     STRONG,
-    all_hooks,
+    a_batch_of_one_is_unchanged,
     generator,
     grid_ids,
     moved,
     needs,
     one_thread,  # noqa: F401  (the autouse fixture: one torch thread)
     randn,
+    removal_is_bit_identical,
     text_mask,
     watching,
 )
@@ -456,22 +457,13 @@ def test_krea2_never_moves_the_template_suffix_even_without_padding() -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_removing_the_handle_is_bit_identical_to_never_attaching(name: str) -> None:
     model, transformer = built(name)
-    hooks = all_hooks(transformer)
-    plain = model.run(transformer)
-    handle = apply_contextual_repulsion(transformer, STRONG)
-    assert not torch.equal(model.run(transformer), plain)
-    handle.remove()
-    assert all_hooks(transformer) == hooks
-    assert torch.equal(model.run(transformer), plain)
+    removal_is_bit_identical(model.run, transformer)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_a_batch_of_one_is_left_exactly_as_computed(name: str) -> None:
     model, transformer = built(name)
-    plain = model.run(transformer, batch=1)
-    with apply_contextual_repulsion(transformer, STRONG) as handle:
-        assert torch.equal(model.run(transformer, batch=1), plain)
-    assert not handle.attached
+    a_batch_of_one_is_unchanged(model.run, transformer)
 
 
 # ---- whole pipeline runs
