@@ -86,8 +86,8 @@ from forge_verify_common import (  # noqa: E402
     git_commit,
     load_function,
     max_diff,
+    observe,
     prepare_model,
-    removing,
     repulsion,
     stats_summary,
     tiny_flux_config,
@@ -95,7 +95,6 @@ from forge_verify_common import (  # noqa: E402
 )
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 
 #: Files whose presence marks a Forge checkout (all imported or read below).
 FORGE_MARKERS = (
@@ -370,42 +369,13 @@ class KontextExtension:
 
 
 def observe_blocks(sc: Scenario, config: RepulsionConfig, cfg: float = 1.0) -> dict[str, tuple[Any, Any]]:
-    """One repelled run recording every block's output before repulsion (a hook prepended ahead of ForgeRepulsion's)
-    and after it (a hook behind it). The observers are attached inside the model call only, after ForgeRepulsion's
-    own hooks, and removed before it returns."""
+    """One repelled run recording every block's output before repulsion and after it (``observe``), for the last
+    model call: {block name: (before, after)}."""
     dm = sc.unet.model.diffusion_model
-    job = ForgeRepulsion(config)
-    clone = sc.unet.clone()
-    job.patch(clone)
-    previous = clone.model_options["model_function_wrapper"]
-    seen: dict[str, list[Any]] = {}
-
-    def snapshot(out: Any) -> Any:
-        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
-
-    def observing(apply_model, args):
-        def observed_apply_model(*a, **k):
-            handles = []
-            for kind, blocks in (("double", dm.double_blocks), ("single", dm.single_blocks)):
-                for i, block in enumerate(blocks):
-                    slot = seen.setdefault(f"{kind}.{i}", [None, None])
-
-                    def before(m, a_, out, slot=slot):
-                        slot[0] = snapshot(out)
-
-                    def after(m, a_, out, slot=slot):
-                        slot[1] = snapshot(out)
-
-                    handles.append(block.register_forward_hook(before, prepend=True))
-                    handles.append(block.register_forward_hook(after))
-            with removing(handles):
-                return apply_model(*a, **k)
-
-        return previous(observed_apply_model, args)
-
-    clone.model_options["model_function_wrapper"] = observing
-    sc.sample(clone, SIGMA_IN, cfg)
-    return {name: (b, a) for name, (b, a) in seen.items()}
+    blocks = {f"double.{i}": b for i, b in enumerate(dm.double_blocks)}
+    blocks.update({f"single.{i}": b for i, b in enumerate(dm.single_blocks)})
+    seen = observe(sc, config, cfg, blocks)
+    return {name: (calls[-1].before, calls[-1].after) for name, calls in seen.items() if calls}
 
 
 def verify_kontext(forge: Forge, ext: KontextExtension, check: Checks) -> None:

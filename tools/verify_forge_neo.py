@@ -89,12 +89,14 @@ from forge_verify_common import (  # noqa: E402
     B,
     Checks,
     ModelChecks,
+    Seen,
     die,
     forward_hooks,
     git,
     keep,
     load_function,
     max_diff,
+    observe,
     prepare_model,
     removing,
     repulsion,
@@ -807,66 +809,6 @@ class DiTScenario(BaseScenario):
 
     def conditioning(self, text: torch.Tensor, rows: int) -> torch.Tensor:
         return text[:rows]
-
-
-@dataclass
-class Seen:
-    """One block in one model call: its output as the block computed it (``before``) and as the model goes on with it
-    (``after`` ForgeRepulsion's hook), its tensor inputs, and the call's text length (``c_crossattn`` tokens)."""
-
-    text_len: int
-    before: Any = None
-    after: Any = None
-    inputs: tuple[torch.Tensor, ...] = ()
-
-
-def _snapshot(out: Any) -> Any:
-    if isinstance(out, tuple):
-        return tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in out)
-    return out.clone()
-
-
-def observe(
-    sc: BaseScenario, config, cfg: float, blocks: dict[str, torch.nn.Module], *, low_vram: bool = False
-) -> dict[str, list[Seen]]:
-    """One repelled run at SIGMA_IN recording, per model call, every block's inputs (a pre-hook) and its output
-    before ForgeRepulsion's hook (a hook prepended ahead of it) and after it (a hook behind it). The observers are
-    attached inside each model call, after ForgeRepulsion's own hooks, and removed before the call returns."""
-    job = ForgeRepulsion(config)
-    clone = sc.unet.clone()
-    job.patch(clone)
-    previous = clone.model_options["model_function_wrapper"]
-    seen: dict[str, list[Seen]] = {name: [] for name in blocks}
-
-    def observing(apply_model, args):
-        text_len = int(args["c"]["c_crossattn"].shape[1])
-
-        def observed_apply_model(*a, **k):
-            handles = []
-            for name, block in blocks.items():
-                slot = Seen(text_len)
-                seen[name].append(slot)
-
-                def inputs(m, a_, k_, slot=slot):
-                    slot.inputs = tuple(t.clone() for t in (*a_, *k_.values()) if isinstance(t, torch.Tensor))
-
-                def before(m, a_, out, slot=slot):
-                    slot.before = _snapshot(out)
-
-                def after(m, a_, out, slot=slot):
-                    slot.after = _snapshot(out)
-
-                handles.append(block.register_forward_pre_hook(inputs, with_kwargs=True))
-                handles.append(block.register_forward_hook(before, prepend=True))
-                handles.append(block.register_forward_hook(after))
-            with removing(handles):
-                return apply_model(*a, **k)
-
-        return previous(observed_apply_model, args)
-
-    clone.model_options["model_function_wrapper"] = observing
-    sc.sample(clone, SIGMA_IN, cfg, low_vram=low_vram)
-    return seen
 
 
 def changed_tokens(before: torch.Tensor, after: torch.Tensor) -> list[int]:
