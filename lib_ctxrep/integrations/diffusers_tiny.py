@@ -15,15 +15,14 @@ from typing import Any
 import torch
 
 
-def tiny_flux_transformer(
-    *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
-) -> Any:
-    """A FluxTransformer2DModel with the given depth and width (hidden size = heads * head_dim), random weights."""
-    from diffusers import FluxTransformer2DModel
+def _flux_like(cls_name: str, layers: int, single_layers: int, heads: int, head_dim: int, text_dim: int, seed: int,
+               **extra: Any) -> Any:  # fmt: skip
+    """A Flux-shaped diffusers transformer (dual + single blocks, 4 input channels, 3 rope axes), random weights."""
+    import diffusers
 
     quarter = head_dim // 4
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(
+    return getattr(diffusers, cls_name)(
         patch_size=1,
         in_channels=4,
         num_layers=layers,
@@ -31,9 +30,18 @@ def tiny_flux_transformer(
         attention_head_dim=head_dim,
         num_attention_heads=heads,
         joint_attention_dim=text_dim,
-        pooled_projection_dim=32,
-        axes_dims_rope=[quarter, quarter, head_dim - 2 * quarter],
+        axes_dims_rope=(quarter, quarter, head_dim - 2 * quarter),
+        **extra,
     ).eval()
+
+
+def tiny_flux_transformer(
+    *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
+) -> Any:
+    """A FluxTransformer2DModel with the given depth and width (hidden size = heads * head_dim), random weights."""
+    return _flux_like(
+        "FluxTransformer2DModel", layers, single_layers, heads, head_dim, text_dim, seed, pooled_projection_dim=32
+    )
 
 
 def tiny_sd3_transformer(*, layers: int = 3, seed: int = 0) -> Any:
@@ -126,23 +134,10 @@ def tiny_chroma_transformer(
     *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
 ) -> Any:
     """A ChromaTransformer2DModel (hidden size = heads * head_dim, 4 input channels), random weights."""
-    from diffusers import ChromaTransformer2DModel
-
-    quarter = head_dim // 4
-    torch.manual_seed(seed)
-    return ChromaTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=layers,
-        num_single_layers=single_layers,
-        attention_head_dim=head_dim,
-        num_attention_heads=heads,
-        joint_attention_dim=text_dim,
-        axes_dims_rope=(quarter, quarter, head_dim - 2 * quarter),
-        approximator_num_channels=8,
-        approximator_hidden_dim=32,
-        approximator_layers=1,
-    ).eval()
+    return _flux_like(
+        "ChromaTransformer2DModel", layers, single_layers, heads, head_dim, text_dim, seed,
+        approximator_num_channels=8, approximator_hidden_dim=32, approximator_layers=1,
+    )  # fmt: skip
 
 
 def tiny_chroma_pipeline(transformer: Any = None) -> Any:
@@ -482,36 +477,19 @@ def tiny_hunyuan_image_transformer(*, layers: int = 2, single_layers: int = 2, s
     ).eval()
 
 
-def _flux_like(cls_name: str, seed: int, **config: Any) -> Any:
-    import diffusers
-
-    torch.manual_seed(seed)
-    return getattr(diffusers, cls_name)(
-        patch_size=1,
-        in_channels=4,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        axes_dims_rope=(4, 6, 6),
-        **config,
-    ).eval()
-
-
 def tiny_ovis_image_transformer(*, seed: int = 0) -> Any:
     """An OvisImageTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
-    return _flux_like("OvisImageTransformer2DModel", seed, out_channels=4)
+    return _flux_like("OvisImageTransformer2DModel", 2, 2, 2, 16, 32, seed, out_channels=4)
 
 
 def tiny_longcat_image_transformer(*, seed: int = 0) -> Any:
     """A LongCatImageTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
-    return _flux_like("LongCatImageTransformer2DModel", seed, pooled_projection_dim=32)
+    return _flux_like("LongCatImageTransformer2DModel", 2, 2, 2, 16, 32, seed, pooled_projection_dim=32)
 
 
 def tiny_bria_transformer(*, seed: int = 0) -> Any:
     """A BriaTransformer2DModel (Flux-like, hidden size 32, 4 packed channels, text of width 32)."""
-    return _flux_like("BriaTransformer2DModel", seed)
+    return _flux_like("BriaTransformer2DModel", 2, 2, 2, 16, 32, seed)
 
 
 def tiny_auraflow_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
