@@ -305,19 +305,23 @@ def apply_contextual_repulsion(
     state: dict[str, Any] = {"sigma": None, "calls": 0, "tokens": None}
     schedule_cache: dict[str, Any] = {"key": None, "values": None}
 
+    def schedule(values: Any, tail: tuple[float, ...] = ()) -> list[float]:
+        """The scheduler's table as floats, read once per table (one host transfer, not one per call)."""
+        key = (id(values), len(values))
+        if schedule_cache["key"] != key:
+            schedule_cache["key"] = key
+            schedule_cache["values"] = [float(v) for v in values] + list(tail)
+        return schedule_cache["values"]
+
     def progress_of(sigma: float, time: float) -> float:
         if arch.family in _STEP_BY_TIMESTEPS:
             timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
             if timesteps is not None and len(timesteps) > 0:
-                return progress_from_schedule(time, [float(t) for t in timesteps] + [0.0])  # every timestep a step
+                return progress_from_schedule(time, schedule(timesteps, (0.0,)))  # every timestep a step
         sigmas = getattr(scheduler, "sigmas", None) if scheduler is not None else None
         if sigmas is None or len(sigmas) == 0:
             return progress_from_sigma(sigma, shift)
-        key = (id(sigmas), len(sigmas))
-        if schedule_cache["key"] != key:
-            schedule_cache["key"] = key
-            schedule_cache["values"] = [float(s) for s in sigmas]
-        return progress_from_schedule(sigma, schedule_cache["values"])
+        return progress_from_schedule(sigma, schedule(sigmas))
 
     def chunks_of(rows: int, time: float) -> tuple[str, ...]:
         if arch.cfg_rows is None:  # one call per branch, the prompt's first
