@@ -3,9 +3,9 @@
 UI and wiring only. The arguments are converted and validated by ``lib_ctxrep.integrations.forge_args``. Both
 methods are installed on a clone of ``p.sd_model.forge_objects.unet`` before every sampling (Forge discards the clone
 afterwards): contextual repulsion (``ForgeRepulsion``: block hooks that exist only during in-window model calls) on
-text-stream DiTs (the block map's Forge / Neo families), SPELL (``ForgeSpell``: a post-CFG function) on any model. Nothing stays on the shared model after a
-generation, an error or an interrupt. Protected sets are read only inside the folder configured in Settings
-(``lib_ctxrep.protected``).
+text-stream DiTs (the block map's Forge / Neo families), SPELL (``ForgeSpell``: a post-CFG function) on any model.
+Nothing stays on the shared model after a generation, an error or an interrupt. Protected sets are read only inside
+the folder configured in Settings (``lib_ctxrep.protected``).
 """
 
 from __future__ import annotations
