@@ -44,8 +44,9 @@ class RepulsionConfig:
         window: fraction of the sampling trajectory, from pure noise, during which repulsion acts, in (0, 1].
             A step at position i of N is inside when i / N < window: 0.05 is tau = 1 step at 20 steps, 3 at 50,
             and always at least the first step.
-        blocks: dual-stream blocks to act after: "all", a third ("first", "middle", "last"), or a range
-            "start:stop" / (start, stop) of block indices (stop exclusive).
+        blocks: dual-stream blocks to act after: "all", a third ("first", "middle", "last", also as the Forge
+            accordion names them: "middle third", ...), or a range "start:stop" / (start, stop) of block indices
+            (stop exclusive; a list is refused, as it reads like a list of blocks).
         single_blocks: Flux single-stream blocks: "off", "text" (their text tokens only) or "all" (all tokens,
             text and image: the paper's choice for Flux).
         branches: which CFG branches are repelled ("cond", "uncond"). Each branch is only ever repelled within
@@ -172,13 +173,43 @@ class RepulsionConfig:
         return cls(**data)
 
 
+def as_config(config: Any, who: str) -> RepulsionConfig:
+    """``config`` if it is a RepulsionConfig (None: the defaults); otherwise a TypeError naming what was passed to
+    ``who`` and how to build one."""
+    if config is None:
+        return RepulsionConfig()
+    if isinstance(config, RepulsionConfig):
+        return config
+    if config is RepulsionConfig:
+        raise TypeError(f"{who}: got the class RepulsionConfig itself; pass an instance: RepulsionConfig(...)")
+    if isinstance(config, dict):
+        raise TypeError(
+            f"{who}: config must be a RepulsionConfig, got a dict; build one with RepulsionConfig(**settings) or "
+            "RepulsionConfig.from_dict(settings)"
+        )
+    raise TypeError(f"{who}: config must be a RepulsionConfig, got {type(config).__name__}; use RepulsionConfig(...)")
+
+
+#: The Forge accordion's names of the block presets (also accepted here).
+_PRESET_LABELS = {"first third": "first", "middle third": "middle", "last third": "last"}
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _parse_blocks(value: Any) -> str | tuple[int, int]:
+    if isinstance(value, str) and value.strip() in _PRESET_LABELS:
+        return _PRESET_LABELS[value.strip()]
     if isinstance(value, str) and value in BLOCK_PRESETS:
         return value
+    if isinstance(value, list):
+        raise _fail(
+            "blocks",
+            "a preset, 'start:stop' or a (start, stop) tuple (stop exclusive); a list is not read as a range: for "
+            "blocks 0 to 2 write (0, 3) or '0:3'",
+            value,
+        )
     if isinstance(value, str) and ":" in value:
         left, _, right = value.partition(":")
         try:

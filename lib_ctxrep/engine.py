@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import RepulsionConfig
+from .config import RepulsionConfig, as_config
 from .memory import ContextMemory
 from .repulsion import repel_parts
 from .schedule import is_active
@@ -47,7 +47,7 @@ class RepulsionEngine:
     def __init__(
         self, config: RepulsionConfig | None = None, *, record_stats: bool = False, repelled_blocks: int = 1
     ) -> None:
-        self.config = config if config is not None else RepulsionConfig()
+        self.config = as_config(config, "RepulsionEngine")
         self.record_stats = record_stats
         #: How many blocks are repelled per model call; ``config.step_strength`` is shared out over them. Front ends
         #: set it to the number of blocks they hook.

@@ -205,10 +205,11 @@ def repel_parts(
 
 def _validate_repel_args(features: torch.Tensor, iterations: int) -> None:
     if not isinstance(features, torch.Tensor) or not features.is_floating_point():
-        raise ValueError("repel: features must be a floating-point tensor [B, N, D]")
-    if features.ndim < 2:
+        raise ValueError(f"repel: features must be a floating-point tensor [B, N, D], got {type(features).__name__}")
+    if features.ndim < 3:
         raise ValueError(
-            f"repel: features must have shape [B, ...] with a batch dimension, got {tuple(features.shape)}"
+            f"repel: features must be [B, N, D] (samples, tokens, width), got shape {tuple(features.shape)}; "
+            "for one vector per sample add a token axis: features[:, None]"
         )
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"repel: iterations must be an integer >= 1, got {iterations!r}")
@@ -224,8 +225,10 @@ def repel(features: torch.Tensor, eta: float, iterations: int) -> torch.Tensor:
     """
     _validate_repel_args(features, iterations)
     eta = float(eta)
-    if not math.isfinite(eta):
-        raise ValueError(f"repel: eta must be finite, got {eta!r}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ValueError(
+            f"repel: eta must be a finite number >= 0 (a negative eta pulls samples together), got {eta!r}"
+        )
     if features.shape[0] < 2 or eta == 0.0:
         return features
     (out,), _ = repel_parts([features], iterations, eta=eta)

@@ -39,6 +39,11 @@ def cosine_kernel(x: torch.Tensor) -> torch.Tensor:
 
 def log_vendi_score(x: torch.Tensor) -> torch.Tensor:
     """log of the cosine-kernel Vendi score of ``x`` [B, ...]: the von Neumann entropy of K/B (float64 scalar)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"vendi_score: x must be a torch.Tensor [B, ...], got {type(x).__name__}; "
+            "for a list of samples use torch.stack(samples)"
+        )
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(
             f"vendi_score: x must have a batch dimension with at least one sample, got shape {tuple(x.shape)}"

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
+from lib_ctxrep import RepulsionEngine
+from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_STRENGTH, DEFAULT_WINDOW, RepulsionConfig, as_config
 
 INVALID = [
     ("enabled", 1),
@@ -95,9 +96,9 @@ def test_boundary_values_are_accepted(field, value):
     assert getattr(RepulsionConfig(**{field: value}), field) == value
 
 
-def test_lists_are_normalised_to_tuples():
-    cfg = RepulsionConfig(branches=["cond"], chunks=["uncond", "cond"], blocks=[2, 5])
-    assert cfg.branches == ("cond",) and cfg.chunks == ("uncond", "cond") and cfg.blocks == (2, 5)
+def test_lists_of_branches_and_chunks_are_normalised_to_tuples():
+    cfg = RepulsionConfig(branches=["cond"], chunks=["uncond", "cond"])
+    assert cfg.branches == ("cond",) and cfg.chunks == ("uncond", "cond")
 
 
 @pytest.mark.parametrize(
@@ -167,3 +168,31 @@ def test_from_dict_does_not_mutate_its_argument():
     data = {"branches": ["cond"], "blocks": [1, 3]}
     RepulsionConfig.from_dict(data)
     assert data == {"branches": ["cond"], "blocks": [1, 3]}
+
+
+@pytest.mark.parametrize(
+    ("label", "preset"), [("first third", "first"), ("middle third", "middle"), ("last third", "last")]
+)
+def test_the_forge_accordion_preset_names_are_accepted(label, preset):
+    assert RepulsionConfig(blocks=label).blocks == preset
+
+
+def test_a_list_of_blocks_is_refused_because_it_reads_like_a_list_of_blocks():
+    with pytest.raises(ValueError, match=r"blocks must be .*a list is not read as a range.*\(0, 3\).*got \[0, 2\]"):
+        RepulsionConfig(blocks=[0, 2])
+    assert RepulsionConfig.from_dict(RepulsionConfig(blocks=(0, 2)).to_dict()).blocks == (
+        0,
+        2,
+    )  # JSON lists still load
+
+
+def test_a_dict_in_place_of_a_config_says_how_to_build_one():
+    with pytest.raises(TypeError, match=r"got a dict; build one with RepulsionConfig\(\*\*settings\).*from_dict"):
+        as_config({"strength": 0.1}, "apply_contextual_repulsion")
+
+
+def test_the_config_class_in_place_of_an_instance_says_to_call_it():
+    with pytest.raises(
+        TypeError, match=r"got the class RepulsionConfig itself; pass an instance: RepulsionConfig\(\.\.\.\)"
+    ):
+        RepulsionEngine(RepulsionConfig)

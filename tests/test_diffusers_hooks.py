@@ -441,3 +441,10 @@ def test_sd3_shares_the_step_strength_over_the_blocks_that_emit_text():
         with apply_contextual_repulsion(transformer, config), torch.no_grad():
             outs.append(transformer(*inputs, t, return_dict=False)[0])
     assert torch.equal(*outs)
+
+
+def test_a_dict_in_place_of_a_config_is_refused_before_anything_is_attached():
+    transformer = tiny_flux_transformer()
+    with pytest.raises(TypeError, match=r"apply_contextual_repulsion: config must be a RepulsionConfig, got a dict"):
+        apply_contextual_repulsion(transformer, {"strength": 0.1})
+    assert all_hooks(transformer) == 0

@@ -121,7 +121,7 @@ def test_repel_matches_reference_at_cosine_similarity_0_9999():
     x = (math.sqrt(a) * eye[0] + math.sqrt(1 - a) * eye[1 : b + 1]) * 3.0
     assert torch.allclose(row_cosines(x)[~torch.eye(b, dtype=torch.bool)], torch.full((b * b - b,), a, dtype=x.dtype))
     eta = 1e-3 * mean_norm_sq(x)
-    assert_matches_reference(repel(x, eta, 20), reference_flow(x, 20, eta=eta), x)
+    assert_matches_reference(repel(x[:, None], eta, 20)[:, 0], reference_flow(x, 20, eta=eta), x)
 
 
 def test_eta_for_strength_is_strength_times_squared_norm_per_sample():
@@ -278,10 +278,17 @@ def test_invalid_arguments_raise_value_error(fn):
         fn(x, 0.1, 0)
     with pytest.raises(ValueError, match="floating-point"):
         fn(torch.ones(3, 2, dtype=torch.int64), 0.1, 1)
-    with pytest.raises(ValueError, match="batch dimension"):
+    with pytest.raises(ValueError, match=r"\[B, N, D\].*got shape \(3,\)"):
         fn(torch.ones(3, dtype=torch.float32), 0.1, 1)
+    with pytest.raises(ValueError, match=r"token axis.*features\[:, None\]"):
+        fn(torch.ones(3, 4, dtype=torch.float32), 0.1, 1)
     with pytest.raises(ValueError):
         fn(x, math.nan, 1)
+
+
+def test_a_negative_eta_is_refused_because_it_would_pull_samples_together():
+    with pytest.raises(ValueError, match=r"eta must be a finite number >= 0 .*pulls samples together.*-1\.0"):
+        repel(clustered((3, 2, 2), seed=29), -1.0, 8)
 
 
 def test_negative_strength_is_rejected():

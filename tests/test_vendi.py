@@ -161,3 +161,8 @@ def test_identity_kernel_has_entropy_log_r():
     assert entropy == pytest.approx(math.log(5), rel=1e-14)
     # log(K/R) = -log(R) I: the gradient -(log(K/R) + I)/R is diagonal.
     np.testing.assert_allclose(grad, np.eye(5) * (math.log(5) - 1) / 5, rtol=1e-12, atol=1e-15)
+
+
+def test_vendi_score_of_something_other_than_a_tensor_says_how_to_make_one():
+    with pytest.raises(TypeError, match=r"torch.Tensor \[B, \.\.\.\], got list; .*torch.stack"):
+        vendi_score([torch.ones(3), torch.zeros(3)])

@@ -32,7 +32,7 @@ import torch
 
 from .. import blockmap
 from ..blockmap import Architecture, CallTokens
-from ..config import RepulsionConfig
+from ..config import RepulsionConfig, as_config
 from ..engine import RepulsionEngine
 from ..schedule import progress_from_schedule, progress_from_sigma
 
@@ -293,7 +293,7 @@ def apply_contextual_repulsion(
         pipeline, transformer = model, model.transformer
         scheduler = scheduler if scheduler is not None else getattr(model, "scheduler", None)
     arch = _architecture(transformer)
-    config = config if config is not None else RepulsionConfig()
+    config = as_config(config, "apply_contextual_repulsion")
     previous = getattr(transformer, _ATTR, None)
     if previous is not None:
         previous.remove()
