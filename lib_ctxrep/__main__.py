@@ -5,25 +5,38 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with an argument error on one line (no usage block), pointing to --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     from . import bench, demo, overhead
 
-    parser = argparse.ArgumentParser(prog="python -m lib_ctxrep", description=__doc__)
-    sub = parser.add_subparsers(dest="command")
-    demo.add_arguments(sub.add_parser("demo", help="one batch with and without repulsion on the reference model"))
-    bench.add_arguments(sub.add_parser("bench", help="all methods side by side on the reference model"))
-    overhead.add_arguments(sub.add_parser("overhead", help="time and memory cost of the hooks at Flux width"))
+    parser = _Parser(prog="python -m lib_ctxrep", description=__doc__)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    kw = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_arguments(
+        sub.add_parser("demo", help="one batch with and without repulsion on the reference model", **kw)
+    )
+    bench.add_arguments(sub.add_parser("bench", help="all methods side by side on the reference model", **kw))
+    overhead.add_arguments(sub.add_parser("overhead", help="time and memory cost of the hooks at Flux width", **kw))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        print("[lib_ctxrep] no command given: running 'demo' (the main job); 'python -m lib_ctxrep --help' lists all")
+        argv = ["demo", *argv]
     args = parser.parse_args(argv)
     if args.command == "overhead":
         overhead.run(overhead.resolve_defaults(args))
     elif args.command == "bench":
         bench.run(args)
     else:
-        if args.command is None:
-            args = parser.parse_args(["demo", *(argv or [])])
         demo.run(args)
     return 0
 

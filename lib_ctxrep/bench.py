@@ -413,15 +413,23 @@ def write_readme(path: Path, text: str) -> None:
 # ---- command -----------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> list[Result]:
     """Run the comparison and write its outputs; returns the results."""
+    from .reference.data import CLASSES
     from .reference.model import load_reference_model
 
-    torch.manual_seed(0)
-    model = load_reference_model(args.weights)
     methods = default_methods(args.window, _windows(args.windows))
     if args.methods:
-        wanted = set(args.methods.split(","))
+        wanted = {w.strip() for w in args.methods.split(",") if w.strip()}
+        unknown = sorted(wanted - {m.family for m in methods})
+        if unknown:
+            raise SystemExit(f"bench: --methods {unknown} unknown; families: {sorted({m.family for m in methods})}")
         methods = [m for m in methods if m.family in wanted or m.family == "base"]
-    classes = list(range(args.classes))
+    if args.classes > len(CLASSES):
+        print(
+            f"[bench] --classes {args.classes}: the reference model has {len(CLASSES)} classes; using {len(CLASSES)}"
+        )
+    torch.manual_seed(0)
+    model = load_reference_model(args.weights)
+    classes = list(range(min(args.classes, len(CLASSES))))
     total = len(methods) * len(classes) * args.batches
     done = [0]
 
@@ -494,21 +502,25 @@ def _windows(text: str) -> tuple[float, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep bench``."""
+    from .cli import fraction, new_file, non_negative, whole
     from .reference.model import DEFAULT_GUIDANCE, DEFAULT_SHIFT, DEFAULT_STEPS
 
-    parser.add_argument("--batches", type=int, default=8, help="batches per class (seeds differ per batch)")
-    parser.add_argument("--batch", type=int, default=8, help="samples per batch")
-    parser.add_argument("--classes", type=int, default=4, help="how many of the 4 classes (prompts)")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="true-CFG scale")
-    parser.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
-    parser.add_argument("--window", type=float, default=0.05, help="contextual repulsion's window (the default's)")
+    parser.add_argument("--batches", type=whole(1), default=8, help="batches per class (seeds differ per batch)")
+    parser.add_argument("--batch", type=whole(2), default=8, help="samples per batch")
+    parser.add_argument("--classes", type=whole(1), default=4, help="how many of the 4 classes (prompts)")
+    parser.add_argument("--steps", type=whole(1), default=DEFAULT_STEPS, help="sampling steps")
+    parser.add_argument("--guidance", type=non_negative, default=DEFAULT_GUIDANCE, help="true-CFG scale")
+    parser.add_argument("--shift", type=non_negative, default=DEFAULT_SHIFT, help="flow-matching time shift")
+    parser.add_argument("--window", type=fraction, default=0.05, help="contextual repulsion's window (the default's)")
     parser.add_argument(
         "--windows", default="0.2,0.3", help="comma-separated longer windows, each swept at three strengths"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--methods", default="", help="comma-separated families to run (default: all)")
-    parser.add_argument("--weights", default=None, help="reference weights (default: the committed ones)")
-    parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png")
+    parser.add_argument("--weights", default=None, help="a reference-weights file instead of the committed one")
+    parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png (created)")
     parser.add_argument("--readme", action="store_true", help="write the results table into the README")
-    parser.add_argument("--readme-path", default=str(Path(__file__).resolve().parents[1] / "README.md"))
+    parser.add_argument(
+        "--readme-path", type=new_file, default=str(Path(__file__).resolve().parents[1] / "README.md"),
+        help="the README to write the table into",
+    )  # fmt: skip

@@ -47,6 +47,10 @@ def run(args: argparse.Namespace) -> dict:
     model = load_reference_model(args.weights)
     methods = [Method("base", "base"), Method("repulsion", "ours", args.strength, {"window": args.window})]
     classes = list(range(min(args.classes, len(CLASSES))))
+    if args.classes > len(CLASSES):
+        print(f"[demo] --classes {args.classes}: the reference model has {len(CLASSES)} classes; using {len(CLASSES)}")
+    if args.batch == 1:
+        print("[demo] --batch 1: contextual repulsion acts within a batch, so one image per batch cannot change")
     total, done = len(classes) * len(methods), 0
     rows, labels, report = [], [], {}
     print(
@@ -92,18 +96,20 @@ def run(args: argparse.Namespace) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep demo``."""
+    from .cli import fraction, new_file, non_negative, whole
     from .reference.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-    parser.add_argument("--classes", type=int, default=4, help="prompts: the first N object classes")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="true-CFG scale")
+    parser.add_argument("--classes", type=whole(1), default=4, help="prompts: the first N of the 4 object classes")
+    parser.add_argument("--batch", type=whole(1), default=8, help="images per batch (repulsion acts within a batch)")
+    parser.add_argument("--steps", type=whole(1), default=DEFAULT_STEPS, help="sampling steps")
+    parser.add_argument("--guidance", type=non_negative, default=DEFAULT_GUIDANCE, help="true-CFG scale")
     parser.add_argument(
-        "--strength", type=float, default=REPULSION_STRENGTH, help="default: the reference model's setting"
-    )
+        "--strength", type=non_negative, default=REPULSION_STRENGTH,
+        help="per-block strength; the default is the reference model's setting",
+    )  # fmt: skip
     parser.add_argument(
-        "--window", type=float, default=REPULSION_WINDOW, help="default: the reference model's setting"
+        "--window", type=fraction, default=REPULSION_WINDOW, help="share of the steps; the reference model's setting"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", default=None, help="reference weights (default: the committed ones)")
-    parser.add_argument("--out", default="demo_grid.png", help="where to write the PNG grid")
+    parser.add_argument("--seed", type=int, default=0, help="first seed (each prompt and image has its own)")
+    parser.add_argument("--weights", default=None, help="a reference-weights file instead of the committed one")
+    parser.add_argument("--out", type=new_file, default="demo_grid.png", help="where to write the PNG grid")

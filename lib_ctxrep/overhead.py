@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> dict:
     rep_bytes = args.double * 3 * b * p_double * itemsize + args.single * 3 * b * p_single * itemsize
     params = sum(p.numel() for p in model.parameters())
     fwd_flops = 2 * params * b * (n + img)  # linear layers; attention adds more
-    print(f"[bench] device={device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
+    print(f"[overhead] device={device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
     print(
-        f"[bench] blocks: {args.double} double + {args.single} single ({args.single_mode} tokens), "
+        f"[overhead] blocks: {args.double} double + {args.single} single ({args.single_mode} tokens), "
         f"{params / 1e6:.0f} M parameters, M={args.iterations}"
     )
     print(
-        f"[bench] floor: repulsion {rep_flops / 1e9:.2f} GFLOP and {rep_bytes / 2**20:.0f} MiB moved per call, "
+        f"[overhead] floor: repulsion {rep_flops / 1e9:.2f} GFLOP and {rep_bytes / 2**20:.0f} MiB moved per call, "
         f"forward >= {fwd_flops / 1e12:.2f} TFLOP -> FLOP share {rep_flops / fwd_flops:.2e}"
     )
 
@@ -175,22 +175,22 @@ def run(args: argparse.Namespace) -> dict:
     late = med["hooked_late"] / med["plain"]
     hooked_blocks = args.double + args.single
     print(
-        f"[bench] forward, best of {args.repeats}: plain {med['plain'] * 1e3:.1f} ms, hooked inside the window "
+        f"[overhead] forward, best of {args.repeats}: plain {med['plain'] * 1e3:.1f} ms, hooked inside the window "
         f"{med['hooked'] * 1e3:.1f} ms, hooked outside the window {med['hooked_late'] * 1e3:.1f} ms"
     )
-    print(f"[bench] ratio inside the window (hooked / plain): {ratio:.4f}  (+{(ratio - 1) * 100:.2f} %)")
-    print(f"[bench] ratio outside the window (inactive hooks): {late:.4f}")
+    print(f"[overhead] ratio inside the window (hooked / plain): {ratio:.4f}  (+{(ratio - 1) * 100:.2f} %)")
+    print(f"[overhead] ratio outside the window (inactive hooks): {late:.4f}")
     whole = (med["hooked"] + (args.steps - 1) * med["hooked_late"]) / (args.steps * med["plain"])
-    print(f"[bench] whole {args.steps}-step generation, repulsion on the first step only: ratio {whole:.4f}")
+    print(f"[overhead] whole {args.steps}-step generation, repulsion on the first step only: ratio {whole:.4f}")
     print(
-        f"[bench] per block (text stream [{b}, {n}, {d}]): {per_block[1] * 1e3:.2f} ms at M=1, "
+        f"[overhead] per block (text stream [{b}, {n}, {d}]): {per_block[1] * 1e3:.2f} ms at M=1, "
         f"{per_block[args.iterations] * 1e3:.2f} ms at M={args.iterations}; "
         f"{(med['hooked'] - med['plain']) / hooked_blocks * 1e3:.2f} ms measured per hooked block in the forward"
     )
     attributed = 1 + hooked_blocks * per_block[args.iterations] / med["plain"]
-    print(f"[bench] ratio attributed from the per-block cost: {attributed:.4f}  (+{(attributed - 1) * 100:.2f} %)")
+    print(f"[overhead] ratio attributed from the per-block cost: {attributed:.4f}  (+{(attributed - 1) * 100:.2f} %)")
     print(
-        f"[bench] passes over [B, N, D] per block: M=1 -> {passes_1['gram']} Gram + "
+        f"[overhead] passes over [B, N, D] per block: M=1 -> {passes_1['gram']} Gram + "
         f"{passes_1['combine']} combination, "
         f"M={args.iterations} -> {passes_m['gram']} Gram + {passes_m['combine']} combination"
     )
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
     if plain_peak is not None and hooked_peak is not None:
         grow = hooked_peak - plain_peak
         print(
-            f"[bench] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain_peak / 2**20:.0f} MiB, "
+            f"[overhead] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain_peak / 2**20:.0f} MiB, "
             f"hooked {hooked_peak / 2**20:.0f} MiB, growth "
             f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
             f"({stream_bytes / 2**20:.1f} MiB)"
@@ -230,20 +230,20 @@ def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: in
     truth = exact.search(q, k)
     exact_ms = (time.perf_counter() - start) * 1e3 / queries
     out = dict(n=n, dim=dim, k=k, exact_ms=exact_ms)
-    print(f"[bench] SPELL search, {n} latents x {dim}: exact {exact_ms:.2f} ms per query (k={k})")
+    print(f"[overhead] SPELL search, {n} latents x {dim}: exact {exact_ms:.2f} ms per query (k={k})")
     try:
         start = time.perf_counter()
         approx = ReferenceSet(data, exact_limit=0, nprobe=nprobe)
         build_s = time.perf_counter() - start
     except ImportError:
-        print("[bench] SPELL search: faiss not installed (pip install faiss-cpu); approximate index not measured")
+        print("[overhead] SPELL search: faiss not installed (pip install faiss-cpu); approximate index not measured")
         return out
     start = time.perf_counter()
     found = approx.search(q, k)
     approx_ms = (time.perf_counter() - start) * 1e3 / queries
     recall = sum(len(set(a.tolist()) & set(t.tolist())) for a, t in zip(found, truth, strict=True)) / truth.numel()
     print(
-        f"[bench] SPELL search, faiss IVF-Flat (nlist {approx.index.nlist}, nprobe {nprobe}): "
+        f"[overhead] SPELL search, faiss IVF-Flat (nlist {approx.index.nlist}, nprobe {nprobe}): "
         f"built in {build_s:.1f} s, {approx_ms:.3f} ms per query ({exact_ms / approx_ms:.0f}x faster than exact), "
         f"recall@{k} {recall:.3f}"
     )
@@ -253,24 +253,28 @@ def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: in
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep overhead``."""
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    from .cli import whole
+
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     parser.add_argument(
         "--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on GPU, float32 on CPU"
     )
-    parser.add_argument("--heads", type=int, default=24, help="attention heads of 128 channels (Flux: 24 -> D=3072)")
-    parser.add_argument("--double", type=int, default=None, help="double blocks (default 1 on CPU, 19 on GPU)")
-    parser.add_argument("--single", type=int, default=None, help="single blocks (default 1 on CPU, 38 on GPU)")
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20, help="steps of the whole generation (window: the first)")
-    parser.add_argument("--text-tokens", type=int, default=512)
-    parser.add_argument("--image-tokens", type=int, default=None, help="default 16 on CPU, 4096 on GPU (1024 px)")
-    parser.add_argument("--iterations", type=int, default=50, help="M (the paper's Flux setting: 50)")
+    parser.add_argument("--heads", type=whole(1), default=24, help="attention heads of 128 channels (Flux: 24)")
+    parser.add_argument("--double", type=whole(0), default=None, help="double blocks (default 1 on CPU, 19 on GPU)")
+    parser.add_argument("--single", type=whole(0), default=None, help="single blocks (default 1 on CPU, 38 on GPU)")
+    parser.add_argument("--batch", type=whole(2), default=4, help="images per batch")
+    parser.add_argument("--steps", type=whole(1), default=20, help="steps of the whole generation (window: the first)")
+    parser.add_argument("--text-tokens", type=whole(1), default=512, help="text tokens (Flux-dev: 512)")
+    parser.add_argument("--image-tokens", type=whole(1), default=None, help="default 16 on CPU, 4096 on GPU (1024²)")
+    parser.add_argument("--iterations", type=whole(1), default=50, help="M (the paper's Flux setting: 50)")
     parser.add_argument("--single-mode", default="all", choices=("all", "text"), help="single blocks: paper = all")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=1, help="plain calls before timing")
-    parser.add_argument("--spell-set", type=int, default=200_000, help="SPELL protected-set size to time (0: skip)")
-    parser.add_argument("--spell-dim", type=int, default=64, help="values per latent in the SPELL search timing")
-    parser.add_argument("--nprobe", type=int, default=8, help="faiss cells searched per SPELL query")
+    parser.add_argument("--repeats", type=whole(1), default=None, help="timed calls (default 3 on CPU, 10 on GPU)")
+    parser.add_argument("--warmup", type=whole(0), default=1, help="plain calls before timing")
+    parser.add_argument(
+        "--spell-set", type=whole(0), default=200_000, help="SPELL protected-set size to time (0: skip)"
+    )
+    parser.add_argument("--spell-dim", type=whole(1), default=64, help="values per latent in the SPELL search timing")
+    parser.add_argument("--nprobe", type=whole(1), default=8, help="faiss cells searched per SPELL query")
 
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:

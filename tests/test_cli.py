@@ -73,5 +73,46 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "ratio inside the window" in out and "ratio outside the window" in out
+    assert "[overhead]" in out and "[bench]" not in out
     assert "M=1 -> 1 Gram + 1 combination, M=3 -> 1 Gram + 1 combination" in out
     assert "SPELL search, 3000 latents x 8: exact" in out and "ms per query" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "--strength", "-1"], "argument --strength: must be >= 0, got -1"),
+        (["demo", "--out", "/nonexistent/dir/x.png"], "argument --out: the folder '/nonexistent/dir' does not exist"),
+        (["demo", "--batch", "0"], "argument --batch: must be >= 1, got 0"),
+        (["demo", "--window", "2"], "argument --window: must be in (0, 1], got 2"),
+        (["bench", "--batch", "1"], "argument --batch: must be >= 2, got 1"),
+        (["overhead", "--heads", "x"], "argument --heads: must be a whole number, got 'x'"),
+    ],
+)
+def test_an_argument_error_is_one_line_naming_the_argument(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--help" in err and "Traceback" not in err
+
+
+def test_every_option_has_help_with_its_default(capsys):
+    for command in ("demo", "bench", "overhead"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
+        assert options and text.count("(default:") >= len(options) - 1  # --readme is a flag: no default to show
+
+
+def test_values_that_are_clamped_or_cannot_act_are_named(capsys, tmp_path):
+    main(["demo", "--classes", "5", "--batch", "1", "--steps", "1", "--out", str(tmp_path / "g.png")])
+    out = capsys.readouterr().out
+    assert "--classes 5: the reference model has 4 classes; using 4" in out
+    assert "--batch 1: contextual repulsion acts within a batch" in out
+
+
+def test_no_command_says_it_runs_the_demo(capsys, tmp_path):
+    main(["--classes", "1", "--batch", "2", "--steps", "1", "--out", str(tmp_path / "g.png")])
+    assert "no command given: running 'demo'" in capsys.readouterr().out
