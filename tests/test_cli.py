@@ -116,3 +116,25 @@ def test_values_that_are_clamped_or_cannot_act_are_named(capsys, tmp_path):
 def test_no_command_says_it_runs_the_demo(capsys, tmp_path):
     main(["--classes", "1", "--batch", "2", "--steps", "1", "--out", str(tmp_path / "g.png")])
     assert "no command given: running 'demo'" in capsys.readouterr().out
+
+
+def test_the_test_run_names_what_it_skipped_and_how_to_run_it(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "def test_forge():\n    pytest.skip(\"could not import 'gradio': No module named 'gradio'\")\n"
+        "def test_new_class():\n    pytest.skip('diffusers 0.31.0 has no ZImageTransformer2DModel')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path, check=False,
+    ).stdout  # fmt: skip
+    assert (
+        "[tests] the Forge script's tests (real gradio 4.40) were skipped" in out and "requirements-test-forge" in out
+    )
+    assert "[tests] 1 tests of model classes this diffusers lacks were skipped" in out

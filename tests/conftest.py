@@ -1,0 +1,45 @@
+"""Say, at the end of a run, which tests this environment skipped and the command that runs them.
+
+The suite runs in two environments (CI runs both): current diffusers (``requirements-test.txt``) and Forge's pins
+(``requirements-test-forge.txt``: gradio 4.40, diffusers 0.31). Each skips what only the other can run; nothing is
+skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+FORGE_ENV = (
+    "python3 -m venv .venv-forge && .venv-forge/bin/python -m pip install -r requirements-test-forge.txt -e . "
+    "&& .venv-forge/bin/python -m pytest -q"
+)
+CURRENT_ENV = "python -m pip install -r requirements-test.txt -e . && python -m pytest -q"
+
+
+def _reason(report) -> str:
+    longrepr = report.longrepr
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 (pytest's hook signature)
+    """One line per kind of skip: what needs the other environment, and how to run it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    kinds: Counter[str] = Counter()
+    for report in skipped:
+        reason = _reason(report)
+        if "gradio" in reason:
+            kinds["forge"] += 1
+        elif "has no" in reason and "diffusers" in reason:
+            kinds["diffusers"] += 1
+        else:
+            kinds["other"] += 1
+    if kinds["forge"]:
+        terminalreporter.write_line(
+            "[tests] the Forge script's tests (real gradio 4.40) were skipped: gradio is not installed here. "
+            f"They run in Forge's pinned environment: {FORGE_ENV}"
+        )
+    if kinds["diffusers"]:
+        terminalreporter.write_line(
+            f"[tests] {kinds['diffusers']} tests of model classes this diffusers lacks were skipped; "
+            f"they run with current diffusers: {CURRENT_ENV}"
+        )
