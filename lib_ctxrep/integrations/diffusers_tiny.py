@@ -15,14 +15,30 @@ from typing import Any
 import torch
 
 
+def _seeded(cls_name: str, seed: int, **config: Any) -> Any:
+    """``diffusers.<cls_name>(**config)`` with random weights from ``seed``, in eval mode."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    return getattr(diffusers, cls_name)(**config).eval()
+
+
+def _pipeline(cls_name: str, **components: Any) -> Any:
+    """``diffusers.<cls_name>`` built from ``components`` (text encoders and tokenizers None), progress bar off."""
+    import diffusers
+
+    pipe = getattr(diffusers, cls_name)(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _flux_like(cls_name: str, layers: int, single_layers: int, heads: int, head_dim: int, text_dim: int, seed: int,
                **extra: Any) -> Any:  # fmt: skip
     """A Flux-shaped diffusers transformer (dual + single blocks, 4 input channels, 3 rope axes), random weights."""
-    import diffusers
-
     quarter = head_dim // 4
-    torch.manual_seed(seed)
-    return getattr(diffusers, cls_name)(
+    return _seeded(
+        cls_name,
+        seed,
         patch_size=1,
         in_channels=4,
         num_layers=layers,
@@ -32,7 +48,7 @@ def _flux_like(cls_name: str, layers: int, single_layers: int, heads: int, head_
         joint_attention_dim=text_dim,
         axes_dims_rope=(quarter, quarter, head_dim - 2 * quarter),
         **extra,
-    ).eval()
+    )
 
 
 def tiny_flux_transformer(
@@ -46,10 +62,9 @@ def tiny_flux_transformer(
 
 def tiny_sd3_transformer(*, layers: int = 3, seed: int = 0) -> Any:
     """An SD3Transformer2DModel (hidden size 32) with ``layers`` joint blocks; the last emits no text stream."""
-    from diffusers import SD3Transformer2DModel
-
-    torch.manual_seed(seed)
-    return SD3Transformer2DModel(
+    return _seeded(
+        "SD3Transformer2DModel",
+        seed,
         sample_size=32,
         patch_size=1,
         in_channels=4,
@@ -60,16 +75,15 @@ def tiny_sd3_transformer(*, layers: int = 3, seed: int = 0) -> Any:
         joint_attention_dim=32,
         pooled_projection_dim=64,
         out_channels=4,
-    ).eval()
+    )
 
 
 def tiny_vae(latent_channels: int, seed: int = 0) -> Any:
     """The tiny AutoencoderKL of diffusers' own pipeline tests (latent channels: 1 for Flux and Chroma, 4 for SD3,
     16 for Z-Image)."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
+    return _seeded(
+        "AutoencoderKL",
+        seed,
         sample_size=32,
         in_channels=3,
         out_channels=3,
@@ -81,16 +95,15 @@ def tiny_vae(latent_channels: int, seed: int = 0) -> Any:
         use_post_quant_conv=False,
         shift_factor=0.0609,
         scaling_factor=1.5035,
-    ).eval()
+    )
 
 
 def tiny_flux_pipeline(transformer: Any = None, *, kontext: bool = False) -> Any:
     """A FluxPipeline (or FluxKontextPipeline) without text encoders: call it with ``prompt_embeds``."""
-    import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    cls = diffusers.FluxKontextPipeline if kontext else diffusers.FluxPipeline
-    pipe = cls(
+    return _pipeline(
+        "FluxKontextPipeline" if kontext else "FluxPipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_vae(1),
         text_encoder=None,
@@ -99,15 +112,14 @@ def tiny_flux_pipeline(transformer: Any = None, *, kontext: bool = False) -> Any
         tokenizer_2=None,
         transformer=transformer if transformer is not None else tiny_flux_transformer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_sd3_pipeline(transformer: Any = None) -> Any:
     """A StableDiffusion3Pipeline without text encoders: call it with prompt (and negative) embeddings."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = StableDiffusion3Pipeline(
+    return _pipeline(
+        "StableDiffusion3Pipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=tiny_vae(4),
         text_encoder=None,
@@ -118,8 +130,6 @@ def tiny_sd3_pipeline(transformer: Any = None) -> Any:
         tokenizer_3=None,
         transformer=transformer if transformer is not None else tiny_sd3_transformer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def prompt_embeddings(batch: int, tokens: int, dim: int, pooled_dim: int, seed: int = 1) -> tuple:
@@ -143,27 +153,25 @@ def tiny_chroma_transformer(
 def tiny_chroma_pipeline(transformer: Any = None) -> Any:
     """A ChromaPipeline without a text encoder: call it with ``prompt_embeds`` and ``prompt_attention_mask`` (and the
     negative ones when ``guidance_scale`` > 1: Chroma calls the transformer once per CFG branch)."""
-    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = ChromaPipeline(
+    return _pipeline(
+        "ChromaPipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_vae(1),
         text_encoder=None,
         tokenizer=None,
         transformer=transformer if transformer is not None else tiny_chroma_transformer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_flux2_transformer(
     *, layers: int = 2, single_layers: int = 2, heads: int = 2, head_dim: int = 16, text_dim: int = 32, seed: int = 0
 ) -> Any:
     """A Flux2Transformer2DModel (hidden size = heads * head_dim, 4 input channels, 4-axis RoPE), random weights."""
-    from diffusers import Flux2Transformer2DModel
-
-    torch.manual_seed(seed)
-    return Flux2Transformer2DModel(
+    return _seeded(
+        "Flux2Transformer2DModel",
+        seed,
         patch_size=1,
         in_channels=4,
         num_layers=layers,
@@ -173,16 +181,15 @@ def tiny_flux2_transformer(
         joint_attention_dim=text_dim,
         timestep_guidance_channels=256,
         axes_dims_rope=(head_dim // 4,) * 4,
-    ).eval()
+    )
 
 
 def tiny_flux2_vae(seed: int = 0) -> Any:
     """A tiny AutoencoderKLFlux2: 1 latent channel, 4 x downsampling (the pipeline's vae_scale_factor), so the
     smallest edit input Flux2Pipeline accepts (64 x 64) packs into 8 x 8 = 64 reference tokens."""
-    from diffusers import AutoencoderKLFlux2
-
-    torch.manual_seed(seed)
-    return AutoencoderKLFlux2(
+    return _seeded(
+        "AutoencoderKLFlux2",
+        seed,
         sample_size=32,
         in_channels=3,
         out_channels=3,
@@ -194,32 +201,30 @@ def tiny_flux2_vae(seed: int = 0) -> Any:
         norm_num_groups=1,
         use_quant_conv=False,
         use_post_quant_conv=False,
-    ).eval()
+    )
 
 
 def tiny_flux2_pipeline(transformer: Any = None) -> Any:
     """A Flux2Pipeline without a text encoder: call it with ``prompt_embeds`` (and ``image=`` for an edit, whose
     reference tokens are appended after the target's image tokens)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = Flux2Pipeline(
+    return _pipeline(
+        "Flux2Pipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_flux2_vae(),
         text_encoder=None,
         tokenizer=None,
         transformer=transformer if transformer is not None else tiny_flux2_transformer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_qwen_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Any:
     """A QwenImageTransformer2DModel (dual-stream blocks only; 16 input channels = 4 latent channels x 2 x 2
     patches, text embeddings of width 16), random weights."""
-    from diffusers import QwenImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    return QwenImageTransformer2DModel(
+    return _seeded(
+        "QwenImageTransformer2DModel",
+        seed,
         patch_size=2,
         in_channels=16,
         out_channels=4,
@@ -229,7 +234,7 @@ def tiny_qwen_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: in
         joint_attention_dim=16,
         guidance_embeds=False,
         axes_dims_rope=(head_dim // 2, head_dim // 4, head_dim // 4),
-    ).eval()
+    )
 
 
 def tiny_qwen_image_vae(downsamples: int = 2, seed: int = 0) -> Any:
@@ -237,11 +242,10 @@ def tiny_qwen_image_vae(downsamples: int = 2, seed: int = 0) -> Any:
     vae_scale_factor is 2 ** downsamples) and no residual blocks. The Edit pipeline resizes its input image to about
     1024 x 1024 whatever the output size; 5 halvings keep its reference latents at 32 x 32 (256 tokens once
     packed)."""
-    from diffusers import AutoencoderKLQwenImage
-
     z_dim = 4
-    torch.manual_seed(seed)
-    return AutoencoderKLQwenImage(
+    return _seeded(
+        "AutoencoderKLQwenImage",
+        seed,
         base_dim=8,
         z_dim=z_dim,
         dim_mult=[1] * (downsamples + 1),
@@ -249,39 +253,33 @@ def tiny_qwen_image_vae(downsamples: int = 2, seed: int = 0) -> Any:
         temperal_downsample=[False] * downsamples,
         latents_mean=[0.0] * z_dim,
         latents_std=[1.0] * z_dim,
-    ).eval()
+    )
 
 
 def tiny_qwen_image_pipeline(transformer: Any = None, *, edit: bool = False) -> Any:
     """A QwenImagePipeline (or QwenImageEditPipeline) without a text encoder: call it with ``prompt_embeds`` and
     ``prompt_embeds_mask``; true CFG (``true_cfg_scale`` > 1 with negative embeddings) is a second transformer call
     per step. The Edit pipeline appends the input image's latents to the image stream."""
-    import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    components = dict(
+    return _pipeline(
+        "QwenImageEditPipeline" if edit else "QwenImagePipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_qwen_image_vae(5 if edit else 2),
         text_encoder=None,
         tokenizer=None,
         transformer=transformer if transformer is not None else tiny_qwen_image_transformer(),
+        **({"processor": None} if edit else {}),
     )
-    if edit:
-        pipe = diffusers.QwenImageEditPipeline(processor=None, **components)
-    else:
-        pipe = diffusers.QwenImagePipeline(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_z_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: int = 16, seed: int = 0) -> Any:
     """A ZImageTransformer2DModel (single-stream ``layers`` only, 16 latent channels, caption embeddings of width
     16), random weights; its image and caption pad tokens are set to seeded random values (diffusers leaves them at
     zero until a checkpoint is loaded)."""
-    from diffusers import ZImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    model = ZImageTransformer2DModel(
+    model = _seeded(
+        "ZImageTransformer2DModel",
+        seed,
         all_patch_size=(2,),
         all_f_patch_size=(1,),
         in_channels=16,
@@ -294,7 +292,7 @@ def tiny_z_image_transformer(*, layers: int = 2, heads: int = 2, head_dim: int =
         cap_feat_dim=16,
         axes_dims=[head_dim // 2, head_dim // 4, head_dim // 4],
         axes_lens=[256, 32, 32],
-    ).eval()
+    )
     with torch.no_grad():
         model.x_pad_token.copy_(torch.randn_like(model.x_pad_token))
         model.cap_pad_token.copy_(torch.randn_like(model.cap_pad_token))
@@ -305,36 +303,25 @@ def tiny_z_image_pipeline(transformer: Any = None) -> Any:
     """A ZImagePipeline without a text encoder: call it with ``prompt_embeds`` (a list of [tokens, 16] tensors, one
     per prompt) and, when ``guidance_scale`` > 0, ``negative_prompt_embeds``: the pipeline then batches
     [prompts; negatives] in one transformer call."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    pipe = ZImagePipeline(
+    return _pipeline(
+        "ZImagePipeline",
         scheduler=FlowMatchEulerDiscreteScheduler(),
         vae=tiny_vae(16),
         text_encoder=None,
         tokenizer=None,
         transformer=transformer if transformer is not None else tiny_z_image_transformer(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _pipeline(cls_name: str, **components: Any) -> Any:
-    """``diffusers.<cls_name>`` built from ``components`` (text encoders and tokenizers None), progress bar off."""
-    import diffusers
-
-    pipe = getattr(diffusers, cls_name)(**components)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def tiny_hidream_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
     """A HiDreamImageTransformer2DModel (hidden size 32, 4 latent channels in 2 x 2 patches, T5 and Llama embeddings
     of width 16, pooled 32; one Llama layer per block; images up to 8 x 8 latents, so a non-square latent pads to
     16 image tokens), random weights, plain feed-forward (no MoE)."""
-    from diffusers import HiDreamImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    return HiDreamImageTransformer2DModel(
+    return _seeded(
+        "HiDreamImageTransformer2DModel",
+        seed,
         patch_size=2,
         in_channels=4,
         out_channels=4,
@@ -348,7 +335,7 @@ def tiny_hidream_transformer(*, layers: int = 2, single_layers: int = 2, seed: i
         axes_dims_rope=(4, 2, 2),
         max_resolution=(8, 8),
         llama_layers=list(range(layers + single_layers)),
-    ).eval()
+    )
 
 
 def tiny_hidream_pipeline(transformer: Any = None) -> Any:
@@ -378,10 +365,9 @@ def tiny_hidream_pipeline(transformer: Any = None) -> Any:
 def tiny_lumina2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
     """A Lumina2Transformer2DModel (hidden size 32, 4 latent channels, caption embeddings of width 16), random
     weights."""
-    from diffusers import Lumina2Transformer2DModel
-
-    torch.manual_seed(seed)
-    return Lumina2Transformer2DModel(
+    return _seeded(
+        "Lumina2Transformer2DModel",
+        seed,
         sample_size=8,
         patch_size=2,
         in_channels=4,
@@ -394,7 +380,7 @@ def tiny_lumina2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
         axes_dim_rope=(4, 2, 2),
         axes_lens=(64, 16, 16),
         cap_feat_dim=16,
-    ).eval()
+    )
 
 
 def tiny_lumina2_pipeline(transformer: Any = None) -> Any:
@@ -415,10 +401,9 @@ def tiny_lumina2_pipeline(transformer: Any = None) -> Any:
 def tiny_krea2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
     """A Krea2Transformer2DModel (hidden size 32, packed latents of 16 channels, text of 2 tapped layers of width
     16), random weights."""
-    from diffusers import Krea2Transformer2DModel
-
-    torch.manual_seed(seed)
-    return Krea2Transformer2DModel(
+    return _seeded(
+        "Krea2Transformer2DModel",
+        seed,
         in_channels=16,
         num_layers=layers,
         attention_head_dim=8,
@@ -434,16 +419,15 @@ def tiny_krea2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
         num_layerwise_text_blocks=1,
         num_refiner_text_blocks=1,
         axes_dims_rope=(2, 2, 4),
-    ).eval()
+    )
 
 
 def tiny_flux3_transformer(*, layers: int = 1, single_layers: int = 2, seed: int = 0) -> Any:
     """A Flux3Transformer2DModel (hidden size 32, 4 image and 4 reference channels, text of width 32, 4-axis RoPE),
     random weights."""
-    from diffusers import Flux3Transformer2DModel
-
-    torch.manual_seed(seed)
-    return Flux3Transformer2DModel(
+    return _seeded(
+        "Flux3Transformer2DModel",
+        seed,
         in_channels=4,
         cond_in_channels=4,
         num_layers=layers,
@@ -453,16 +437,15 @@ def tiny_flux3_transformer(*, layers: int = 1, single_layers: int = 2, seed: int
         joint_attention_dim=32,
         timestep_channels=32,
         axes_dims_rope=(4, 4, 4, 4),
-    ).eval()
+    )
 
 
 def tiny_hunyuan_image_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
     """A HunyuanImageTransformer2DModel (hidden size 32, 4 latent channels, MLLM text of width 16 and byT5 text of
     width 8), random weights."""
-    from diffusers import HunyuanImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    return HunyuanImageTransformer2DModel(
+    return _seeded(
+        "HunyuanImageTransformer2DModel",
+        seed,
         in_channels=4,
         out_channels=4,
         num_attention_heads=2,
@@ -474,7 +457,7 @@ def tiny_hunyuan_image_transformer(*, layers: int = 2, single_layers: int = 2, s
         text_embed_dim=16,
         text_embed_2_dim=8,
         rope_axes_dim=(8, 8),
-    ).eval()
+    )
 
 
 def tiny_ovis_image_transformer(*, seed: int = 0) -> Any:
@@ -495,10 +478,9 @@ def tiny_bria_transformer(*, seed: int = 0) -> Any:
 def tiny_auraflow_transformer(*, layers: int = 2, single_layers: int = 2, seed: int = 0) -> Any:
     """An AuraFlowTransformer2DModel (hidden size 32, 4 latent channels, T5 text of width 32; 8 register tokens
     lead its text stream), random weights; in diffusers 0.31 too."""
-    from diffusers import AuraFlowTransformer2DModel
-
-    torch.manual_seed(seed)
-    return AuraFlowTransformer2DModel(
+    return _seeded(
+        "AuraFlowTransformer2DModel",
+        seed,
         sample_size=8,
         patch_size=2,
         in_channels=4,
@@ -510,7 +492,7 @@ def tiny_auraflow_transformer(*, layers: int = 2, single_layers: int = 2, seed: 
         caption_projection_dim=32,
         out_channels=4,
         pos_embed_max_size=64,
-    ).eval()
+    )
 
 
 def tiny_auraflow_pipeline(transformer: Any = None) -> Any:
@@ -546,10 +528,7 @@ def _cogview_config(layers: int) -> dict[str, Any]:
 
 def tiny_cogview4_transformer(*, layers: int = 2, seed: int = 0) -> Any:
     """A CogView4Transformer2DModel (hidden size 32, 4 latent channels, text of width 32), random weights."""
-    from diffusers import CogView4Transformer2DModel
-
-    torch.manual_seed(seed)
-    return CogView4Transformer2DModel(**_cogview_config(layers), rope_axes_dim=(4, 4)).eval()
+    return _seeded("CogView4Transformer2DModel", seed, **_cogview_config(layers), rope_axes_dim=(4, 4))
 
 
 def tiny_cogview4_pipeline(transformer: Any = None) -> Any:
@@ -576,10 +555,7 @@ def tiny_cogview4_pipeline(transformer: Any = None) -> Any:
 def tiny_cogview3plus_transformer(*, layers: int = 2, seed: int = 0) -> Any:
     """A CogView3PlusTransformer2DModel (hidden size 32, 4 latent channels, T5 text of width 32), random weights; in
     diffusers 0.31 too."""
-    from diffusers import CogView3PlusTransformer2DModel
-
-    torch.manual_seed(seed)
-    return CogView3PlusTransformer2DModel(**_cogview_config(layers)).eval()
+    return _seeded("CogView3PlusTransformer2DModel", seed, **_cogview_config(layers))
 
 
 def tiny_cogview3plus_pipeline(transformer: Any = None) -> Any:
