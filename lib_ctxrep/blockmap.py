@@ -40,7 +40,6 @@ class Blocks:
     """One list of transformer blocks of a model and where the tokens sit in each block's output."""
 
     attr: str  # the model attribute holding the blocks (an nn.ModuleList)
-    single: bool = False  # single-stream: text and image tokens in one sequence
     text_at: int = 0  # in a tuple output: the text stream's index
     image_at: int = 1  # in a tuple output: the image stream's index
     order: str = (
@@ -70,15 +69,11 @@ class Architecture:
     #: follows the prompt's padding).
     text_tail: int = 0
 
-    @property
-    def block_lists(self) -> tuple[Blocks, ...]:
-        return tuple(b for b in (self.dual, self.single) if b is not None)
-
 
 _FLUX_DUAL = Blocks("transformer_blocks")
-_FLUX_SINGLE = Blocks("single_transformer_blocks", single=True)
+_FLUX_SINGLE = Blocks("single_transformer_blocks")
 _FORGE_FLUX_DUAL = Blocks("double_blocks", text_at=1, image_at=0)  # backend/nn/flux.py: returns (img, txt)
-_FORGE_FLUX_SINGLE = Blocks("single_blocks", single=True)  # one cat((txt, img), 1) sequence
+_FORGE_FLUX_SINGLE = Blocks("single_blocks")  # one cat((txt, img), 1) sequence
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     # ---- diffusers (models/transformers/*.py)
@@ -89,7 +84,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_DUAL,
         _FLUX_SINGLE,
         references="Kontext: image tokens whose img_ids start with 1, after the target's",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Chroma",
         "diffusers",
@@ -97,7 +92,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_DUAL,
         _FLUX_SINGLE,
         padding="T5 padding that attention_mask masks (all but one pad token)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Flux.2",
         "diffusers",
@@ -105,7 +100,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_DUAL,
         _FLUX_SINGLE,
         references="edits: image tokens whose img_ids have a time coordinate other than 0",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Qwen-Image",
         "diffusers",
@@ -113,61 +108,61 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_DUAL,
         padding="tokens that encoder_hidden_states_mask masks",
         references="Edit: in the image stream (never touched: no single-stream blocks)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Z-Image",
         "diffusers",
         ("ZImageTransformer2DModel",),
-        single=Blocks("layers", single=True, order=IMAGE_FIRST),
+        single=Blocks("layers", order=IMAGE_FIRST),
         cfg_rows=("cond", "uncond"),
         padding="caption padding to a multiple of 32 (the model's cap_pad_token)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "SD3",
         "diffusers",
         ("SD3Transformer2DModel",),
         Blocks("transformer_blocks", last_has_text=False),
         cfg_rows=("uncond", "cond"),
-    ),  # fmt: skip
+    ),
     Architecture(
         "HiDream",
         "diffusers",
         ("HiDreamImageTransformer2DModel",),
         Blocks("double_stream_blocks", text_at=1, image_at=0),
-        Blocks("single_stream_blocks", single=True, order=IMAGE_FIRST),
+        Blocks("single_stream_blocks", order=IMAGE_FIRST),
         cfg_rows=("uncond", "cond"),
         padding="each block's own Llama-layer tokens, appended and discarded after it (T5/Llama padding is attended)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Lumina 2",
         "diffusers",
         ("Lumina2Transformer2DModel",),
-        single=Blocks("layers", single=True),
+        single=Blocks("layers"),
         padding="Gemma padding (encoder_attention_mask), dropped from each row's joint sequence",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Krea 2",
         "diffusers",
         ("Krea2Transformer2DModel",),
-        single=Blocks("transformer_blocks", single=True),
+        single=Blocks("transformer_blocks"),
         padding="encoder_attention_mask padding after the prompt, and the 5 chat-template suffix tokens after it",
         text_tail=5,
-    ),  # fmt: skip
+    ),
     Architecture(
         "Flux 3",
         "diffusers",
         ("Flux3Transformer2DModel",),
-        single=Blocks("single_transformer_blocks", single=True),  # joint blocks returning (text, [image; refs])
+        single=Blocks("single_transformer_blocks"),  # joint blocks returning (text, [image; refs])
         references="image_cond tokens after the target's in the content stream (never touched: text mode only)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "HunyuanImage 2.1",
         "diffusers",
         ("HunyuanImageTransformer2DModel",),
         Blocks("transformer_blocks", text_at=1, image_at=0),
-        Blocks("single_transformer_blocks", single=True, text_at=1, image_at=0),
+        Blocks("single_transformer_blocks", text_at=1, image_at=0),
         padding="encoder_attention_mask (+ _2): the model moves the valid tokens first",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Ovis-Image",
         "diffusers",
@@ -175,7 +170,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_DUAL,
         _FLUX_SINGLE,
         padding="text rows the pipeline zeroes (after the prompt)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "LongCat-Image",
         "diffusers",
@@ -184,7 +179,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_SINGLE,
         references="Edit: image tokens whose img_ids start with 2, after the target's (1)",
         target_id=1,
-    ),  # fmt: skip
+    ),
     Architecture(
         "Bria 3",
         "diffusers",
@@ -193,29 +188,29 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FLUX_SINGLE,
         cfg_rows=("uncond", "cond"),
         padding="zero rows after the prompt (the pipeline pads T5 with zeros)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "AuraFlow",
         "diffusers",
         ("AuraFlowTransformer2DModel",),
         Blocks("joint_transformer_blocks"),
-        Blocks("single_transformer_blocks", single=True),
+        Blocks("single_transformer_blocks"),
         cfg_rows=("uncond", "cond"),
         padding="zero rows after the prompt (the pipeline zeroes T5 padding); text = 8 register tokens + T5",
-    ),  # fmt: skip
+    ),
     Architecture(
         "CogView4",
         "diffusers",
         ("CogView4Transformer2DModel",),
         Blocks("transformer_blocks", text_at=1, image_at=0),
-    ),  # fmt: skip
+    ),
     Architecture(
         "CogView3-Plus",
         "diffusers",
         ("CogView3PlusTransformer2DModel",),
         Blocks("transformer_blocks", text_at=1, image_at=0),
         cfg_rows=("uncond", "cond"),
-    ),  # fmt: skip
+    ),
     # ---- Forge main and Neo (backend/nn/*.py)
     Architecture(
         "Flux.1",
@@ -224,10 +219,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         _FORGE_FLUX_DUAL,
         _FORGE_FLUX_SINGLE,
         references="Kontext: reference tokens after the target's image tokens",
-    ),  # fmt: skip
-    Architecture(
-        "Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE
-    ),  # fmt: skip
+    ),
+    Architecture("Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE),
     Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks", last_has_text=False)),  # mmditx.py: (context, x)
     # Forge Neo only (ports of ComfyUI's models)
     Architecture(
@@ -236,14 +229,14 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("QwenImageTransformer2DModel",),
         Blocks("transformer_blocks"),
         references="Edit: ref_latents appended to the image stream (never touched: no single-stream blocks)",
-    ),  # fmt: skip
+    ),
     Architecture(
         "Z-Image",
         "forge",
         ("NextDiT",),
-        single=Blocks("layers", single=True),
+        single=Blocks("layers"),
         padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
-    ),  # backend/nn/lumina.py: [caption; image] in one sequence (Z-Image and Lumina 2)  # fmt: skip
+    ),  # backend/nn/lumina.py: [caption; image] in one sequence (Z-Image and Lumina 2)
 )
 
 
@@ -302,15 +295,13 @@ class CallTokens:
     text_len: tokens in the text stream (padding included); text_valid: per chunk of rows (one value for all
     chunks, or one per chunk), how many leading text tokens are real (the rest is padding, never repelled); image_len:
     image tokens in a single-stream sequence, padding and references included (None: the rest of the sequence);
-    target: the target image's tokens among the image tokens (None: all of them); order: of a single-stream
-    sequence, if not the block list's own (Z-Image's omni mode puts the caption first).
+    target: the target image's tokens among the image tokens (None: all of them).
     """
 
     text_len: int
     text_valid: tuple[int, ...] = ()
     image_len: int | None = None
     target: Span | None = None
-    order: str | None = None
 
     def valid(self, chunk: int) -> int:
         if not self.text_valid:
@@ -349,7 +340,7 @@ def _spans(where: Blocks, call: CallTokens, chunk: int, joint: bool, image_token
     valid = call.valid(chunk)
     if not joint:
         text, image_offset = (0, valid), 0
-    elif (call.order or where.order) == TEXT_FIRST:
+    elif where.order == TEXT_FIRST:
         text, image_offset = (0, valid), call.text_len
     else:
         text, image_offset = (image_tokens, image_tokens + valid), 0

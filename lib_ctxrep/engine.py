@@ -44,14 +44,12 @@ class BlockStat:
 class RepulsionEngine:
     """Applies contextual repulsion for one job; holds the window state, the cross-batch memory and warnings."""
 
-    def __init__(
-        self, config: RepulsionConfig | None = None, *, record_stats: bool = False, repelled_blocks: int = 1
-    ) -> None:
+    def __init__(self, config: RepulsionConfig | None = None, *, record_stats: bool = False) -> None:
         self.config = as_config(config, "RepulsionEngine")
         self.record_stats = record_stats
         #: How many blocks are repelled per model call; ``config.step_strength`` is shared out over them. Front ends
         #: set it to the number of blocks they hook.
-        self.repelled_blocks = repelled_blocks
+        self.repelled_blocks = 1
         self.stats: list[BlockStat] = []
         self.memory = ContextMemory(self.config.memory_size, int(self.config.memory_mb * 2**20))
         self._active = False

@@ -11,7 +11,7 @@ from lib_ctxrep import RepulsionConfig, RepulsionEngine, blockmap
 from lib_ctxrep.blockmap import IMAGE_FIRST, Blocks, CallTokens, repel_block
 
 STRONG = RepulsionConfig(strength=0.5, window=1.0, iterations=5, memory=False)
-SINGLE = Blocks("single_blocks", single=True)
+SINGLE = Blocks("single_blocks")
 
 
 def features(rows: int, tokens: int, dim: int = 8, seed: int = 0) -> torch.Tensor:
@@ -46,7 +46,7 @@ def test_all_mode_moves_text_and_the_target_image_tokens_never_the_references():
 
 def test_an_image_first_sequence_moves_the_caption_after_the_padded_image():
     seq = features(4, 12 + 8)  # 12 image tokens (padding included), then 5 caption tokens + 3 caption padding
-    where = Blocks("layers", single=True, order=IMAGE_FIRST)
+    where = Blocks("layers", order=IMAGE_FIRST)
     out = repel_block(engine_in_call(), "single.0", where, seq, CallTokens(8, (5,), image_len=12), "text")
     assert moved(seq, out) == [12, 13, 14, 15, 16]
 
@@ -148,6 +148,6 @@ def test_a_text_stream_of_another_length_than_the_call_says_is_left_alone_with_a
 
 def test_a_sequence_shorter_than_the_call_layout_is_left_alone_with_a_warning(caplog):
     caplog.set_level(logging.WARNING, logger="lib_ctxrep")
-    where = Blocks("layers", single=True, order=IMAGE_FIRST)
+    where = Blocks("layers", order=IMAGE_FIRST)
     out = repel_block(engine_in_call(), "single.0", where, features(4, 16), CallTokens(8, image_len=12), "text")
     assert out is None and any("at least 20" in r.getMessage() for r in caplog.records)

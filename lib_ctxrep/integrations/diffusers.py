@@ -347,6 +347,12 @@ def apply_contextual_repulsion(
             engine.end_call()
             return
         call.args, call.kwargs = args, kwargs
+        try:
+            start_call(module)
+        finally:
+            call.args, call.kwargs = (), {}  # hold no reference to the call's tensors after it
+
+    def start_call(module: torch.nn.Module) -> None:
         timestep = call.get(_TIME_ARG.get(arch.family, "timestep"))
         if timestep is None:
             engine.warn_once("timestep", "[ctxrep] the transformer was called without a timestep; repulsion skipped")
@@ -363,7 +369,6 @@ def apply_contextual_repulsion(
         if not engine.begin_call(progress_of(sigma, value), chunks):
             return
         tokens = _tokens(arch, call, len(engine.chunks), multiple, module)
-        call.args, call.kwargs = (), {}
         if tokens is None:
             engine.warn_once(
                 "layout",

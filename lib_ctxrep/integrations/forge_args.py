@@ -146,7 +146,7 @@ def normalise(args: list | tuple | dict) -> dict[str, Any]:
     the rest. In the dict form "enabled" defaults to true: naming the script with settings asks for it.
     """
     if isinstance(args, dict):
-        return {**DEFAULTS, "enabled": True, **_known(args)}
+        args = [args]
     if not isinstance(args, (list, tuple)):
         raise ArgumentError(f"{TITLE}: arguments must be a list or a dict, got {type(args).__name__}")
     if len(args) > len(ARG_NAMES):
