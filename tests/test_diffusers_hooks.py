@@ -448,3 +448,18 @@ def test_a_dict_in_place_of_a_config_is_refused_before_anything_is_attached():
     with pytest.raises(TypeError, match=r"apply_contextual_repulsion: config must be a RepulsionConfig, got a dict"):
         apply_contextual_repulsion(transformer, {"strength": 0.1})
     assert all_hooks(transformer) == 0
+
+
+@pytest.mark.parametrize("sigma", [1.0, 0.5], ids=["inside", "outside"])
+def test_the_hooks_keep_no_reference_to_a_calls_tensors_after_it(sigma):
+    import gc
+    import weakref
+
+    transformer = tiny_flux_transformer()
+    inputs = flux_inputs(sigma=sigma)
+    latents = weakref.ref(inputs["hidden_states"])
+    with apply_contextual_repulsion(transformer, RepulsionConfig(window=0.3)), torch.no_grad():
+        transformer(**inputs)
+        del inputs
+        gc.collect()
+        assert latents() is None

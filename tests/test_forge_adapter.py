@@ -328,3 +328,23 @@ def test_spell_remembers_the_first_pass_prediction_when_the_hires_pass_changed_t
     first_pass = sample(clone)
     job.end_batch(torch.zeros(B, 4, 6, 6))  # the hires pass's samples: another latent size
     assert job.engine.remembered == B and job.engine._memory.shape[1:] == first_pass.shape[1:]
+
+
+@pytest.mark.parametrize(
+    ("unet", "cfg", "repelled"),
+    [(flux_unet, 1.0, 3 + 2), (sd3_unet, 3.0, 4 - 1)],  # SD3: the last joint block emits no text and is not hooked
+    ids=["flux", "sd3"],
+)
+def test_the_step_strength_is_shared_out_over_the_blocks_the_front_end_hooks(unet, cfg, repelled):
+    shared = sample(patched(unet(), RepulsionConfig(step_strength=1.5, iterations=4))[1], cfg=cfg)
+    per_block = sample(patched(unet(), RepulsionConfig(strength=1.5 / repelled, iterations=4))[1], cfg=cfg)
+    assert torch.equal(shared, per_block)
+
+
+def test_a_model_of_another_class_with_flux_block_lists_is_read_as_flux():
+    renamed = flux_unet()
+    model = renamed.model.diffusion_model
+    methods = {k: v for k, v in vars(type(model)).items() if callable(v) and not k.startswith("__")}
+    model.__class__ = type("ForkedFluxModel", (torch.nn.Module,), methods)  # a fork's copy under another name
+    assert torch.equal(sample(patched(renamed)[1]), sample(patched(flux_unet())[1]))
+    assert not torch.equal(sample(renamed), sample(patched(renamed)[1]))
