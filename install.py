@@ -1,6 +1,6 @@
 """Forge runs this file when the extension is installed or updated.
 
-Everything lib_ctxrep needs (torch, numpy, einops, gradio) ships with Forge, so on a stock Forge this installs
+Everything lib_ctxrep needs (torch, numpy, gradio) ships with Forge, so on a stock Forge this installs
 nothing. It only reports, in the console, a missing or too old torch.
 """
 

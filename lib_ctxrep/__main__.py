@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
-    from . import bench, demo, overhead
+    from .evaluation import bench, demo, overhead
 
     parser = _Parser(prog="python -m lib_ctxrep", description=__doc__)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lib_ctxrep.baselines import cads_condition, cads_gamma, particle_guidance, rbf_potential_gradient
+from lib_ctxrep.evaluation.baselines import cads_condition, cads_gamma, particle_guidance, rbf_potential_gradient
 
 
 def reference_pg(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
-"""The benchmark judges the issue's three goals from its results (``lib_ctxrep.bench.goals``), on made-up numbers."""
+"""The benchmark judges the issue's three goals from its results (``evaluation.bench.goals``), on made-up numbers."""
 
 from __future__ import annotations
 
-from lib_ctxrep.bench import Result, goals, pareto_front
+from lib_ctxrep.evaluation.bench import Result, goals, pareto_front
 
 
 def _r(name: str, family: str, recall: float, fidelity: float, knob: float | None = None, window=None) -> Result:

@@ -35,7 +35,7 @@ from PIL import Image
 diffusers = pytest.importorskip("diffusers")
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
-from lib_ctxrep.integrations import diffusers_tiny as tiny  # noqa: E402
+from lib_ctxrep.evaluation import diffusers_tiny as tiny  # noqa: E402
 from lib_ctxrep.integrations.diffusers import ContextualRepulsionHandle, apply_contextual_repulsion  # noqa: E402
 
 B = 4

@@ -34,7 +34,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from lib_ctxrep import RepulsionConfig  # noqa: E402
 from lib_ctxrep.blockmap import target_span  # noqa: E402
-from lib_ctxrep.integrations import diffusers_tiny as tiny  # noqa: E402
+from lib_ctxrep.evaluation import diffusers_tiny as tiny  # noqa: E402
 from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
 
 from .test_blockmap_models import (  # noqa: E402

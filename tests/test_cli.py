@@ -10,7 +10,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("PIL")
 
 from lib_ctxrep.__main__ import main  # noqa: E402
-from lib_ctxrep.bench import README_END, README_START, default_methods  # noqa: E402
+from lib_ctxrep.evaluation.bench import README_END, README_START, default_methods  # noqa: E402
 
 
 def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path):
@@ -26,7 +26,7 @@ def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path)
 
 def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
     from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
-    from lib_ctxrep.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
+    from lib_ctxrep.evaluation.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
 
     main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(tmp_path / "g.png")])
     text = capsys.readouterr().out

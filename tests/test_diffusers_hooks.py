@@ -11,14 +11,14 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 from lib_ctxrep import RepulsionConfig, vendi_score  # noqa: E402
-from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
-from lib_ctxrep.integrations.diffusers_tiny import (  # noqa: E402
+from lib_ctxrep.evaluation.diffusers_tiny import (  # noqa: E402
     prompt_embeddings,
     tiny_flux_pipeline,
     tiny_flux_transformer,
     tiny_sd3_pipeline,
     tiny_sd3_transformer,
 )
+from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
 
 B = 4
 STRONG = RepulsionConfig(strength=0.5, window=0.3, iterations=5)

@@ -7,13 +7,13 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from lib_ctxrep.integrations.diffusers_spell import apply_spell  # noqa: E402
-from lib_ctxrep.integrations.diffusers_tiny import (  # noqa: E402
+from lib_ctxrep.evaluation.diffusers_tiny import (  # noqa: E402
     prompt_embeddings,
     tiny_flux_pipeline,
     tiny_flux_transformer,
     tiny_sd3_pipeline,
 )
+from lib_ctxrep.integrations.diffusers_spell import apply_spell  # noqa: E402
 from lib_ctxrep.spell import ReferenceSet, SpellConfig  # noqa: E402
 
 B = 4

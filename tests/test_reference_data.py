@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_ctxrep.reference import data, metrics, text
+from lib_ctxrep.evaluation.reference import data, metrics, text
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_ctxrep.reference import data, model, text
-from lib_ctxrep.reference.train import train
+from lib_ctxrep.evaluation.reference import data, model, text
+from lib_ctxrep.evaluation.reference.train import train
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_tiny_training_run_is_deterministic(tmp_path):
 
 
 def test_committed_weights_record_their_conditioning_and_the_sampler_follows_it():
-    from lib_ctxrep.reference.model import load_reference_model, read_metadata
+    from lib_ctxrep.evaluation.reference.model import load_reference_model, read_metadata
 
     meta = read_metadata()
     assert meta["pooled"] == "shared" and meta["t_dist"] == "logit-normal" and meta["save_dtype"] == "float16"

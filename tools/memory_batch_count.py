@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lib_ctxrep.bench import Method, run_method  # noqa: E402
-from lib_ctxrep.reference import model as ref  # noqa: E402
-from lib_ctxrep.reference.data import CLASSES  # noqa: E402
+from lib_ctxrep.evaluation.bench import Method, run_method  # noqa: E402
+from lib_ctxrep.evaluation.reference import model as ref  # noqa: E402
+from lib_ctxrep.evaluation.reference.data import CLASSES  # noqa: E402
 
 FAMILIES = {"none": "ours", "text": "memory", "all": "memory_image"}
 """Memory variant -> the bench family that runs it."""

@@ -2,7 +2,7 @@
 
 The same prompts (the reference data's four object classes) and the same seeds for every method; each method makes
 ``batches`` batches of ``batch`` samples per class. Measured against the data's known modes
-(:mod:`lib_ctxrep.reference.metrics`):
+(:mod:`lib_ctxrep.evaluation.reference.metrics`):
 
 - mode recall: the share of the data's modes (probability >= 1 %) found in one batch (mean over batches), and over
   all samples of a class;
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULT_STEP_STRENGTH, RepulsionConfig
+from ..config import DEFAULT_STEP_STRENGTH, RepulsionConfig
+from ..vendi import vendi_score
 from .reference.model import REPULSION_STRENGTH
-from .vendi import vendi_score
 
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
@@ -115,10 +115,10 @@ def generate(
 ) -> torch.Tensor:
     """One group of ``seeds`` of ``class_id`` with ``method`` (one batch, or for ours and the memory families batches
     of ``options["batch_size"]``): images [B, 3, H, W]."""
+    from ..integrations.diffusers import apply_contextual_repulsion
+    from ..spell import SpellConfig, SpellEngine
     from .baselines import cads_condition, particle_guidance
-    from .integrations.diffusers import apply_contextual_repulsion
     from .reference.model import sample
-    from .spell import SpellConfig, SpellEngine
 
     prompts = [class_id] * len(seeds)
     kw: dict[str, Any] = dict(steps=steps, guidance=guidance, shift=shift)

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from .config import RepulsionConfig
-from .engine import RepulsionEngine
-from .repulsion import combine_rows, gram_matrix
+from ..config import RepulsionConfig
+from ..engine import RepulsionEngine
+from ..repulsion import combine_rows, gram_matrix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -89,7 +89,7 @@ def _peak(device: torch.device, fn: Callable[[], object]) -> int | None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark and print its report; returns the numbers."""
-    from .integrations.diffusers import apply_contextual_repulsion
+    from ..integrations.diffusers import apply_contextual_repulsion
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -219,7 +219,7 @@ def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: in
     """SPELL's protected-set search: time per query of exact search and of the faiss IVF-Flat index (when installed)
     on ``n`` synthetic latents of ``dim`` values (clustered, like latents of similar images), and the index's recall
     of the exact k nearest neighbours. Printed and returned."""
-    from .spell import ReferenceSet
+    from ..spell import ReferenceSet
 
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(max(1, n // 200), dim, generator=g) * 3

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
+from ..config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
 from .reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
 
 

@@ -1,8 +1,8 @@
-"""The reference model: a small diffusers ``FluxTransformer2DModel`` trained on :mod:`lib_ctxrep.reference.data`.
+"""The reference model: a small diffusers ``FluxTransformer2DModel`` trained on :mod:`.data`.
 
 What it is for: a real Flux architecture (dual-stream and single-stream blocks, RoPE ids, pooled projections) whose
 output distribution is known, so batch-diversity methods can be measured against ground truth on a CPU. It is
-trained with rectified flow and prompt dropout (see :mod:`lib_ctxrep.reference.train`); sampling uses true
+trained with rectified flow and prompt dropout (see :mod:`lib_ctxrep.evaluation.reference.train`); sampling uses true
 classifier-free guidance (a conditional and an unconditional pass).
 
 Latent space: the 16x16 RGB image itself, packed like Flux packs its VAE latents: 2x2 patches become 64 tokens of 12
@@ -104,7 +104,7 @@ def load_reference_model(path: str | Path | None = None, dtype: torch.dtype = to
     path = WEIGHTS_PATH if path is None else Path(path)
     if not path.exists():
         raise FileNotFoundError(
-            f"reference weights not found at {path}; train them with python -m lib_ctxrep.reference.train"
+            f"reference weights not found at {path}; train them with python -m lib_ctxrep.evaluation.reference.train"
         )
     meta = read_metadata(path)
     model = build_model(meta.get("config", REFERENCE_CONFIG))
@@ -207,7 +207,7 @@ def sample(
 ) -> torch.Tensor:
     """Generate images ``[B, 3, 16, 16]`` in [-1, 1] with a plain Euler rectified-flow sampler and true CFG.
 
-    - ``prompts``: one per sample, a prompt string (see :mod:`lib_ctxrep.reference.text`) or a class id.
+    - ``prompts``: one per sample, a prompt string (see :mod:`lib_ctxrep.evaluation.reference.text`) or a class id.
     - ``seeds``: one per sample; sample ``i``'s initial noise is drawn from its own seed (:func:`initial_noise`),
       so a sample is the same whether it is generated alone or in a batch (up to float rounding). ``noise``
       ``[B, 3, 16, 16]`` overrides the seeds' noise.

@@ -1,9 +1,8 @@
 """Ground-truth metrics on the reference model's samples: fidelity, class accuracy, mode recall, typicality bias.
 
-What it is for: every sample is mapped to its mode by the analytic classifier
-(:func:`lib_ctxrep.reference.data.classify`), and the sample distribution over modes is compared with the data
-distribution (:data:`lib_ctxrep.reference.data.MODE_PROBS`), which is known exactly. Each function takes images
-``[N, 3, 16, 16]`` or an already computed :class:`~lib_ctxrep.reference.data.ClassifierResult`, plus the class each
+What it is for: every sample is mapped to its mode by the analytic classifier (:func:`.data.classify`), and the sample
+distribution over modes is compared with the data distribution (:data:`.data.MODE_PROBS`), which is known exactly. Each
+function takes images ``[N, 3, 16, 16]`` or an already computed :class:`.data.ClassifierResult`, plus the class each
 sample was prompted with. Only *accepted* samples (valid and of the prompted class) count towards modes.
 """
 

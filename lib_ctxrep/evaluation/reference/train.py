@@ -1,10 +1,10 @@
 """Train the reference model: rectified flow with prompt dropout on the procedural data, deterministic for a seed.
 
-What it is for: producing (and reproducing) the committed ``lib_ctxrep/reference/weights.safetensors``::
+What it is for: producing (and reproducing) the committed ``lib_ctxrep/evaluation/reference/weights.safetensors``::
 
-    python -m lib_ctxrep.reference.train --out lib_ctxrep/reference/weights.safetensors --seed 0
+    python -m lib_ctxrep.evaluation.reference.train --out lib_ctxrep/evaluation/reference/weights.safetensors --seed 0
 
-Each step draws a fresh batch from the data stream of ``seed`` (:func:`lib_ctxrep.reference.data.make_batch`), a
+Each step draws a fresh batch from the data stream of ``seed`` (:func:`.data.make_batch`), a
 time ``t`` (logit-normal by default, as SD3 trains; or uniform) and noise per sample, replaces the prompt by the null
 prompt with probability ``p_drop`` (so classifier-free guidance works) and regresses the velocity ``noise - x0`` at
 ``x_t = (1 - t) x0 + t noise``. AdamW with linear warm-up and cosine decay, gradient clipping, and an exponential
@@ -154,7 +154,8 @@ def _save(state: dict[str, torch.Tensor], out: str | Path, meta: dict[str, Any],
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m lib_ctxrep.reference.train --out PATH [--seed 0] [--steps N] [--minutes M]``."""
+    """Command line:
+    ``python -m lib_ctxrep.evaluation.reference.train --out PATH [--seed 0] [--steps N] [--minutes M]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="where to write the safetensors weights")
     parser.add_argument("--seed", type=int, default=0)

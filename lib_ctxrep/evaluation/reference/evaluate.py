@@ -1,10 +1,10 @@
 """Measure the reference model's sample quality and typicality bias against the known data distribution.
 
 What it is for: the numbers a batch-diversity method should move (mode recall up, over-representation of the frequent
-modes down) at a fidelity it should keep. ``python -m lib_ctxrep.reference.evaluate --guidance 1 4`` prints, per
-guidance scale, the fidelity, the class accuracy, the mode recall within batches of 8 and over all samples of a
-class (next to what as many samples of the data itself would reach), the share of the most frequent modes and
-attribute values (next to their data probability) and the total-variation distance to the data's mode distribution.
+modes down) at a fidelity it should keep. ``python -m lib_ctxrep.evaluation.reference.evaluate --guidance 1 4`` prints,
+per guidance scale, the fidelity, the class accuracy, the mode recall within batches of 8 and over all samples of a
+class (next to what as many samples of the data itself would reach), the share of the most frequent modes and attribute
+values (next to their data probability) and the total-variation distance to the data's mode distribution.
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ def typicality_report(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command line: ``python -m lib_ctxrep.reference.evaluate [--weights PATH] [--guidance 1 4] [--n 256]``."""
+    """Command line:
+    ``python -m lib_ctxrep.evaluation.reference.evaluate [--weights PATH] [--guidance 1 4] [--n 256]``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--weights", default=None, help="safetensors weights (default: the committed ones)")
     parser.add_argument("--guidance", type=float, nargs="+", default=[1.0, DEFAULT_GUIDANCE])
