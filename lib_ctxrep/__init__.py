@@ -5,11 +5,18 @@ Pure torch: nothing here imports a host (diffusers, Forge, gradio). Host front e
 ``from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion``.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .config import RepulsionConfig
 from .engine import RepulsionEngine
 from .memory import ContextMemory
 from .repulsion import eta_for_strength, repel, repel_angular
 from .vendi import log_vendi_score, vendi_score
+
+if TYPE_CHECKING:
+    from .integrations.diffusers import ContextualRepulsionHandle
 
 __all__ = [
     "ContextMemory",
@@ -25,7 +32,7 @@ __all__ = [
 __version__ = "0.2.0"
 
 
-def apply_contextual_repulsion(*args, **kwargs):
+def apply_contextual_repulsion(*args: Any, **kwargs: Any) -> ContextualRepulsionHandle:
     """Lazy alias of :func:`lib_ctxrep.integrations.diffusers.apply_contextual_repulsion`."""
     from .integrations.diffusers import apply_contextual_repulsion as apply
 

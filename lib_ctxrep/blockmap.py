@@ -70,6 +70,9 @@ class Architecture:
     text_tail: int = 0
 
 
+#: Krea 2's chat template ends in this many tokens after the prompt's padding.
+_KREA2_TEMPLATE_SUFFIX = 5
+
 _FLUX_DUAL = Blocks("transformer_blocks")
 _FLUX_SINGLE = Blocks("single_transformer_blocks")
 _FORGE_FLUX_DUAL = Blocks("double_blocks", text_at=1, image_at=0)  # backend/nn/flux.py: returns (img, txt)
@@ -146,7 +149,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("Krea2Transformer2DModel",),
         single=Blocks("transformer_blocks"),
         padding="encoder_attention_mask padding after the prompt, and the 5 chat-template suffix tokens after it",
-        text_tail=5,
+        text_tail=_KREA2_TEMPLATE_SUFFIX,
     ),
     Architecture(
         "Flux 3",
@@ -363,22 +366,43 @@ def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTo
     """Repel the contextual tokens of one block's ``output`` through ``engine`` (a RepulsionEngine inside an active
     call); returns the output to use instead, or None when nothing changes. ``mode``: "text" (the text tokens) or
     "all" (text and the target's image tokens; single-stream blocks only)."""
+    tensors = _streams(where, output, mode)
+    if tensors is None:
+        return None
+    rows, chunks = tensors[0].shape[0], len(engine.chunks)
+    if rows % chunks:
+        return engine.process(name, [tensors[0]])  # the engine reports the layout mismatch (once) and skips
+    joint = isinstance(output, torch.Tensor)
+    length = tensors[0].shape[1]
+    if not _layout_fits(engine, name, call, length, joint):
+        return None
+    image_tokens = tensors[1].shape[1] if len(tensors) > 1 else 0
+    if joint:
+        image_tokens = call.image_len if call.image_len is not None else length - call.text_len
+    spans = [_spans(where, call, c, joint, image_tokens, mode) for c in range(chunks)]
+    new_tensors = _repel_runs(engine, name, tensors, spans, joint, rows // chunks)
+    if new_tensors is None:
+        return None
+    return _with_streams(output, where, new_tensors)
+
+
+def _streams(where: Blocks, output: Any, mode: str) -> list[torch.Tensor] | None:
+    """The tensors of a block's ``output`` that hold contextual tokens: the one sequence, or the text stream (and
+    the image stream in "all" mode) of a tuple; None when there is no text stream to repel."""
     if isinstance(output, tuple):
         text = output[where.text_at] if where.text_at < len(output) else None
         if not isinstance(text, torch.Tensor):
             return None
         image = output[where.image_at] if mode == "all" else None
-        tensors = [text] if image is None else [text, image]
-    elif isinstance(output, torch.Tensor):
-        tensors = [output]
-    else:
-        return None
-    rows, chunks = tensors[0].shape[0], len(engine.chunks)
-    if rows % chunks:
-        return engine.process(name, [tensors[0]])  # the engine reports the layout mismatch (once) and skips
-    per_chunk = rows // chunks
-    joint = isinstance(output, torch.Tensor)
-    length = tensors[0].shape[1]
+        return [text] if image is None else [text, image]
+    if isinstance(output, torch.Tensor):
+        return [output]
+    return None
+
+
+def _layout_fits(engine: Any, name: str, call: CallTokens, length: int, joint: bool) -> bool:
+    """Whether a block's ``length`` tokens (of its one sequence when ``joint``, else of its text stream) fit the
+    call's token layout; when not, the block is left alone, said once."""
     expected = call.text_len + (call.image_len or 0) if joint else call.text_len
     if (joint and expected > length) or (not joint and length != expected):
         engine.warn_once(
@@ -387,11 +411,21 @@ def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTo
             f"says {'at least ' if joint else ''}{expected} (text {call.text_len}"
             f"{f', image {call.image_len}' if call.image_len is not None else ''}); this block is left unmodified",
         )
-        return None
-    image_tokens = tensors[1].shape[1] if len(tensors) > 1 else 0
-    if joint:
-        image_tokens = call.image_len if call.image_len is not None else length - call.text_len
-    spans = [_spans(where, call, c, joint, image_tokens, mode) for c in range(chunks)]
+        return False
+    return True
+
+
+def _repel_runs(
+    engine: Any,
+    name: str,
+    tensors: list[torch.Tensor],
+    spans: list[tuple[Span, ...]],
+    joint: bool,
+    per_chunk: int,
+) -> list[torch.Tensor] | None:
+    """Repel the spans of each run of chunks that share them (one engine call per run) and write the result into
+    copies of ``tensors``; None when the engine changed nothing."""
+    chunks = len(spans)
     new_tensors = list(tensors)
     changed = False
     for first, stop, run in _runs(spans):
@@ -411,8 +445,11 @@ def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTo
                 new_tensors[t] = tensors[t].clone()
             new_tensors[t][r0:r1, a:b] = part
         changed = True
-    if not changed:
-        return None
+    return new_tensors if changed else None
+
+
+def _with_streams(output: Any, where: Blocks, new_tensors: list[torch.Tensor]) -> Any:
+    """A block's ``output`` with its repelled tensors (from :func:`_streams`) put back in their places."""
     if isinstance(output, torch.Tensor):
         return new_tensors[0]
     out = list(output)

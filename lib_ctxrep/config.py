@@ -6,13 +6,19 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-#: Default push per denoising step, summed over the repelled blocks (README "Strength": 0.05 per block on Flux-dev's
-#: 57 blocks, and the reference model's best 0.7 per block on its 4).
+#: Default push per denoising step, summed over the repelled blocks: 0.05 per block on Flux-dev's 57 blocks, and about
+#: the reference model's best per-block strength on its 4 (docs/benchmark.md, "Default strength and window").
 DEFAULT_STEP_STRENGTH = 2.85
-#: The per-block strength that DEFAULT_STEP_STRENGTH gives on Flux-dev (19 + 38 repelled blocks), the old default.
+#: The per-block strength that DEFAULT_STEP_STRENGTH gives on Flux-dev (19 + 38 repelled blocks), for comparing a
+#: per-block ``strength`` setting with the default.
 DEFAULT_STRENGTH = 0.05
 #: Default window: the first 5 % of the sampling trajectory = the paper's tau = 1 step at 20 steps.
 DEFAULT_WINDOW = 0.05
+#: Upper bounds of the validated fields: far above any useful setting (the paper's M is 50), low enough that a typo
+#: (a step count or a byte count typed into the wrong field) is refused instead of stalling or exhausting memory.
+MAX_ITERATIONS = 10_000
+MAX_MEMORY_SIZE = 1024
+MAX_MEMORY_MB = 65536
 
 BLOCK_PRESETS = ("all", "first", "middle", "last")
 SINGLE_BLOCK_MODES = ("off", "text", "all")
@@ -33,14 +39,13 @@ class RepulsionConfig:
             gets ``step_strength / number of repelled blocks`` as its strength, so the same value means the same
             total push on every architecture (4 blocks on the reference model, 30 on Z-Image, 57 on Flux-dev, 60 on
             Qwen-Image) and every block selection. Ignored when ``strength`` or ``eta`` is set.
-        strength: the per-block scale-free (angular) strength gamma >= 0, for experts and older settings: each
+        strength: the per-block scale-free (angular) strength gamma >= 0, for experts and per-block settings: each
             inner step uses eta_i = gamma * ||c_i||^2, the same rotation of the contextual vectors on every model,
             resolution and prompt length, in each repelled block. None = derived from ``step_strength``. Ignored
             when ``eta`` is set.
         eta: the paper's raw eta (> 0), e.g. 5e6 .. 8e9 for Flux-dev, 5e2 .. 5e6 for SD3.5-Large. None = use strength.
         iterations: M, inner (Euler) gradient steps per block (>= 1). Costs only B x B host work, never [B, N, D]
-            work. 8 follows the continuous flow within a few percent at the default strength (the paper used 50,
-            which costs about 2 ms of host time per block).
+            work. 8 follows the continuous flow closely at the default strength (the paper used 50).
         window: fraction of the sampling trajectory, from pure noise, during which repulsion acts, in (0, 1].
             A step at position i of N is inside when i / N < window: 0.05 is tau = 1 step at 20 steps, 3 at 50,
             and always at least the first step.
@@ -98,9 +103,9 @@ class RepulsionConfig:
         if (
             isinstance(self.iterations, bool)
             or not isinstance(self.iterations, int)
-            or not 1 <= self.iterations <= 10_000
+            or not 1 <= self.iterations <= MAX_ITERATIONS
         ):
-            raise _fail("iterations", "an integer in [1, 10000]", self.iterations)
+            raise _fail("iterations", f"an integer in [1, {MAX_ITERATIONS}]", self.iterations)
         if not _is_real(self.window) or not 0 < self.window <= 1:
             raise _fail("window", "a number in (0, 1]", self.window)
         self.blocks = _parse_blocks(self.blocks)
@@ -128,11 +133,11 @@ class RepulsionConfig:
         if (
             isinstance(self.memory_size, bool)
             or not isinstance(self.memory_size, int)
-            or not 1 <= self.memory_size <= 1024
+            or not 1 <= self.memory_size <= MAX_MEMORY_SIZE
         ):
-            raise _fail("memory_size", "an integer in [1, 1024]", self.memory_size)
-        if not _is_real(self.memory_mb) or not 1 <= self.memory_mb <= 65536:
-            raise _fail("memory_mb", "a number of MiB in [1, 65536]", self.memory_mb)
+            raise _fail("memory_size", f"an integer in [1, {MAX_MEMORY_SIZE}]", self.memory_size)
+        if not _is_real(self.memory_mb) or not 1 <= self.memory_mb <= MAX_MEMORY_MB:
+            raise _fail("memory_mb", f"a number of MiB in [1, {MAX_MEMORY_MB}]", self.memory_mb)
 
     def block_indices(self, num_blocks: int) -> list[int]:
         """Indices of the dual-stream blocks (out of ``num_blocks``) that repulsion acts after."""

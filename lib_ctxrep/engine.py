@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -25,6 +26,15 @@ from .repulsion import repel_parts
 from .schedule import is_active
 
 logger = logging.getLogger("lib_ctxrep")
+
+#: Decimals of a call's progress in a memory key, so that the same step of every batch finds the same key even where
+#: the host's schedule arithmetic differs in the last bits.
+_KEY_DECIMALS = 6
+#: How far below the previous call's progress a call must be to start a new batch: calls of one step (CFG branches,
+#: low-VRAM chunks) differ at most by rounding.
+_BATCH_RESTART_TOLERANCE = 1e-9
+#: Bytes per MiB (``memory_mb`` is in MiB).
+_MIB = 2**20
 
 
 @dataclass
@@ -51,7 +61,7 @@ class RepulsionEngine:
         #: set it to the number of blocks they hook.
         self.repelled_blocks = 1
         self.stats: list[BlockStat] = []
-        self.memory = ContextMemory(self.config.memory_size, int(self.config.memory_mb * 2**20))
+        self.memory = ContextMemory(self.config.memory_size, int(self.config.memory_mb * _MIB))
         self._active = False
         self._progress = 0.0
         self._chunks: tuple[str, ...] = ("cond",)
@@ -74,7 +84,7 @@ class RepulsionEngine:
         A call earlier in the trajectory than the previous one marks a new batch: the memory commits what the previous
         batch staged.
         """
-        if self._last_progress is not None and progress < self._last_progress - 1e-9:
+        if self._last_progress is not None and progress < self._last_progress - _BATCH_RESTART_TOLERANCE:
             self._commit()
         self._last_progress = progress
         self._progress = progress
@@ -133,8 +143,25 @@ class RepulsionEngine:
         """
         if not self._active:
             return None
+        layout = self._groups(parts[0].shape[0], chunk_range)
+        if layout is None:
+            return None
+        size, groups = layout
+        kept = len(parts) if memory_parts is None or self.config.memory_image else memory_parts
+        replaced: dict[int, list[torch.Tensor]] = {}
+        for group in groups:
+            rows = [p[group.start : group.start + size] for p in parts]
+            key = (block, round(self._progress, _KEY_DECIMALS), group.label, group.occurrence, group.index)
+            new = self._repel_group(block, group.label, key, rows, kept)
+            if new is not None:
+                replaced[group.start] = new
+        return _put_back(parts, replaced, size)
+
+    def _groups(self, rows: int, chunk_range: tuple[int, int] | None) -> tuple[int, list[_Group]] | None:
+        """The repulsion groups of a call's ``rows`` rows (those of chunks ``chunk_range``): the group size and, for
+        each group of a repelled branch, where it starts and what names its memory; None (warned once) when the rows
+        do not split into the chunks."""
         cfg = self.config
-        rows = parts[0].shape[0]
         first, stop = chunk_range if chunk_range is not None else (0, len(self._chunks))
         chunks = self._chunks[first:stop]
         if rows % len(chunks):
@@ -144,84 +171,126 @@ class RepulsionEngine:
             )
             return None
         per_chunk = rows // len(chunks)
-        group = cfg.group_size or per_chunk
-        if per_chunk % group:
-            self.warn_once("group", f"[ctxrep] group_size {group} does not divide {per_chunk} rows; using {per_chunk}")
-            group = per_chunk
-        kept = len(parts) if memory_parts is None or cfg.memory_image else memory_parts
-        replaced: dict[int, list[torch.Tensor]] = {}
+        size = cfg.group_size or per_chunk
+        if per_chunk % size:
+            self.warn_once("group", f"[ctxrep] group_size {size} does not divide {per_chunk} rows; using {per_chunk}")
+            size = per_chunk
+        groups = []
         for ci, label in enumerate(chunks):
             if label not in cfg.branches:
                 continue
             occurrence = self._chunks[: first + ci].count(label)  # the 2nd cond chunk of an AND prompt: own memory
-            for gi, start in enumerate(range(ci * per_chunk, (ci + 1) * per_chunk, group)):
-                rows_in = [p[start : start + group] for p in parts]
-                key = (block, round(self._progress, 6), label, occurrence, gi)
-                remembered = self.memory.rows(key) if cfg.memory else None
-                if remembered is not None and [r.shape[1:] for r in remembered] != [
-                    p.shape[1:] for p in rows_in[:kept]
-                ]:
-                    # e.g. another resolution in the same job (memory_image): start a new memory for this key
-                    self.warn_once(
-                        "memory-shape",
-                        f"[ctxrep] the remembered rows of block {block} have another shape than this batch's; "
-                        "they are not used (the memory starts again at this shape)",
-                    )
-                    remembered = None
-                moving = rows_in if remembered is None else rows_in[:kept]
-                if group < 2 and remembered is None:
-                    if cfg.memory:
-                        self.memory.stage(key, rows_in[:kept])
-                    continue
-                strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
-                new, result = repel_parts(
-                    moving,
-                    cfg.iterations,
-                    eta=cfg.eta,
-                    strength=strength,
-                    memory=remembered,
-                    want_entropy=self.record_stats,
-                )
-                if not result.finite:
-                    self.warn_once(
-                        f"nonfinite:{block}",
-                        f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
-                    )
-                    continue
-                new = [*new, *rows_in[len(new) :]]
-                if len(moving) < len(parts) and group >= 2:
-                    # parts the memory does not hold are still repelled within the batch, exactly as without memory
-                    within, inner = repel_parts(rows_in, cfg.iterations, eta=cfg.eta, strength=strength)
-                    if inner.finite:
-                        new = [*new[:kept], *within[kept:]]
-                    else:
-                        self.warn_once(
-                            f"nonfinite:{block}",
-                            f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
-                        )
-                if cfg.memory:
-                    self.memory.stage(key, new[:kept])
-                if self.record_stats:
-                    self.stats.append(
-                        BlockStat(
-                            block,
-                            self._progress,
-                            label,
-                            group,
-                            0 if remembered is None else remembered[0].shape[0],
-                            math.exp(result.entropy_before),
-                            math.exp(result.entropy_after),
-                        )
-                    )
-                replaced[start] = new
-        if not replaced:
+            starts = range(ci * per_chunk, (ci + 1) * per_chunk, size)
+            groups += [_Group(start, label, occurrence, gi) for gi, start in enumerate(starts)]
+        return size, groups
+
+    def _repel_group(
+        self, block: str, label: str, key: tuple, rows: list[torch.Tensor], kept: int
+    ) -> list[torch.Tensor] | None:
+        """Repel one group's ``rows`` (one tensor per part) against each other and the memory for ``key`` (which
+        holds the first ``kept`` parts) and stage the result; the new rows, or None when the group stays as it is."""
+        cfg = self.config
+        size = rows[0].shape[0]
+        remembered = self._remembered(block, key, rows[:kept])
+        moving = rows if remembered is None else rows[:kept]
+        if size < 2 and remembered is None:
+            if cfg.memory:
+                self.memory.stage(key, rows[:kept])
             return None
-        if len(replaced) == 1 and group == rows:
-            return replaced[0]
-        out = []
-        for k, part in enumerate(parts):
-            pieces = []
-            for start in range(0, rows, group):
-                pieces.append(replaced[start][k] if start in replaced else part[start : start + group])
-            out.append(torch.cat(pieces, dim=0))
-        return out
+        strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
+        new, result = repel_parts(
+            moving,
+            cfg.iterations,
+            eta=cfg.eta,
+            strength=strength,
+            memory=remembered,
+            want_entropy=self.record_stats,
+        )
+        if not result.finite:
+            self._warn_nonfinite(block)
+            return None
+        new = [*new, *rows[len(new) :]]
+        if len(moving) < len(rows) and size >= 2:
+            new = self._repel_unremembered_within_batch(block, rows, new, kept, strength)
+        if cfg.memory:
+            self.memory.stage(key, new[:kept])
+        if self.record_stats:
+            memory_rows = 0 if remembered is None else remembered[0].shape[0]
+            self.stats.append(
+                BlockStat(
+                    block,
+                    self._progress,
+                    label,
+                    size,
+                    memory_rows,
+                    math.exp(result.entropy_before),
+                    math.exp(result.entropy_after),
+                )
+            )
+        return new
+
+    def _remembered(self, block: str, key: tuple, rows: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The memory's rows for ``key`` when they have the shapes of ``rows`` (the remembered parts); None when the
+        memory is off or empty for it, or holds another shape (warned once: the memory starts again at this shape)."""
+        remembered = self.memory.rows(key) if self.config.memory else None
+        if remembered is not None and [r.shape[1:] for r in remembered] != [p.shape[1:] for p in rows]:
+            # e.g. another resolution in the same job (memory_image): start a new memory for this key
+            self.warn_once(
+                "memory-shape",
+                f"[ctxrep] the remembered rows of block {block} have another shape than this batch's; "
+                "they are not used (the memory starts again at this shape)",
+            )
+            return None
+        return remembered
+
+    def _repel_unremembered_within_batch(
+        self,
+        block: str,
+        rows: list[torch.Tensor],
+        new: list[torch.Tensor],
+        kept: int,
+        strength: float | None,
+    ) -> list[torch.Tensor]:
+        """``new`` with the parts the memory does not hold (after the first ``kept``) repelled within the batch,
+        exactly as without memory; ``new`` unchanged when that update is not finite (warned once)."""
+        cfg = self.config
+        within, inner = repel_parts(rows, cfg.iterations, eta=cfg.eta, strength=strength)
+        if not inner.finite:
+            self._warn_nonfinite(block)
+            return new
+        return [*new[:kept], *within[kept:]]
+
+    def _warn_nonfinite(self, block: str) -> None:
+        self.warn_once(
+            f"nonfinite:{block}",
+            f"[ctxrep] non-finite values in block {block}: its update was skipped (output unchanged)",
+        )
+
+
+class _Group(NamedTuple):
+    """One repulsion group of a call: its first row, its branch, which chunk of that branch it is in (an AND prompt
+    has several cond chunks, each with its own memory) and its index within the chunk."""
+
+    start: int
+    label: str
+    occurrence: int
+    index: int
+
+
+def _put_back(
+    parts: list[torch.Tensor], replaced: dict[int, list[torch.Tensor]], size: int
+) -> list[torch.Tensor] | None:
+    """``parts`` with the groups of ``size`` rows in ``replaced`` (new rows per part, by first row) put in their
+    place; None when no group changed."""
+    if not replaced:
+        return None
+    rows = parts[0].shape[0]
+    if len(replaced) == 1 and size == rows:
+        return replaced[0]
+    out = []
+    for k, part in enumerate(parts):
+        pieces = []
+        for start in range(0, rows, size):
+            pieces.append(replaced[start][k] if start in replaced else part[start : start + size])
+        out.append(torch.cat(pieces, dim=0))
+    return out

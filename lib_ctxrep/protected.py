@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .spell import ReferenceSet
+from .spell import DEFAULT_EXACT_LIMIT, DEFAULT_NPROBE, ReferenceSet
 
 #: Suffixes of files that are (or usually are) pickles: never loaded.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
@@ -34,8 +34,17 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: ``format`` metadata of a latent set written by :func:`save_latent_set`.
 LATENT_SET_FORMAT = "lib_ctxrep.latent_set"
-#: Images encoded per VAE call.
+#: Images encoded per VAE call: a few at a time, so a large folder never holds more than a few images' activations on
+#: the model's device.
 ENCODE_CHUNK = 4
+#: A safetensors file starts with the length of its JSON header as a little-endian u64.
+_HEADER_LENGTH_BYTES = 8
+#: The shortest JSON header: ``{}``.
+_SHORTEST_HEADER = 2
+#: Bytes 0 .. 255 over this, minus 1, are the [-1, 1] pixel values a VAE encodes.
+_HALF_BYTE_RANGE = 127.5
+#: File names a note lists before "and N more", so that a large folder's note stays readable.
+_NAMES_SHOWN = 5
 
 
 class ProtectedSetError(ValueError):
@@ -93,13 +102,13 @@ def _refuse_pickles(path: Path) -> None:
     if path.suffix.lower() != ".safetensors":
         raise ProtectedSetError(f"{name!r} is neither a folder of images nor a .safetensors latent set")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(_HEADER_LENGTH_BYTES)
         if head[:1] == b"\x80" or head[:2] == b"PK":
             raise ProtectedSetError(
                 f"refused: {name!r} is a pickle (or a torch zip archive) renamed to .safetensors; it was not loaded"
             )
-        length = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        if not 2 <= length <= path.stat().st_size - 8:
+        length = struct.unpack("<Q", head)[0] if len(head) == _HEADER_LENGTH_BYTES else 0
+        if not _SHORTEST_HEADER <= length <= path.stat().st_size - _HEADER_LENGTH_BYTES:
             raise ProtectedSetError(f"{name!r} is not a valid safetensors file (bad header)")
         try:
             json.loads(f.read(length))
@@ -129,8 +138,9 @@ def load_latent_set(path: str | os.PathLike) -> tuple[torch.Tensor, dict[str, st
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             if "latents" not in f.keys():
+                found = sorted(f.keys())[:_NAMES_SHOWN]
                 raise ProtectedSetError(
-                    f"{path.name!r} has no 'latents' tensor (found {sorted(f.keys())[:5]}); write latent sets with "
+                    f"{path.name!r} has no 'latents' tensor (found {found}); write latent sets with "
                     "lib_ctxrep.protected.save_latent_set"
                 )
             latents = f.get_tensor("latents")
@@ -208,11 +218,12 @@ def read_image_folder(folder: str | os.PathLike, width: int, height: int) -> tup
             resized += 1
             image = _fit(image, width, height)
         data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(height, width, 3)
-        tensors.append(data.permute(2, 0, 1).float() / 127.5 - 1.0)
+        tensors.append(data.permute(2, 0, 1).float() / _HALF_BYTE_RANGE - 1.0)
     skipped = others + broken
     notes = []
     if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+        more = len(skipped) - _NAMES_SHOWN
+        shown = ", ".join(skipped[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
         notes.append(f"skipped {len(skipped)} file(s) in {folder.name!r} that are not readable images: {shown}")
     if not tensors:
         raise ProtectedSetError(f"the folder {folder.name!r} has no readable images ({len(skipped)} other file(s))")
@@ -229,6 +240,7 @@ def encode_images(images: torch.Tensor, encode: Callable[[torch.Tensor], torch.T
 
 # ---- one entry point for hosts, with a cache ------------------------------------------------------------------------
 _CACHE: OrderedDict[tuple, ProtectedSet] = OrderedDict()
+#: Protected sets kept loaded (e.g. one per tab); each holds its latents in CPU memory, so only a couple are kept.
 _CACHE_ENTRIES = 2
 
 
@@ -248,8 +260,8 @@ def load_protected_set(
     width: int,
     height: int,
     encode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    nprobe: int = 8,
-    exact_limit: int = 100_000,
+    nprobe: int = DEFAULT_NPROBE,
+    exact_limit: int = DEFAULT_EXACT_LIMIT,
     progress: Callable[[int, int], None] | None = None,
 ) -> ProtectedSet:
     """Load the protected set at ``path`` (inside ``root``) for samples of ``sample_shape`` in ``latent_space``.
@@ -291,7 +303,13 @@ def load_protected_set(
     return loaded
 
 
-def _reference_set(latents, nprobe, exact_limit, progress, latent_set: Path | None) -> ReferenceSet:
+def _reference_set(
+    latents: torch.Tensor,
+    nprobe: int,
+    exact_limit: int,
+    progress: Callable[[int, int], None] | None,
+    latent_set: Path | None,
+) -> ReferenceSet:
     """The set's search structure; for a saved latent set above ``exact_limit``, its index is kept beside it."""
     index_file = None if latent_set is None else latent_set.with_name(latent_set.name + ".faiss")
     reuse = (

@@ -131,24 +131,13 @@ def coefficient_flow(
         return FlowResult(coef, math.nan, math.nan, True)
     basis = np.eye(r)  # rows of Y over X: current rows move, memory rows (the last R - B) stay
     gy = gram
-    idx = np.arange(b)
     step = (eta if eta is not None else strength) / iterations
-    eigh = np.linalg.eigh
     finite = True
     for _ in range(iterations):
-        sq = np.diagonal(gy)
-        inv = 1.0 / np.sqrt(sq)
-        kernel = gy * inv[:, None] * inv
-        try:
-            lam, vecs = eigh(kernel)
-        except np.linalg.LinAlgError:  # a non-finite kernel
+        w = _euler_step_weights(gy, b, step, raw_eta=eta is not None)
+        if w is None:  # a non-finite kernel
             finite = False
             break
-        g = (vecs[:b] * gradient_weights(lam / r, drop_null=True)) @ vecs.T  # = -R * dH/dK, current rows only
-        # dH/dc_i = sum_k w_ik y_k with w_ik = 2 G_ik / (n_i n_k) (k != i), w_ii = -2 sum_{k != i} G_ik K_ik / n_i^2
-        w = g * (inv[:b, None] * (-2.0 / r) * inv)
-        w[idx, idx] = ((g * kernel[:b]).sum(axis=1) - g[idx, idx]) * (2.0 / r) * inv[:b] ** 2
-        w *= step if eta is not None else (step * sq[:b])[:, None]  # eta_i = strength * ||c_i||^2
         basis[:b] += w @ basis
         gy = basis @ gram @ basis.T
     coef = basis[:b]
@@ -160,6 +149,27 @@ def coefficient_flow(
         before = entropy_and_gradient(_cosine_from_gram(gram[:b, :b]))[0]
         after = entropy_and_gradient(_cosine_from_gram(gy[:b, :b]))[0]
     return FlowResult(coef, before, after, finite)
+
+
+def _euler_step_weights(gy: np.ndarray, b: int, step: float, *, raw_eta: bool) -> np.ndarray | None:
+    """One Euler step's update of the first ``b`` rows as weights over all R rows, for the rows' Gram matrix ``gy``:
+    c_i += sum_k w_ik y_k, with ``step`` = eta / M (``raw_eta``) or strength / M (scaled by ||c_i||^2). None when
+    the kernel's eigendecomposition fails (a non-finite kernel)."""
+    r = gy.shape[0]
+    sq = np.diagonal(gy)
+    inv = 1.0 / np.sqrt(sq)
+    kernel = gy * inv[:, None] * inv
+    try:
+        lam, vecs = np.linalg.eigh(kernel)
+    except np.linalg.LinAlgError:
+        return None
+    idx = np.arange(b)
+    g = (vecs[:b] * gradient_weights(lam / r, drop_null=True)) @ vecs.T  # = -R * dH/dK, current rows only
+    # dH/dc_i = sum_k w_ik y_k with w_ik = 2 G_ik / (n_i n_k) (k != i), w_ii = -2 sum_{k != i} G_ik K_ik / n_i^2
+    w = g * (inv[:b, None] * (-2.0 / r) * inv)
+    w[idx, idx] = ((g * kernel[:b]).sum(axis=1) - g[idx, idx]) * (2.0 / r) * inv[:b] ** 2
+    w *= step if raw_eta else (step * sq[:b])[:, None]  # eta_i = strength * ||c_i||^2
+    return w
 
 
 def _cosine_from_gram(gram: np.ndarray) -> np.ndarray:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-_TOL = 1e-6
+#: Relative tolerance when a call's sigma is placed in the schedule: hosts hand sigma back through float32 (or
+#: fp16) timesteps, so it matches its schedule entry only up to that rounding. Also the largest "terminal" sigma.
+_SIGMA_TOLERANCE = 1e-6
+#: A step whose progress equals the window's edge up to float rounding (3 / 60 against 0.05) is outside the window.
+_WINDOW_EDGE_TOLERANCE = 1e-9
 
 
 def is_active(progress: float, window: float) -> bool:
     """True when a call at ``progress`` lies inside a window of size ``window`` (always true for the first step)."""
-    return progress <= 0.0 or progress < window - 1e-9
+    return progress <= 0.0 or progress < window - _WINDOW_EDGE_TOLERANCE
 
 
 def progress_from_schedule(sigma: float, sigmas: Sequence[float]) -> float:
@@ -31,12 +35,12 @@ def progress_from_schedule(sigma: float, sigmas: Sequence[float]) -> float:
     step. A sigma above the first value counts as step 0.
     """
     values = [float(s) for s in sigmas]
-    steps = len(values) - 1 if len(values) > 1 and values[-1] <= _TOL else len(values)
+    steps = len(values) - 1 if len(values) > 1 and values[-1] <= _SIGMA_TOLERANCE else len(values)
     if steps <= 0:
         raise ValueError("progress_from_schedule: the schedule has no steps")
     index = 0
     for i in range(steps):
-        if values[i] >= sigma - _TOL * max(1.0, abs(values[i])):
+        if values[i] >= sigma - _SIGMA_TOLERANCE * max(1.0, abs(values[i])):
             index = i
         else:
             break

@@ -17,12 +17,30 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 #: The paper's overcompensation factor.
 DEFAULT_OVERCOMPENSATION = 1.6
+#: Above this many references the exact search (a scan of every reference per query and step) gives way to faiss's
+#: approximate IVF index, whose search reads only ``nprobe`` of its sqrt(K) cells.
+DEFAULT_EXACT_LIMIT = 100_000
+#: IVF cells searched per query: a few cells around the query's own find its nearest references at a small share of
+#: a full scan's cost.
+DEFAULT_NPROBE = 8
+#: Nearest references fetched per sample from a protected set: only references within the shield radius push, and a
+#: sample has few that close.
+DEFAULT_NEIGHBOURS = 16
+#: k-means training points per IVF cell: faiss asks for at least 39 per centroid; training on more than a sample of
+#: the set only costs time.
+_TRAIN_POINTS_PER_CELL = 64
+#: Latents added to the index per call, so that ``progress`` reports while a large set is indexed.
+_INDEX_ADD_CHUNK = 16384
+#: Values (queries x width x references) per chunk of the exact search's distance matrix, which bounds its memory.
+_EXACT_SEARCH_BLOCK = 2**26
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -179,10 +197,10 @@ class ReferenceSet:
         self,
         latents: torch.Tensor,
         *,
-        exact_limit: int = 100_000,
+        exact_limit: int = DEFAULT_EXACT_LIMIT,
         nlist: int | None = None,
-        nprobe: int = 8,
-        progress=None,
+        nprobe: int = DEFAULT_NPROBE,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         if latents.ndim < 2 or latents.shape[0] == 0:
             raise ValueError(f"ReferenceSet: latents must be a non-empty [K, ...] tensor, got {tuple(latents.shape)}")
@@ -201,7 +219,7 @@ class ReferenceSet:
         """Whether searches go through the approximate (faiss) index."""
         return self.index is not None
 
-    def _build_index(self, nlist: int, progress):
+    def _build_index(self, nlist: int, progress: Callable[[int, int], None] | None) -> Any:
         try:
             import faiss
         except ImportError:
@@ -212,9 +230,9 @@ class ReferenceSet:
         data = self.data.numpy()
         quantizer = faiss.IndexFlatL2(data.shape[1])
         index = faiss.IndexIVFFlat(quantizer, data.shape[1], nlist)
-        train = data[:: max(1, len(data) // (nlist * 64))]
+        train = data[:: max(1, len(data) // (nlist * _TRAIN_POINTS_PER_CELL))]
         index.train(train)
-        step = 16384
+        step = _INDEX_ADD_CHUNK
         for start in range(0, len(data), step):
             index.add(data[start : start + step])
             if progress is not None:
@@ -232,7 +250,7 @@ class ReferenceSet:
             return torch.from_numpy(ids)
         best_d = torch.full((q.shape[0], k), float("inf"))
         best_i = torch.full((q.shape[0], k), -1, dtype=torch.long)
-        step = max(1, 2**26 // max(1, q.shape[1] * max(1, q.shape[0])))
+        step = max(1, _EXACT_SEARCH_BLOCK // max(1, q.shape[1] * max(1, q.shape[0])))
         for start in range(0, len(self), step):
             d = torch.cdist(q, self.data[start : start + step])
             d_all = torch.cat([best_d, d], dim=1)
@@ -241,7 +259,7 @@ class ReferenceSet:
             best_i = i_all.gather(1, order)
         return best_i
 
-    def candidates(self, queries: torch.Tensor, k: int = 16) -> torch.Tensor:
+    def candidates(self, queries: torch.Tensor, k: int = DEFAULT_NEIGHBOURS) -> torch.Tensor:
         """The k nearest references of each query, [B, k, *sample_shape], on the queries' device (NaN padding)."""
         ids = self.search(queries, k)
         rows = self.data[ids.clamp_min(0)]
@@ -249,7 +267,11 @@ class ReferenceSet:
         return rows.reshape(ids.shape[0], ids.shape[1], *self.sample_shape).to(queries.device)
 
     def repellency(
-        self, x0: torch.Tensor, radius: float, overcompensation: float = DEFAULT_OVERCOMPENSATION, k: int = 16
+        self,
+        x0: torch.Tensor,
+        radius: float,
+        overcompensation: float = DEFAULT_OVERCOMPENSATION,
+        k: int = DEFAULT_NEIGHBOURS,
     ) -> torch.Tensor:
         """SPELL's correction of ``x0`` against this set, through the k nearest references of each sample."""
         if tuple(x0.shape[1:]) != self.sample_shape:
@@ -280,8 +302,8 @@ class ReferenceSet:
         self.index = index
 
 
-#: Provisional default of the relative radius (a fraction of the typical distance between two independent latents);
-#: the paper tuned r over 0 .. 2 x the median pairwise distance of final latents. Re-checked on the reference model.
+#: Default relative radius (a fraction of the typical distance between two independent latents), checked on the
+#: reference model; the paper tuned r over 0 .. 2 x the median pairwise distance of final latents.
 DEFAULT_RELATIVE_RADIUS = 0.35
 
 
@@ -308,7 +330,7 @@ class SpellConfig:
     intra_batch: bool = True
     cross_batch: bool = True
     memory_size: int = 64
-    neighbours: int = 16
+    neighbours: int = DEFAULT_NEIGHBOURS
 
     def __post_init__(self) -> None:
         def fail(name: str, accepted: str) -> ValueError:

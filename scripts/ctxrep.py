@@ -11,6 +11,8 @@ the folder configured in Settings (``lib_ctxrep.protected``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import gradio as gr
 from modules import script_callbacks, scripts, shared
@@ -20,6 +22,7 @@ from lib_ctxrep import blockmap
 from lib_ctxrep.integrations import forge_args
 from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, latent_space_of
 from lib_ctxrep.protected import ProtectedSetError, load_protected_set
+from lib_ctxrep.spell import DEFAULT_EXACT_LIMIT, DEFAULT_NPROBE
 
 logger = logging.getLogger("lib_ctxrep")
 PREFIX = "[Contextual Repulsion]"
@@ -34,17 +37,109 @@ XYZ_FIELDS = {
 #: Settings (Settings > Contextual Repulsion). The root cannot be changed through the API (restrict_api).
 ROOT_OPTION = "ctxrep_protected_root"
 NPROBE_OPTION = "ctxrep_spell_nprobe"
+#: The largest nprobe in Settings: a quarter of the sqrt(K) = 1000 cells of a million-latent set; searching more cells
+#: approaches the cost of an exact scan.
+NPROBE_MAX = 256
+
+
+#: The accordion's opening paragraph.
+INTRO = (
+    "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
+    "(Flux.1 and Kontext, Chroma, Flux.2, Qwen-Image, Z-Image, SD3/SD3.5): during the first steps, the "
+    "batch's text-stream tokens are pushed apart after each block. **SPELL** (any model): a sample whose "
+    "predicted image comes too close to another sample, an earlier batch or a protected image is pushed "
+    "away."
+)
+#: Slider ranges (minimum, maximum, step). Strength: up to about 5x the default push per step; window: a share of
+#: the steps; iterations: up to twice the paper's M = 50; SPELL's radius: a share of the typical distance between two
+#: latents; overcompensation: from the shield's exact boundary (1) to about twice the paper's 1.6.
+STEP_STRENGTH_RANGE = (0.0, 15.0, 0.05)
+WINDOW_RANGE = (0.01, 1.0, 0.01)
+ITERATIONS_RANGE = (1, 100, 1)
+SPELL_RADIUS_RANGE = (0.01, 1.0, 0.01)
+OVERCOMPENSATION_RANGE = (1.0, 3.0, 0.1)
+
+
+def _slider(bounds: tuple[float, float, float], **kwargs: Any) -> Any:
+    """A gradio slider over ``bounds`` (minimum, maximum, step)."""
+    low, high, step = bounds
+    return gr.Slider(low, high, step=step, **kwargs)
+
+
+def _repulsion_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
+    """Contextual repulsion's main controls (strength, window, blocks, memory, hires), by argument name."""
+    repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
+    with gr.Row():
+        step_strength = _slider(
+            STEP_STRENGTH_RANGE, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
+        )
+        window = _slider(WINDOW_RANGE, value=d["window"], label="Window", elem_id=eid("window"))
+    with gr.Row():
+        blocks = gr.Dropdown(list(forge_args.BLOCK_PRESETS), value=d["blocks"], label="Blocks", elem_id=eid("blocks"))
+        custom_blocks = gr.Textbox(
+            value=d["custom_blocks"], label="Block range", placeholder="6:13", visible=False,
+            elem_id=eid("custom_blocks"),
+        )  # fmt: skip
+        single_blocks = gr.Radio(
+            list(forge_args.SINGLE_MODES), value=d["single_blocks"],
+            label="Single-stream blocks (Flux, Chroma)", elem_id=eid("single_blocks"),
+        )  # fmt: skip
+    with gr.Row():
+        memory = gr.Checkbox(value=d["memory"], label="Cross-batch memory", elem_id=eid("memory"))
+        hires = gr.Checkbox(value=d["hires"], label="Apply on the hires pass", elem_id=eid("hires"))
+    return {
+        "repulsion": repulsion, "step_strength": step_strength, "window": window, "blocks": blocks,
+        "custom_blocks": custom_blocks, "single_blocks": single_blocks, "memory": memory, "hires": hires,
+    }  # fmt: skip
+
+
+def _advanced_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
+    """The paper's own parameters (per-block strength, raw eta, inner iterations), by argument name."""
+    with gr.Row():
+        strength = gr.Textbox(
+            value=d["strength"], label="Per-block strength", placeholder="empty: Strength, shared out",
+            elem_id=eid("strength"),
+        )  # fmt: skip
+        eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))
+        iterations = _slider(
+            ITERATIONS_RANGE, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
+        )
+    return {"strength": strength, "eta": eta, "iterations": iterations}
+
+
+def _spell_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
+    """SPELL's controls (switch, radius, overcompensation, protected set), by argument name."""
+    with gr.Row():
+        spell = gr.Checkbox(value=d["spell"], label="SPELL", elem_id=eid("spell"))
+        spell_radius = _slider(
+            SPELL_RADIUS_RANGE, value=d["spell_radius"], label="Shield radius (relative)", elem_id=eid("spell_radius")
+        )
+        spell_overcompensation = _slider(
+            OVERCOMPENSATION_RANGE, value=d["spell_overcompensation"], label="Overcompensation",
+            elem_id=eid("spell_overcompensation"),
+        )  # fmt: skip
+    spell_protected = gr.Textbox(
+        value=d["spell_protected"], label="Protected set (optional)",
+        placeholder="a folder of images or a .safetensors latent set, inside the folder set in Settings",
+        elem_id=eid("spell_protected"),
+    )  # fmt: skip
+    return {
+        "spell": spell, "spell_radius": spell_radius, "spell_overcompensation": spell_overcompensation,
+        "spell_protected": spell_protected,
+    }  # fmt: skip
 
 
 class ContextualRepulsionScript(scripts.Script):
     """Always-on script: one accordion in txt2img and img2img, off by default."""
 
+    #: Forge orders always-on scripts by this: 14 places the accordion among Forge's own sampling tweaks (Perturbed
+    #: Attention 13, Kohya HRFix 14, Latent Modifier 15).
     sorting_priority = 14
 
     def title(self) -> str:
         return forge_args.TITLE
 
-    def show(self, is_img2img: bool):
+    def show(self, is_img2img: bool) -> Any:
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img: bool) -> list:
@@ -55,69 +150,19 @@ class ContextualRepulsionScript(scripts.Script):
             return f"ctxrep_{tab}_{name}"
 
         with InputAccordion(False, label=self.title(), elem_id=eid("enabled")) as enabled:
-            gr.Markdown(
-                "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
-                "(Flux.1 and Kontext, Chroma, Flux.2, Qwen-Image, Z-Image, SD3/SD3.5): during the first steps, the "
-                "batch's text-stream tokens are pushed apart after each block. **SPELL** (any model): a sample whose "
-                "predicted image comes too close to another sample, an earlier batch or a protected image is pushed "
-                "away."
-            )
-            repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
-            with gr.Row():
-                step_strength = gr.Slider(
-                    0.0, 15.0, step=0.05, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
-                )
-                window = gr.Slider(0.01, 1.0, step=0.01, value=d["window"], label="Window", elem_id=eid("window"))
-            with gr.Row():
-                blocks = gr.Dropdown(
-                    list(forge_args.BLOCK_PRESETS), value=d["blocks"], label="Blocks", elem_id=eid("blocks")
-                )
-                custom_blocks = gr.Textbox(
-                    value=d["custom_blocks"], label="Block range", placeholder="6:13", visible=False,
-                    elem_id=eid("custom_blocks"),
-                )  # fmt: skip
-                single_blocks = gr.Radio(
-                    list(forge_args.SINGLE_MODES), value=d["single_blocks"],
-                    label="Single-stream blocks (Flux, Chroma)", elem_id=eid("single_blocks"),
-                )  # fmt: skip
-            with gr.Row():
-                memory = gr.Checkbox(value=d["memory"], label="Cross-batch memory", elem_id=eid("memory"))
-                hires = gr.Checkbox(value=d["hires"], label="Apply on the hires pass", elem_id=eid("hires"))
+            gr.Markdown(INTRO)
+            controls = {"enabled": enabled, **_repulsion_controls(d, eid)}
             with gr.Accordion("Advanced: the paper's parameters", open=False, elem_id=eid("advanced")):
-                with gr.Row():
-                    strength = gr.Textbox(
-                        value=d["strength"], label="Per-block strength", placeholder="empty: Strength, shared out",
-                        elem_id=eid("strength"),
-                    )  # fmt: skip
-                    eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))
-                    iterations = gr.Slider(
-                        1, 100, step=1, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
-                    )
+                controls.update(_advanced_controls(d, eid))
             with gr.Accordion("SPELL: sparse repellency (any model)", open=False, elem_id=eid("spell_group")):
-                with gr.Row():
-                    spell = gr.Checkbox(value=d["spell"], label="SPELL", elem_id=eid("spell"))
-                    spell_radius = gr.Slider(
-                        0.01, 1.0, step=0.01, value=d["spell_radius"], label="Shield radius (relative)",
-                        elem_id=eid("spell_radius"),
-                    )  # fmt: skip
-                    spell_overcompensation = gr.Slider(
-                        1.0, 3.0, step=0.1, value=d["spell_overcompensation"], label="Overcompensation",
-                        elem_id=eid("spell_overcompensation"),
-                    )  # fmt: skip
-                spell_protected = gr.Textbox(
-                    value=d["spell_protected"], label="Protected set (optional)",
-                    placeholder="a folder of images or a .safetensors latent set, inside the folder set in Settings",
-                    elem_id=eid("spell_protected"),
-                )  # fmt: skip
+                controls.update(_spell_controls(d, eid))
+        blocks, custom_blocks = controls["blocks"], controls["custom_blocks"]
         blocks.change(
             fn=lambda value: gr.update(visible=value == "custom"), inputs=[blocks], outputs=[custom_blocks],
             show_progress=False,
         )  # fmt: skip
 
-        components = [
-            enabled, strength, window, blocks, custom_blocks, single_blocks, memory, hires, eta, iterations,
-            repulsion, spell, spell_radius, spell_overcompensation, spell_protected, step_strength,
-        ]  # fmt: skip
+        components = [controls[name] for name in forge_args.ARG_NAMES]
         self.infotext_fields = [
             (component, lambda params, name=name: forge_args.from_infotext(params)[name])
             for name, component in zip(forge_args.ARG_NAMES, components, strict=True)
@@ -126,7 +171,7 @@ class ContextualRepulsionScript(scripts.Script):
         return components
 
     # ---- per generation -------------------------------------------------------------------------------------------
-    def process(self, p, *args) -> None:
+    def process(self, p: Any, *args: Any) -> None:
         """Read and validate the settings once per generation; a new job (and cross-batch memory) per generation."""
         p._ctxrep_settings = None
         p._ctxrep_job = None
@@ -156,12 +201,12 @@ class ContextualRepulsionScript(scripts.Script):
             p._ctxrep_spell = ForgeSpell(settings.spell)
             p._ctxrep_protected_tried = False
 
-    def before_process_batch(self, p, *args, **kwargs) -> None:
+    def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
         job = getattr(p, "_ctxrep_job", None)
         if job is not None and kwargs.get("batch_number", 0) > 0:
             job.engine.new_batch()  # the previous batch of this job becomes memory
 
-    def process_before_every_sampling(self, p, *args, **kwargs) -> None:
+    def process_before_every_sampling(self, p: Any, *args: Any, **kwargs: Any) -> None:
         settings = getattr(p, "_ctxrep_settings", None)
         if settings is None:
             return
@@ -202,14 +247,14 @@ class ContextualRepulsionScript(scripts.Script):
             info[forge_args.ARCHITECTURE_KEY] = job.architecture.family
         p.extra_generation_params.update(info)
 
-    def _load_protected(self, p, spell: ForgeSpell, path: str, sample) -> None:
+    def _load_protected(self, p: Any, spell: ForgeSpell, path: str, sample: Any) -> None:
         """Load the protected set once per generation; on failure SPELL runs without it and the message says why."""
         if sample is None:
             self._report(p, "the protected set needs the latent shape, which this Forge did not pass; not used")
             return
         sd_model = p.sd_model
 
-        def encode(images):
+        def encode(images: Any) -> Any:
             return sd_model.encode_first_stage(images)
 
         def progress(done: int, total: int) -> None:
@@ -224,7 +269,7 @@ class ContextualRepulsionScript(scripts.Script):
                 width=p.width,
                 height=p.height,
                 encode=encode,
-                nprobe=int(getattr(shared.opts, NPROBE_OPTION, 8)),
+                nprobe=int(getattr(shared.opts, NPROBE_OPTION, DEFAULT_NPROBE)),
                 progress=progress,
             )
         except (ProtectedSetError, ImportError) as error:
@@ -236,7 +281,7 @@ class ContextualRepulsionScript(scripts.Script):
         for note in loaded.notes:
             self._report(p, f"SPELL protected set: {note}", info=True)
 
-    def post_sample(self, p, ps, *args) -> None:
+    def post_sample(self, p: Any, ps: Any, *args: Any) -> None:
         """After each batch's sampling: SPELL remembers the batch and reports its sparsity."""
         spell = getattr(p, "_ctxrep_spell", None)
         if spell is None or getattr(ps, "samples", None) is None:
@@ -246,14 +291,14 @@ class ContextualRepulsionScript(scripts.Script):
             print(f"{PREFIX} SPELL pushed {stats.summary()}")
             p.extra_generation_params[forge_args.SPELL_PUSHED_KEY] = stats.summary()
 
-    def postprocess(self, p, processed, *args) -> None:
+    def postprocess(self, p: Any, processed: Any, *args: Any) -> None:
         for name in ("_ctxrep_job", "_ctxrep_spell"):
             job = getattr(p, name, None)
             if job is not None:
                 job.close()
             setattr(p, name, None)
 
-    def _report(self, p, message: str, info: bool = False) -> None:
+    def _report(self, p: Any, message: str, info: bool = False) -> None:
         text = f"{PREFIX} {message}"
         print(text)
         key = "CtxRep note" if info else "CtxRep error"
@@ -282,10 +327,11 @@ def add_settings() -> None:
     shared.opts.add_option(
         NPROBE_OPTION,
         shared.OptionInfo(
-            8,
-            "SPELL: cells searched per query in protected sets above 100k latents (faiss nprobe)",
+            DEFAULT_NPROBE,
+            f"SPELL: cells searched per query in protected sets above {DEFAULT_EXACT_LIMIT // 1000}k latents "
+            "(faiss nprobe)",
             gr.Slider,
-            {"minimum": 1, "maximum": 256, "step": 1},
+            {"minimum": 1, "maximum": NPROBE_MAX, "step": 1},
             section=section,
         ),
     )
@@ -295,23 +341,23 @@ script_callbacks.on_ui_settings(add_settings)
 
 
 # ---- XYZ plot --------------------------------------------------------------------------------------------------
-def _xyz_module():
+def _xyz_module() -> Any:
     for data in scripts.scripts_data:
         if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid") and hasattr(data, "module"):
             return data.module
     return None
 
 
-def _apply(field: str):
-    def apply(p, value, values):
+def _apply(field: str) -> Callable:
+    def apply(p: Any, value: Any, values: Any) -> None:
         setattr(p, field, value)
         p.ctxrep_enabled = True
 
     return apply
 
 
-def _confirm(name: str):
-    def confirm(p, values):
+def _confirm(name: str) -> Callable:
+    def confirm(p: Any, values: Any) -> None:
         for value in values:
             forge_args.parse({"enabled": True, name: value})
 

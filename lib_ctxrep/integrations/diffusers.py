@@ -40,8 +40,18 @@ SUPPORTED_CLASSES = tuple(c for a in blockmap.ARCHITECTURES if a.host == "diffus
 _ATTR = "_ctxrep_handle"
 
 
+#: Model time per unit of sigma in families trained on 1000 discrete timesteps (SD3, HiDream, ...): t = 1000 sigma.
+_TIMESTEPS_PER_SIGMA = 1000.0
+#: Two calls whose sigmas differ by less are at the same step (the prompt's and the negative prompt's call); steps
+#: are far further apart, so this only absorbs rounding of the timestep.
+_SAME_SIGMA = 1e-7
+#: Z-Image's forward defaults when the call leaves them out: 2 x 2 spatial patches, one frame per patch.
+_Z_IMAGE_PATCH = 2
+_Z_IMAGE_FRAME_PATCH = 1
+
+
 def _per_mille(t: float) -> float:
-    return t / 1000.0
+    return t / _TIMESTEPS_PER_SIGMA
 
 
 def _one_minus(t: float) -> float:
@@ -247,8 +257,8 @@ def _z_image_tokens(call: _Call, chunks: int, multiple: int) -> CallTokens | Non
         return None
     if isinstance(images[0], (list, tuple)):
         return None  # omni mode ([caption, images, siglip]): not supported
-    patch = int(call.get("patch_size") or 2)
-    frames = int(call.get("f_patch_size") or 1)
+    patch = int(call.get("patch_size") or _Z_IMAGE_PATCH)
+    frames = int(call.get("f_patch_size") or _Z_IMAGE_FRAME_PATCH)
     image_lens = {_padded(math.prod(x.shape[-3:]) // (frames * patch * patch), multiple) for x in images}
     if len(image_lens) != 1:
         return None  # images of different sizes in one call: the caption starts at different places
@@ -299,76 +309,123 @@ def apply_contextual_repulsion(
         previous.remove()
     engine = RepulsionEngine(config, record_stats=record_stats)
     handle = ContextualRepulsionHandle(transformer, engine)
-    call = _Call(transformer)
-    sigma_of_time = _SIGMA_OF_TIME.get(arch.family, float)
-    multiple = int(getattr(sys.modules.get(type(transformer).__module__), "SEQ_MULTI_OF", _Z_IMAGE_SEQ_MULTIPLE))
-    state: dict[str, Any] = {"sigma": None, "calls": 0, "tokens": None}
-    schedule_cache: dict[str, Any] = {"key": None, "values": None}
+    calls = _TransformerCalls(arch, engine, transformer, pipeline, scheduler, shift)
+    hooks = handle._hooks
+    hooks.append(transformer.register_forward_pre_hook(calls.pre_hook, with_kwargs=True))
+    hooked = blockmap.hooked_blocks(arch, transformer, config)
+    engine.repelled_blocks = len(hooked)
+    for name, block, where, mode in hooked:
+        hooks.append(block.register_forward_hook(calls.block_hook(name, where, mode)))
+    setattr(transformer, _ATTR, handle)
+    return handle
 
-    def schedule(values: Any, tail: tuple[float, ...] = ()) -> list[float]:
+
+class _TransformerCalls:
+    """The hooks' view of one attached transformer's calls: the pre-hook reads each call's time (as progress), row
+    layout and token layout and starts the engine's call; each block hook hands its block's output to the block map.
+    Holds no reference to a call's tensors after the pre-hook."""
+
+    def __init__(
+        self,
+        arch: Architecture,
+        engine: RepulsionEngine,
+        transformer: torch.nn.Module,
+        pipeline: Any,
+        scheduler: Any,
+        shift: float,
+    ) -> None:
+        self.arch = arch
+        self.engine = engine
+        self.pipeline = pipeline
+        self.scheduler = scheduler
+        self.shift = shift
+        self.call = _Call(transformer)
+        self.sigma_of_time = _SIGMA_OF_TIME.get(arch.family, float)
+        module = sys.modules.get(type(transformer).__module__)
+        self.multiple = int(getattr(module, "SEQ_MULTI_OF", _Z_IMAGE_SEQ_MULTIPLE))
+        self.sigma: float | None = None  # the previous call's
+        self.calls = 0  # earlier calls at that sigma (the prompt's is the first)
+        self.tokens: CallTokens | None = None  # the current call's token layout
+        self._schedule_key: tuple[int, int] | None = None
+        self._schedule_values: list[float] = []
+
+    def schedule(self, values: Any, tail: tuple[float, ...] = ()) -> list[float]:
         """The scheduler's table as floats, read once per table (one host transfer, not one per call)."""
         key = (id(values), len(values))
-        if schedule_cache["key"] != key:
-            schedule_cache["key"] = key
-            schedule_cache["values"] = [float(v) for v in values] + list(tail)
-        return schedule_cache["values"]
+        if self._schedule_key != key:
+            self._schedule_key = key
+            self._schedule_values = [float(v) for v in values] + list(tail)
+        return self._schedule_values
 
-    def progress_of(sigma: float, time: float) -> float:
-        if arch.family in _STEP_BY_TIMESTEPS:
+    def progress_of(self, sigma: float, time: float) -> float:
+        """The call's progress along the trajectory: from the scheduler's table when there is one, else from sigma."""
+        scheduler = self.scheduler
+        if self.arch.family in _STEP_BY_TIMESTEPS:
             timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
             if timesteps is not None and len(timesteps) > 0:
-                return progress_from_schedule(time, schedule(timesteps, (0.0,)))  # every timestep a step
+                return progress_from_schedule(time, self.schedule(timesteps, (0.0,)))  # every timestep a step
         sigmas = getattr(scheduler, "sigmas", None) if scheduler is not None else None
         if sigmas is None or len(sigmas) == 0:
-            return progress_from_sigma(sigma, shift)
-        return progress_from_schedule(sigma, schedule(sigmas))
+            return progress_from_sigma(sigma, self.shift)
+        return progress_from_schedule(sigma, self.schedule(sigmas))
 
-    def chunks_of(rows: int, time: float) -> tuple[str, ...]:
+    def chunks_of(self, rows: int, time: float) -> tuple[str, ...]:
+        """The call's row layout: one branch per call, or the architecture's CFG rows when the pipeline batches CFG."""
+        arch = self.arch
         if arch.cfg_rows is None:  # one call per branch, the prompt's first
-            return ("cond",) if state["calls"] == 0 else ("uncond",)
-        cfg_on = False
-        if pipeline is not None:
-            cfg_on = getattr(pipeline, "do_classifier_free_guidance", None)
-            if cfg_on is None:  # AuraFlow: a local flag in __call__, guidance_scale > 1
-                scale = getattr(pipeline, "guidance_scale", None)  # a property from diffusers 0.32
-                cfg_on = (
-                    float(scale) > 1.0 if isinstance(scale, (int, float)) else _duplicated(call.get("hidden_states"))
-                )
-            cfg_on = bool(cfg_on)
-        if arch.family == "SD3" and call.get("skip_layers") is not None:
+            return ("cond",) if self.calls == 0 else ("uncond",)
+        cfg_on = self._pipeline_cfg_on()
+        if arch.family == "SD3" and self.call.get("skip_layers") is not None:
             cfg_on = False  # skip-layer guidance: an extra call on the prompt's rows alone
-        truncation = getattr(pipeline, "_cfg_truncation", None) if arch.family == "Z-Image" else None
+        truncation = getattr(self.pipeline, "_cfg_truncation", None) if arch.family == "Z-Image" else None
         if isinstance(truncation, (int, float)) and truncation <= 1 and time > truncation:
             cfg_on = False  # ZImagePipeline drops CFG (the prompt's rows alone) once its t = 1 - sigma passes this
         return arch.cfg_rows if cfg_on and rows % len(arch.cfg_rows) == 0 else ("cond",)
 
-    def pre_hook(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if not config.enabled:
-            engine.end_call()
+    def _pipeline_cfg_on(self) -> bool:
+        """Whether the pipeline batches CFG rows in this call (False without a pipeline)."""
+        pipeline = self.pipeline
+        if pipeline is None:
+            return False
+        cfg_on = getattr(pipeline, "do_classifier_free_guidance", None)
+        if cfg_on is None:  # AuraFlow: a local flag in __call__, guidance_scale > 1
+            scale = getattr(pipeline, "guidance_scale", None)  # a property from diffusers 0.32
+            cfg_on = (
+                float(scale) > 1.0 if isinstance(scale, (int, float)) else _duplicated(self.call.get("hidden_states"))
+            )
+        return bool(cfg_on)
+
+    def pre_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook of the transformer: start the engine's call (or leave the call alone)."""
+        if not self.engine.config.enabled:
+            self.engine.end_call()
             return
+        call = self.call
         call.args, call.kwargs = args, kwargs
         try:
-            start_call(module)
+            self.start_call(module)
         finally:
             call.args, call.kwargs = (), {}  # hold no reference to the call's tensors after it
 
-    def start_call(module: torch.nn.Module) -> None:
+    def start_call(self, module: torch.nn.Module) -> None:
+        """Read the call's time, rows and tokens and begin the engine's call; end it when a layout cannot be read."""
+        arch, call, engine = self.arch, self.call, self.engine
         timestep = call.get(_TIME_ARG.get(arch.family, "timestep"))
         if timestep is None:
             engine.warn_once("timestep", "[ctxrep] the transformer was called without a timestep; repulsion skipped")
             engine.end_call()
             return
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        sigma = sigma_of_time(value)
-        if state["sigma"] is not None and abs(sigma - state["sigma"]) < 1e-7:
-            state["calls"] += 1
+        sigma = self.sigma_of_time(value)
+        if self.sigma is not None and abs(sigma - self.sigma) < _SAME_SIGMA:
+            self.calls += 1
         else:
-            state["sigma"], state["calls"] = sigma, 0
+            self.sigma, self.calls = sigma, 0
         first = call.get("hidden_states") if arch.family != "Z-Image" else call.get("x")
-        chunks = chunks_of(_rows(first), value) if first is not None else ("cond",)
-        if not engine.begin_call(progress_of(sigma, value), chunks):
+        chunks = self.chunks_of(_rows(first), value) if first is not None else ("cond",)
+        if not engine.begin_call(self.progress_of(sigma, value), chunks):
             return
-        tokens = _tokens(arch, call, len(engine.chunks), multiple, module)
+        tokens = _tokens(arch, call, len(engine.chunks), self.multiple, module)
         if tokens is None:
             engine.warn_once(
                 "layout",
@@ -377,21 +434,15 @@ def apply_contextual_repulsion(
             )
             engine.end_call()
             return
-        state["tokens"] = tokens
+        self.tokens = tokens
 
-    def block_hook(name: str, where: blockmap.Blocks, mode: str) -> Callable:
+    def block_hook(self, name: str, where: blockmap.Blocks, mode: str) -> Callable:
+        """The forward hook of block ``name``: its output repelled through the block map while a call is active."""
+        engine = self.engine
+
         def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
             if not engine.active:
                 return None
-            return blockmap.repel_block(engine, name, where, output, state["tokens"], mode)
+            return blockmap.repel_block(engine, name, where, output, self.tokens, mode)
 
         return hook
-
-    hooks = handle._hooks
-    hooks.append(transformer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-    hooked = blockmap.hooked_blocks(arch, transformer, config)
-    engine.repelled_blocks = len(hooked)
-    for name, block, where, mode in hooked:
-        hooks.append(block.register_forward_hook(block_hook(name, where, mode)))
-    setattr(transformer, _ATTR, handle)
-    return handle

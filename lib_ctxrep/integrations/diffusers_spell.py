@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..spell import ReferenceSet, SpellConfig, SpellEngine
+from ..spell import ReferenceSet, SpellConfig, SpellEngine, SpellStats
 
 _ATTR = "_ctxrep_spell_handle"
 
@@ -26,7 +26,7 @@ class SpellHandle:
         self.engine = engine
 
     @property
-    def stats(self):
+    def stats(self) -> SpellStats:
         """Sparsity so far: calls, samples seen / pushed, steps with a push."""
         return self.engine.stats
 

@@ -36,6 +36,11 @@ from ..schedule import progress_from_sigma
 from ..spell import ReferenceSet, SpellConfig, SpellEngine, SpellStats
 
 _LABELS = {0: "cond", 1: "uncond"}
+#: Relative tolerance when a call's sigma is placed in the predictor's table: the sampler's sigmas come from that
+#: table through float32 tensors, so they match an entry only up to rounding.
+_SIGMA_TOLERANCE = 1e-6
+#: Flux.1's patch size, for a model that does not say (Forge's IntegratedFluxTransformer2DModel patchifies 2 x 2).
+_FLUX_PATCH = 2
 
 
 def architecture_of(diffusion_model: Any) -> Architecture | None:
@@ -78,7 +83,7 @@ class PredictorWindow:
             value = progress_from_sigma(sigma)
         else:
             table = self._table
-            index = bisect.bisect_left(table, sigma - 1e-6 * max(1.0, abs(sigma)))
+            index = bisect.bisect_left(table, sigma - _SIGMA_TOLERANCE * max(1.0, abs(sigma)))
             value = 1.0 - min(index + 1, len(table)) / len(table)
         self._cache[sigma] = value = max(0.0, min(1.0, value))
         return value
@@ -184,7 +189,7 @@ def _call_tokens(diffusion_model: Any, args: dict) -> CallTokens:
     latent = args["input"]
     target = None
     if latent.ndim == 4:
-        patch = int(getattr(diffusion_model, "patch_size", 2) or 2)
+        patch = int(getattr(diffusion_model, "patch_size", _FLUX_PATCH) or _FLUX_PATCH)
         target = (0, ((latent.shape[-2] + patch - 1) // patch) * ((latent.shape[-1] + patch - 1) // patch))
     return CallTokens(text_len, target=target)
 
