@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 
 import torch
 
+#: Values sharing one float32 scale: small enough that a group's largest value does not swamp the rest, large enough
+#: that the scales add only 1/16 byte per value.
 _GROUP = 64
+#: The int8 range used, symmetric so that a residual and its negation quantise alike.
+_INT8_MAX = 127
+#: The scale of an all-zero group (a tiny positive number: its values then quantise to 0 without a division by zero).
+_MIN_SCALE = 1e-30
+#: Bytes of one float32 scale.
+_SCALE_BYTES = 4
 
 
 @dataclass
@@ -32,7 +40,7 @@ class _Entry:
 
     @property
     def nbytes(self) -> int:
-        return self.q.numel() + 4 * self.scale.numel()
+        return self.q.numel() + _SCALE_BYTES * self.scale.numel()
 
 
 @dataclass
@@ -52,8 +60,8 @@ def _quantize(residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if pad:
         flat = torch.nn.functional.pad(flat, (0, pad))
     groups = flat.view(-1, _GROUP)
-    scale = (groups.abs().amax(dim=1) / 127.0).clamp_min(1e-30)
-    q = torch.round(groups / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    scale = (groups.abs().amax(dim=1) / _INT8_MAX).clamp_min(_MIN_SCALE)
+    q = torch.round(groups / scale[:, None]).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
     return q.reshape(-1), scale
 
 
@@ -80,6 +88,10 @@ class ContextMemory:
     def nbytes(self) -> int:
         """Bytes held by committed rows (anchors included)."""
         return sum(slot.nbytes for slot in self._slots.values())
+
+    def keys(self) -> list[Hashable]:
+        """The keys that have remembered (committed) rows, in the order they were first committed."""
+        return [key for key, slot in self._slots.items() if slot.entries]
 
     def rows(self, key: Hashable) -> list[torch.Tensor] | None:
         """Remembered rows for ``key``: one tensor [Mm, *row_shape] per part, in the stream dtype; None if empty."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import inspect
+import weakref
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from lib_ctxrep.evaluation.diffusers_tiny import (  # noqa: E402
     tiny_sd3_transformer,
 )
 from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
+from tests.library_spy import library_calls  # noqa: E402
 
 B = 4
 STRONG = RepulsionConfig(strength=0.5, window=0.3, iterations=5)
@@ -52,11 +56,12 @@ def run_flux(pipe, batch: int = B, steps: int = 4, seed: int = 0, embeddings: tu
     ).images
 
 
-def all_hooks(module: torch.nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(getattr(m, "_forward_hooks_always_called", {}))
-        for m in module.modules()
-    )
+def run_flux_untouched(pipe, **kw) -> torch.Tensor:
+    """``run_flux``, asserting that it reaches none of the library's code (no hook of ours left on the model)."""
+    with library_calls() as calls:
+        out = run_flux(pipe, **kw)
+    assert calls == []
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,21 +89,30 @@ def test_disabled_config_is_bit_identical_to_never_attached(flux_pipe):
     assert torch.equal(out, base)
 
 
-def test_remove_restores_bit_identical_output_and_leaves_no_hooks(flux_pipe):
-    before = all_hooks(flux_pipe.transformer)
+def test_remove_restores_bit_identical_output_and_the_library_is_no_longer_reached(flux_pipe):
     base = run_flux(flux_pipe)
     handle = apply_contextual_repulsion(flux_pipe, STRONG)
-    assert all_hooks(flux_pipe.transformer) > before
-    run_flux(flux_pipe)
+    with library_calls() as calls:
+        assert not torch.equal(run_flux(flux_pipe), base)
+    assert "repel_block" in calls and handle.attached
     handle.remove()
     handle.remove()  # idempotent
-    assert all_hooks(flux_pipe.transformer) == before
-    assert not hasattr(flux_pipe.transformer, "_ctxrep_handle")
-    assert torch.equal(run_flux(flux_pipe), base)
+    assert not handle.attached
+    assert torch.equal(run_flux_untouched(flux_pipe), base)
+
+
+def test_the_model_keeps_no_reference_to_a_removed_handle_and_its_memory(flux_pipe):
+    handle = apply_contextual_repulsion(flux_pipe, RepulsionConfig(strength=0.5, window=0.3, memory=True))
+    run_flux(flux_pipe, batch=1)
+    gone = weakref.ref(handle)
+    handle.remove()
+    del handle
+    gc.collect()
+    assert gone() is None
 
 
 def test_hooks_are_gone_after_an_exception_inside_the_pipeline_call(flux_pipe):
-    before = all_hooks(flux_pipe.transformer)
+    base = run_flux(flux_pipe)
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
@@ -106,16 +120,18 @@ def test_hooks_are_gone_after_an_exception_inside_the_pipeline_call(flux_pipe):
     with pytest.raises(RuntimeError, match="boom"):
         with apply_contextual_repulsion(flux_pipe, STRONG):
             run_flux(flux_pipe, callback_on_step_end=explode)
-    assert all_hooks(flux_pipe.transformer) == before
+    assert torch.equal(run_flux_untouched(flux_pipe), base)
 
 
-def test_attaching_twice_does_not_double_the_hooks(flux_pipe):
-    first = apply_contextual_repulsion(flux_pipe, STRONG)
-    count = all_hooks(flux_pipe.transformer)
-    second = apply_contextual_repulsion(flux_pipe, STRONG)
-    assert all_hooks(flux_pipe.transformer) == count
-    assert not first.attached and second.attached
+def test_attaching_twice_repels_once_and_the_first_handle_goes_inert(flux_pipe):
+    with apply_contextual_repulsion(flux_pipe, STRONG):
+        once = run_flux(flux_pipe)
+    first = apply_contextual_repulsion(flux_pipe, STRONG, record_stats=True)
+    second = apply_contextual_repulsion(flux_pipe, STRONG, record_stats=True)
+    twice = run_flux(flux_pipe)
     second.remove()
+    assert torch.equal(twice, once)
+    assert not first.attached and first.stats == [] and second.stats
 
 
 def capture_block_outputs(transformer, call) -> dict:
@@ -185,20 +201,40 @@ def test_window_counts_steps_from_the_scheduler_not_calls(flux_pipe):
         assert {s.progress for s in handle.stats} == active
 
 
-def test_single_block_text_mode_leaves_image_tokens_of_single_blocks_untouched():
+def split_single(output) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, image) tokens of a Flux single block's output: a (text, image) tuple from diffusers 0.35, one
+    [text; image] sequence before."""
+    if isinstance(output, tuple):
+        return output[0], output[1]
+    return output[:, :12], output[:, 12:]
+
+
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_single_blocks_repel_their_text_tokens_and_their_image_tokens_in_all_mode_only(mode):
     transformer = tiny_flux_transformer(layers=1, single_layers=2)
     inputs = flux_inputs()
-    config = RepulsionConfig(strength=0.5, iterations=5, blocks="0:0" if False else (0, 1), single_blocks="text")
-    plain = capture_block_outputs(transformer, lambda: transformer(**inputs))
-    with apply_contextual_repulsion(transformer, config):
-        hooked = capture_block_outputs(transformer, lambda: transformer(**inputs))
-    # the first single block's input differs (double block repelled), so compare the split of its own output:
-    out = hooked[("single", 0)]
-    text, image = (out[0], out[1]) if isinstance(out, tuple) else (out[:, :12], out[:, 12:])
-    ref = plain[("single", 0)]
+    seen = {}
+
+    def computed(module, args, output):  # registered before ours: the block's output as it computed it
+        seen.setdefault("computed", tuple(t.clone() for t in split_single(output)))
+
+    def handed_on(module, args, output):  # registered after ours: what the next block gets
+        seen.setdefault("handed_on", tuple(t.clone() for t in split_single(output)))
+
+    block = transformer.single_transformer_blocks[0]
+    hooks = [block.register_forward_hook(computed)]
+    try:
+        with apply_contextual_repulsion(transformer, RepulsionConfig(strength=0.5, iterations=5, single_blocks=mode)):
+            hooks.append(block.register_forward_hook(handed_on))
+            with torch.no_grad():
+                transformer(**inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    (text, image), (text_after, image_after) = seen["computed"], seen["handed_on"]
     assert text.shape[1] == 12 and image.shape[1] == 16
-    assert torch.isfinite(text).all() and torch.isfinite(image).all()
-    assert not torch.equal(text, ref[0] if isinstance(ref, tuple) else ref[:, :12])
+    assert not torch.equal(text_after, text)
+    assert torch.equal(image_after, image) == (mode == "text")
 
 
 def test_positional_block_calls_under_gradient_checkpointing_are_repelled():
@@ -244,8 +280,10 @@ def test_single_blocks_in_all_tokens_mode_remember_their_text_tokens_at_batch_si
     with apply_contextual_repulsion(flux_pipe, config, record_stats=True) as handle:
         run_flux(flux_pipe, batch=1, seed=0)
         run_flux(flux_pipe, batch=1, seed=1)
-        slots = {key: slot for key, slot in handle.engine.memory._slots.items() if key[0].startswith("single.")}
-    assert slots and all(slot.shapes == [torch.Size([12, 32])] for slot in slots.values())  # text tokens only
+        memory = handle.engine.memory
+        remembered = [[tuple(part.shape[1:]) for part in memory.rows(key)] for key in memory.keys()]
+    # one key per hooked block (3 dual, 2 single) and step in the window (2 of 4), each holding text tokens only
+    assert remembered == [[(12, 32)]] * (5 * 2)
     pushed = {s.block for s in handle.stats if s.memory_rows > 0}
     assert {"single.0", "single.1", "double.0"} <= pushed
 
@@ -255,8 +293,10 @@ def test_single_blocks_with_memory_image_remember_all_their_tokens_at_batch_size
     with apply_contextual_repulsion(flux_pipe, config) as handle:
         run_flux(flux_pipe, batch=1, seed=0)
         all_tokens = run_flux(flux_pipe, batch=1, seed=1)
-        slots = {key: slot for key, slot in handle.engine.memory._slots.items() if key[0].startswith("single.")}
-    assert slots and all(slot.shapes == [torch.Size([12, 32]), torch.Size([64, 32])] for slot in slots.values())
+        memory = handle.engine.memory
+        remembered = [[tuple(part.shape[1:]) for part in memory.rows(key)] for key in memory.keys()]
+    # per step in the window (2 of 4): the 3 dual blocks remember their text, the 2 single blocks text and image
+    assert sorted(remembered) == [[(12, 32)]] * (3 * 2) + [[(12, 32), (64, 32)]] * (2 * 2)
     with apply_contextual_repulsion(flux_pipe, dataclasses.replace(config, memory_image=False)):
         run_flux(flux_pipe, batch=1, seed=0)
         assert not torch.allclose(all_tokens, run_flux(flux_pipe, batch=1, seed=1))
@@ -381,6 +421,71 @@ def test_sd3_without_cfg_is_one_cond_chunk():
     assert {(s.branch, s.rows) for s in handle.stats} == {("cond", B)}
 
 
+def transformer_outputs(pipe, run) -> list[torch.Tensor]:
+    """The transformer's output of every call ``run()`` makes, in call order."""
+    outputs = []
+    hook = pipe.transformer.register_forward_hook(lambda m, a, out: outputs.append(out[0].clone()))
+    try:
+        run()
+    finally:
+        hook.remove()
+    return outputs
+
+
+def test_flux_true_cfg_negative_prompt_call_is_the_uncond_branch():
+    """FluxPipeline with true_cfg_scale > 1 and a negative prompt calls the transformer twice per step, the prompt
+    first. With one branch selected, of the first step's two calls (on the same latents as without repulsion) only
+    that branch's changes: the prompt's call for "cond", the negative prompt's for "uncond"."""
+    needs_argument("FluxPipeline", "true_cfg_scale")
+    pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=2, single_layers=1))
+    negative = prompt_embeddings(B, 12, 32, 32, seed=7)
+
+    def run():
+        run_flux(pipe, steps=3, true_cfg_scale=4.0, negative_prompt_embeds=negative[0],
+                 negative_pooled_prompt_embeds=negative[1])  # fmt: skip
+
+    plain = transformer_outputs(pipe, run)
+    assert len(plain) == 2 * 3  # two calls per step
+    for branch in ("cond", "uncond"):
+        with apply_contextual_repulsion(pipe, dataclasses.replace(STRONG, branches=(branch,))):
+            repelled = transformer_outputs(pipe, run)
+        moved = [not torch.equal(after, before) for after, before in zip(repelled[:2], plain[:2], strict=True)]
+        assert moved == [branch == "cond", branch == "uncond"], branch  # [the prompt's call, the negative's]
+
+
+def needs_argument(pipeline: str, argument: str) -> None:
+    """Skip the test when the installed diffusers' ``pipeline`` has no ``argument``."""
+    import diffusers
+
+    if argument not in inspect.signature(getattr(diffusers, pipeline).__call__).parameters:
+        pytest.skip(f"diffusers {diffusers.__version__} has no {argument} in {pipeline}")
+
+
+def test_sd3_skip_layer_guidance_call_is_repelled_as_the_prompt_rows_alone():
+    """With skip_guidance_layers, StableDiffusion3Pipeline makes an extra call per step on the prompt's B rows alone
+    (``skip_layers=[...]``): one cond group of B rows, never split into [uncond; cond] halves."""
+    needs_argument("StableDiffusion3Pipeline", "skip_guidance_layers")
+    pipe = tiny_sd3_pipeline(tiny_sd3_transformer(layers=3))
+    rows = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: rows.append((kw["hidden_states"].shape[0], kw.get("skip_layers"))), with_kwargs=True
+    )
+    embeds, pooled = prompt_embeddings(B, 10, 32, 64, seed=3)
+    neg, neg_pooled = prompt_embeddings(B, 10, 32, 64, seed=4)
+    config = RepulsionConfig(strength=0.5, window=0.5, iterations=3)  # steps 0 and 1 of 3
+    with apply_contextual_repulsion(pipe, config, record_stats=True) as handle:
+        pipe(
+            prompt_embeds=embeds, pooled_prompt_embeds=pooled, negative_prompt_embeds=neg,
+            negative_pooled_prompt_embeds=neg_pooled, guidance_scale=3.5, skip_guidance_layers=[1],
+            skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0, height=16, width=16, num_inference_steps=3,
+            output_type="latent", generator=torch.Generator().manual_seed(0),
+        )  # fmt: skip
+    assert (B, [1]) in rows[:3]  # step 1 (progress 1/3, in the window) made a skip-layer call
+    second_step = [(s.branch, s.rows) for s in handle.stats if 0 < s.progress < 0.5]
+    # the CFG call: blocks 0 and 1, each branch; the skip-layer call: block 0 only (block 1 is skipped)
+    assert sorted(second_step) == [("cond", B)] * 3 + [("uncond", B)] * 2
+
+
 def test_flux_kontext_reference_tokens_are_never_repelled():
     kontext_available()
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=1, single_layers=2), kontext=True)
@@ -447,7 +552,9 @@ def test_a_dict_in_place_of_a_config_is_refused_before_anything_is_attached():
     transformer = tiny_flux_transformer()
     with pytest.raises(TypeError, match=r"apply_contextual_repulsion: config must be a RepulsionConfig, got a dict"):
         apply_contextual_repulsion(transformer, {"strength": 0.1})
-    assert all_hooks(transformer) == 0
+    with library_calls() as calls, torch.no_grad():
+        transformer(**flux_inputs())
+    assert calls == []
 
 
 @pytest.mark.parametrize("sigma", [1.0, 0.5], ids=["inside", "outside"])

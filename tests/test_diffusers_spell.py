@@ -68,15 +68,20 @@ def test_final_latents_of_a_batch_repel_the_next_batch(pipe):
     assert torch.equal(first, plain[0]) and not torch.allclose(second, plain[1])
 
 
-def test_remove_restores_the_scheduler_and_attaching_twice_does_not_stack(pipe):
+def test_attaching_twice_acts_once_and_remove_restores_bit_identical_output(pipe):
     base = run(pipe)
-    first = apply_spell(pipe, SpellConfig(relative_radius=2.0))
-    second = apply_spell(pipe, SpellConfig(relative_radius=2.0))
-    assert pipe.scheduler.step.__name__ == "step"
+    config = SpellConfig(relative_radius=2.0)
+    with apply_spell(pipe, config):
+        once = run(pipe)
+    first = apply_spell(pipe, config)
+    second = apply_spell(pipe, config)
+    twice = run(pipe)
+    assert torch.equal(twice, once) and not torch.equal(twice, base)
+    assert first.stats.calls == 0 and second.stats.calls == 4  # the first handle was replaced, not wrapped
     second.remove()
     first.remove()
-    assert "step" not in vars(pipe.scheduler)
     assert torch.equal(run(pipe), base)
+    assert first.stats.calls == 0 and second.stats.calls == 4  # removed: neither sees the run
 
 
 def test_sd3_pipeline_with_cfg_runs_with_spell():

@@ -27,6 +27,12 @@ def run_call(engine: RepulsionEngine, parts: list[torch.Tensor], progress: float
     return out
 
 
+def remembered_rows(engine: RepulsionEngine) -> list[torch.Tensor]:
+    """The rows the engine's memory holds, for a job that has remembered one group of one block at one step."""
+    (key,) = engine.memory.keys()
+    return engine.memory.rows(key)
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.reshape(1, -1).double(), b.reshape(1, -1).double()).item()
 
@@ -231,7 +237,7 @@ def test_memory_parts_remembers_only_the_leading_parts():
     engine.process("b0", [text, image], memory_parts=1)
     engine.end_call()
     engine.new_batch()
-    (remembered,) = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    (remembered,) = remembered_rows(engine)
     assert remembered.shape == text.shape
 
 
@@ -251,7 +257,7 @@ def one_then_the_rest(engine: RepulsionEngine, text: torch.Tensor, image: torch.
     engine.process("b0", [text[:1], image[:1]], memory_parts=1)
     engine.end_call()
     engine.new_batch()
-    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    remembered = remembered_rows(engine)
     engine.begin_call(0.0, ("cond",))
     return remembered, engine.process("b0", [text[1:], image[1:]], memory_parts=1)
 
@@ -285,7 +291,7 @@ def test_memory_image_remembers_every_part():
     engine.process("b0", [text, image], memory_parts=1)
     engine.end_call()
     engine.new_batch()
-    remembered = engine.memory.rows(("b0", 0.0, "cond", 0, 0))
+    remembered = remembered_rows(engine)
     assert [r.shape for r in remembered] == [text.shape, image.shape]
 
 

@@ -18,6 +18,7 @@ from tests.forge_standins import (
     UnetPatcher,
     sampling_function_inner,
 )
+from tests.library_spy import library_calls
 
 B = 4
 CONFIG = RepulsionConfig(strength=0.5, iterations=4)
@@ -57,8 +58,12 @@ def patched(unet: UnetPatcher, config: RepulsionConfig = CONFIG, **kw):
     return job, clone
 
 
-def block_hooks(unet: UnetPatcher) -> int:
-    return sum(len(m._forward_hooks) for m in unet.model.diffusion_model.modules())
+def sample_untouched(unet: UnetPatcher, **kw) -> torch.Tensor:
+    """``sample``, asserting that it reaches none of the library's code (no hook of ours is left on the model)."""
+    with library_calls() as calls:
+        out = sample(unet, **kw)
+    assert calls == []
+    return out
 
 
 def test_cond_only_batch_at_cfg_1_is_repelled():
@@ -73,13 +78,17 @@ def test_cond_only_batch_at_cfg_1_is_repelled():
 
 def test_no_hook_stays_on_the_shared_model_after_a_call():
     unet = flux_unet()
+    base = sample(unet)
     job, clone = patched(unet)
-    sample(clone)
-    assert job.attached_hooks == 0 and block_hooks(unet) == 0
+    with library_calls() as calls:
+        sample(clone)
+    assert "repel_block" in calls
+    assert job.attached_hooks == 0 and torch.equal(sample_untouched(unet), base)
 
 
 def test_no_hook_stays_after_an_exception_inside_the_model():
     unet = flux_unet()
+    base = sample(unet)
     job, clone = patched(unet)
 
     def explode(module, args, output):
@@ -89,8 +98,8 @@ def test_no_hook_stays_after_an_exception_inside_the_model():
     with pytest.raises(RuntimeError, match="interrupted"):
         sample(clone)
     handle.remove()
-    assert job.attached_hooks == 0 and block_hooks(unet) == 0
-    assert not job.engine.active
+    assert job.attached_hooks == 0 and not job.engine.active
+    assert torch.equal(sample_untouched(unet), base)
 
 
 def test_the_original_patcher_is_untouched_and_gives_bit_identical_output():
@@ -113,30 +122,46 @@ def test_outside_the_window_nothing_is_attached_or_changed():
     unet = flux_unet()
     base = sample(unet, sigma=0.5)
     job, clone = patched(unet)
-    seen = []
+    attached = []
     unet.model.diffusion_model.double_blocks[0].register_forward_pre_hook(
-        lambda m, a: seen.append(len(m._forward_hooks))
+        lambda m, a: attached.append(job.attached_hooks)
     )
-    out = sample(clone, sigma=0.5)
+    with library_calls() as calls:
+        out = sample(clone, sigma=0.5)
     assert torch.equal(out, base)
-    assert seen == [0]
+    assert "active" not in calls and "repel_block" not in calls  # no block hook ran
+    assert attached == [0]
 
 
-def test_cond_and_uncond_chunks_are_repelled_separately_uncond_first():
+def test_cond_and_uncond_chunks_are_each_repelled_as_a_batch_of_b_rows():
     unet = flux_unet()
     job, clone = patched(unet, record_stats=True)
-    calls = []
-    previous = clone.model_options["model_function_wrapper"]
-
-    def spy(apply_model, args):
-        calls.append(list(args["cond_or_uncond"]))
-        return previous(apply_model, args)
-
-    clone.model_options["model_function_wrapper"] = spy
     sample(clone, cfg=3.5)
-    assert calls == [[1, 0]]
-    assert {s.branch for s in job.engine.stats} == {"cond", "uncond"}
-    assert all(s.rows == B for s in job.engine.stats)
+    assert sorted((s.block, s.branch, s.rows) for s in job.engine.stats) == sorted(
+        (block, branch, B) for block in ("double.0", "double.1", "double.2", "single.0", "single.1")
+        for branch in ("cond", "uncond")
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("branch", ["cond", "uncond"])
+def test_the_rows_forge_marks_1_in_cond_or_uncond_are_the_uncond_branch(branch):
+    """With one branch selected, the chunks of the other branch come out of the model exactly as without repulsion."""
+    unet = flux_unet()
+    _, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, branches=(branch,)))
+    ours = clone.model_options["model_function_wrapper"]
+    seen = []
+
+    def compare(apply_model, args):  # around ours: the plain output of the same call, then ours
+        plain = apply_model(args["input"], args["timestep"], **args["c"])
+        out = ours(apply_model, args)
+        chunks = len(args["cond_or_uncond"])
+        for kind, got, expected in zip(args["cond_or_uncond"], out.chunk(chunks), plain.chunk(chunks), strict=True):
+            seen.append(("uncond" if kind == 1 else "cond", torch.equal(got, expected)))
+        return out
+
+    clone.model_options["model_function_wrapper"] = compare
+    sample(clone, cfg=3.5)
+    assert sorted(seen) == sorted([(branch, False), ("uncond" if branch == "cond" else "cond", True)])
 
 
 def test_low_vram_separate_calls_give_the_same_result_as_one_batched_call():
@@ -202,10 +227,10 @@ def test_single_blocks_in_all_tokens_mode_remember_only_their_text_tokens():
     for s in range(2):
         sample(clone, batch=1, seed=s)
         job.engine.new_batch()
-    single = [slot for key, slot in job.engine.memory._slots.items() if key[0].startswith("single.")]
-    double = [slot for key, slot in job.engine.memory._slots.items() if key[0].startswith("double.")]
-    assert single and double
-    assert {tuple(slot.shapes[0]) for slot in single} == {tuple(slot.shapes[0]) for slot in double}  # text tokens
+    memory = job.engine.memory
+    remembered = [[tuple(part.shape[1:]) for part in memory.rows(key)] for key in memory.keys()]
+    # one key per hooked block (3 double, 2 single), each holding the 6 text tokens only (the image has 4)
+    assert remembered == [[(6, 32)]] * 5
     job.close()
 
 
@@ -220,10 +245,30 @@ def test_sd3_joint_blocks_are_repelled_and_the_last_block_is_left_alone():
 
 
 @pytest.mark.parametrize("mode", ["text", "all"])
-def test_flux_single_block_modes(mode):
+def test_flux_single_blocks_repel_their_text_tokens_and_their_image_tokens_in_all_mode_only(mode):
     unet = flux_unet()
-    job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, single_blocks=mode), record_stats=True)
-    sample(clone)
+    model = unet.model.diffusion_model
+    seen = {}
+
+    def computed(module, args, output):  # registered before ours (attached per call): the block's own output
+        seen.setdefault("computed", output.clone())
+
+    def handed_on(module, args):  # the next single block's input: after our hook
+        seen.setdefault("handed_on", args[0].clone())
+
+    hooks = [model.single_blocks[0].register_forward_hook(computed),
+             model.single_blocks[1].register_forward_pre_hook(handed_on)]  # fmt: skip
+    try:
+        job, clone = patched(unet, RepulsionConfig(strength=0.5, iterations=4, single_blocks=mode), record_stats=True)
+        sample(clone)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    text = 6  # [text; image] with 4 image tokens (a 3 x 3 latent padded to 2 x 2 patches)
+    before, after = seen["computed"], seen["handed_on"]
+    assert before.shape[1] == text + 4
+    assert not torch.equal(after[:, :text], before[:, :text])
+    assert torch.equal(after[:, text:], before[:, text:]) == (mode == "text")
     assert {s.block for s in job.engine.stats if s.block.startswith("single")} == {"single.0", "single.1"}
 
 
@@ -322,12 +367,17 @@ def test_spell_remembers_the_first_pass_prediction_when_the_hires_pass_changed_t
     from lib_ctxrep.spell import SpellConfig
 
     unet = flux_unet()
-    job = ForgeSpell(SpellConfig(relative_radius=0.01))
+    job = ForgeSpell(SpellConfig(relative_radius=1.0))
     clone = unet.clone()
     job.patch(clone)
     first_pass = sample(clone)
-    job.end_batch(torch.zeros(B, 4, 6, 6))  # the hires pass's samples: another latent size
-    assert job.engine.remembered == B and job.engine._memory.shape[1:] == first_pass.shape[1:]
+    hires = torch.zeros(B, 4, 6, 6)  # the hires pass's samples: another latent size
+    job.end_batch(hires)
+    assert job.engine.remembered == B
+    # a later batch of one (nothing to repel within it) is repelled from the first pass's predictions, not the hires
+    near = first_pass[:1] + 0.1 * torch.randn(first_pass[:1].shape, generator=torch.Generator().manual_seed(3))
+    assert job.engine.delta(near).abs().sum() > 0
+    assert torch.equal(job.engine.delta(hires[:1] + 0.1), torch.zeros(1, 4, 6, 6))
 
 
 @pytest.mark.parametrize(

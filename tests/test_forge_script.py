@@ -6,10 +6,12 @@ are skipped, and the Forge-pins environment runs them.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import re
 import sys
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +21,7 @@ import torch
 gr = pytest.importorskip("gradio")
 
 from lib_ctxrep.integrations import forge_args  # noqa: E402
+from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 from tests.forge_standins import (  # noqa: E402
     IntegratedFluxTransformer2DModel,
     KModel,
@@ -29,6 +32,7 @@ from tests.forge_standins import (  # noqa: E402
     init_script_args,
     sampling_function_inner,
 )
+from tests.library_spy import library_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,16 +176,17 @@ def test_the_infotext_names_the_architecture_that_was_repelled(ctxrep):
     assert p.extra_generation_params["CtxRep model"] == "Flux.1"
 
 
-def test_disabled_after_enabled_is_bit_identical_to_never_enabled(ctxrep):
+def test_disabled_after_enabled_is_bit_identical_to_never_enabled_and_never_reaches_the_library(ctxrep):
     unet = flux_unet()
     base = sample(unet)
     script = ctxrep.ContextualRepulsionScript()
     generate(script, processing(unet), args())
     p = processing(unet)
-    out = generate(script, p, args(enabled=False))[0]
+    with library_calls() as calls:
+        out = generate(script, p, args(enabled=False))[0]
     assert torch.equal(out, base)
     assert p.extra_generation_params == {}
-    assert sum(len(m._forward_hooks) for m in unet.model.diffusion_model.modules()) == 0
+    assert calls == []
 
 
 def test_hires_pass_is_left_alone_unless_asked(ctxrep):
@@ -198,12 +203,30 @@ def test_cross_batch_memory_spans_the_batch_count_and_a_new_generation_starts_em
     unet = flux_unet()
     script = ctxrep.ContextualRepulsionScript()
     plain = [sample(unet, batch=1, seed=n) for n in range(3)]
+    generations = []
     for _ in range(2):  # two generations: the second must not remember the first
         p = processing(unet)
         outs = generate(script, p, args(memory=True), batches=3, batch=1)
         assert torch.equal(outs[0], plain[0])  # batch size 1, nothing remembered yet: unchanged
         assert not torch.allclose(outs[1], plain[1]) and not torch.allclose(outs[2], plain[2])
-        assert p._ctxrep_job is None
+        generations.append(outs)
+    assert all(torch.equal(a, b) for a, b in zip(*generations, strict=True))
+
+
+def test_a_generation_releases_its_job_and_memory_when_it_ends(ctxrep, monkeypatch):
+    jobs = []
+    create = ForgeRepulsion.__init__
+
+    def recording(self, *a, **kw):
+        create(self, *a, **kw)
+        jobs.append(weakref.ref(self))
+
+    monkeypatch.setattr(ForgeRepulsion, "__init__", recording)
+    p = processing(flux_unet())
+    generate(ctxrep.ContextualRepulsionScript(), p, args(memory=True), batches=2, batch=1)
+    assert len(jobs) == 1
+    gc.collect()
+    assert jobs[0]() is None  # neither the script nor p keeps the job (and its memory) after postprocess
 
 
 def test_unsupported_model_keeps_the_generation_and_says_why(ctxrep, capsys):

@@ -161,17 +161,47 @@ def test_max_bytes_holds_after_every_commit():
     assert memory.nbytes > limit // 2
 
 
+def row_bytes(features: int) -> int:
+    """What one remembered row costs: an int8 residual per feature (padded to a multiple of 64) and one float32
+    scale per 64 values."""
+    groups = -(-features // 64)
+    return 64 * groups + 4 * groups
+
+
 def test_max_bytes_drops_the_oldest_batch_first():
-    per_row = 1024 + 2 * 1024 // 64  # int8 residual + one float16 scale per 64 values
-    anchor = 4 * 1024  # float32 stream
-    memory = ContextMemory(max_rows=1000, max_bytes=anchor + 3 * per_row + 100)
+    anchor = 4 * 1024  # the first row, kept in the float32 stream's dtype
+    memory = ContextMemory(max_rows=1000, max_bytes=anchor + 3 * row_bytes(1024))  # exactly three rows
     samples = near_identical(6, (1024,), seed=200, spread=0.1)
     for i in range(6):
         memory.stage("k", [samples[i : i + 1]])
         memory.commit()
         assert len(memory) == min(i + 1, 3)
+        assert memory.nbytes == anchor + len(memory) * row_bytes(1024)
     (rows,) = memory.rows("k")
     torch.testing.assert_close(rows, samples[3:], rtol=0, atol=0.01)
+
+
+def test_keys_are_those_with_committed_rows_in_the_order_first_committed():
+    memory = ContextMemory()
+    assert memory.keys() == []
+    memory.stage(("b", 1), [near_identical(2, (64,), seed=20)])
+    assert memory.keys() == []  # staged only
+    memory.commit()
+    memory.stage(("a", 0), [near_identical(2, (64,), seed=21)])
+    memory.stage(("b", 1), [near_identical(2, (64,), seed=22)])
+    memory.commit()
+    assert memory.keys() == [("b", 1), ("a", 0)]
+    memory.clear()
+    assert memory.keys() == []
+
+
+def test_a_key_whose_rows_the_bound_dropped_is_no_longer_listed():
+    memory = ContextMemory(max_rows=1000, max_bytes=4 * 64 + 2 * row_bytes(64))  # room for one batch of two rows
+    memory.stage(("b", 1), [near_identical(2, (64,), seed=23)])
+    memory.commit()
+    memory.stage(("a", 0), [near_identical(2, (64,), seed=24)])
+    memory.commit()  # over the bound: the older batch, all of key ("b", 1), goes
+    assert memory.keys() == [("a", 0)] and memory.rows(("b", 1)) is None
 
 
 def test_clear_forgets_committed_and_staged_rows():
@@ -185,15 +215,16 @@ def test_clear_forgets_committed_and_staged_rows():
     assert memory.nbytes == 0 and len(memory) == 0
 
 
-@pytest.mark.parametrize("features", [640, 4096])
-def test_about_one_byte_per_feature_per_row(features):
+@pytest.mark.parametrize("features", [640, 4096, 100])
+def test_a_row_costs_one_int8_byte_per_feature_and_a_float32_scale_per_64_beside_one_anchor_row(features):
     memory = ContextMemory()
     rows = 8
     memory.stage("k", [near_identical(rows, (features,), seed=14, dtype=torch.bfloat16)])
     memory.commit()
-    anchor_bytes = features * 2
-    per_feature = (memory.nbytes - anchor_bytes) / (rows * features)
-    assert 1.0 <= per_feature <= 1.07  # int8 values + one float32 scale per 64
+    anchor_bytes = features * 2  # the first row in the bfloat16 stream's dtype
+    assert memory.nbytes == anchor_bytes + rows * row_bytes(features)
+    if features % 64 == 0:
+        assert (memory.nbytes - anchor_bytes) / (rows * features) == 1 + 4 / 64  # about one byte per feature
 
 
 def test_a_new_row_size_replaces_the_slot():
