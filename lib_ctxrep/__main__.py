@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser("demo", help="one batch with and without repulsion on the reference model", **kw)
     )
     bench.add_arguments(sub.add_parser("bench", help="all methods side by side on the reference model", **kw))
-    overhead.add_arguments(sub.add_parser("overhead", help="time and memory cost of the hooks at Flux width", **kw))
+    overhead.add_arguments(
+        sub.add_parser("overhead", help="time and memory cost of the hooks at Flux width (minutes on a CPU)", **kw)
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         print("[lib_ctxrep] no command given: running 'demo' (the main job); 'python -m lib_ctxrep --help' lists all")

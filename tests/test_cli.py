@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -18,10 +19,14 @@ def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path)
     main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(out)])
     text = capsys.readouterr().out
     assert "mode recall" in text and "fidelity" in text and "repulsion" in text
+    assert "higher is better" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("[demo] square ")]
+    assert [r[2] for r in rows] == ["base", "repulsion"]
+    assert all(r[-3] == "-" or float(r[-3]) >= 1 for r in rows)  # Vendi (modes): none, or at least 1
     from PIL import Image
 
     with Image.open(out) as grid:
-        assert grid.size[0] > 2 * 64 and grid.size[1] >= 2 * 64  # 2 rows (base, repulsion) of 2 upscaled images
+        assert grid.size[0] > 2 * 16 * 6 and grid.size[1] >= 2 * 16 * 6  # 2 rows of 2 images scaled 6x
 
 
 def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
@@ -76,6 +81,10 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
     assert "[overhead]" in out and "[bench]" not in out
     assert "M=1 -> 1 Gram + 1 combination, M=3 -> 1 Gram + 1 combination" in out
     assert "SPELL search, 3000 latents x 8: exact" in out and "ms per query" in out
+    stages = ["building a Flux transformer", "warm-up", "peak memory", "timing, round 1/1", "cost per block"]
+    at = [out.index(f"[overhead] ... {stage}") for stage in stages]  # a line as each stage starts, in order
+    assert at == sorted(at) and at[-1] < out.index("[overhead] forward, best of 1")
+    assert not re.search(r"(?<![\w.])-\d", out)  # no negative figure (an exponent such as 5e-04 is no figure)
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,11 @@ def _mode_features(result, rows: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(images: torch.Tensor, classes: torch.Tensor, batch: int) -> dict[str, float]:
-    """The benchmark's columns for ``images`` [N, 3, H, W] prompted with ``classes`` [N], in batches of ``batch``."""
+    """The benchmark's columns for ``images`` [N, 3, H, W] prompted with ``classes`` [N], in batches of ``batch``.
+
+    Vendi (modes) is the mean over the batches with at least one accepted sample: a Vendi score is >= 1 for any
+    non-empty set and undefined for an empty one, so a batch without accepted samples has none (and does not count as
+    0); NaN when no batch has an accepted sample."""
     from .reference import metrics
     from .reference.data import classify
 
@@ -176,12 +180,13 @@ def evaluate(images: torch.Tensor, classes: torch.Tensor, batch: int) -> dict[st
     for start in range(0, len(images) - batch + 1, batch):
         rows = torch.arange(start, start + batch)
         good = rows[ok[rows]]
-        vendi_modes.append(float(vendi_score(_mode_features(result, good))) if len(good) else 0.0)
+        if len(good):
+            vendi_modes.append(float(vendi_score(_mode_features(result, good))))
         vendi_pixels.append(float(vendi_score(images[rows])))
     return dict(
         recall=metrics.batch_mode_recall(result, classes, batch),
         recall_all=metrics.mode_recall(result, classes),
-        vendi_modes=sum(vendi_modes) / len(vendi_modes),
+        vendi_modes=sum(vendi_modes) / len(vendi_modes) if vendi_modes else float("nan"),
         vendi_pixels=sum(vendi_pixels) / len(vendi_pixels),
         fidelity=float(ok.float().mean()),
         adherence=float((result.class_id == classes).float().mean()),
@@ -313,11 +318,16 @@ COLUMNS = (
 
 
 def table(results: list[Result]) -> str:
-    """The results as a Markdown table."""
+    """The results as a Markdown table (every column but time: higher is better; "-": not measurable)."""
     lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
-        lines.append("| " + " | ".join(fmt.format(getattr(r, key)) for _, key, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for _, key, fmt in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def _cell(fmt: str, value: Any) -> str:
+    # NaN: not measurable (e.g. Vendi over modes without an accepted sample), shown as "-" rather than "nan"
+    return "-" if isinstance(value, float) and value != value else fmt.format(value)
 
 
 FAMILY_COLOURS = {
@@ -416,13 +426,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     from .reference.data import CLASSES
     from .reference.model import load_reference_model
 
-    methods = default_methods(args.window, _windows(args.windows))
-    if args.methods:
-        wanted = {w.strip() for w in args.methods.split(",") if w.strip()}
-        unknown = sorted(wanted - {m.family for m in methods})
-        if unknown:
-            raise SystemExit(f"bench: --methods {unknown} unknown; families: {sorted({m.family for m in methods})}")
-        methods = [m for m in methods if m.family in wanted or m.family == "base"]
+    methods = select_methods(args)
     if args.classes > len(CLASSES):
         print(
             f"[bench] --classes {args.classes}: the reference model has {len(CLASSES)} classes; using {len(CLASSES)}"
@@ -430,9 +434,38 @@ def run(args: argparse.Namespace) -> list[Result]:
     torch.manual_seed(0)
     model = load_reference_model(args.weights)
     classes = list(range(min(args.classes, len(CLASSES))))
-    total = len(methods) * len(classes) * args.batches
-    done = [0]
+    results = run_methods(model, methods, classes, args)
+    print(
+        f"[bench] reference model, {len(classes)} classes x {args.batches} batches of {args.batch}, {args.steps} "
+        f"steps, CFG {args.guidance}, seed {args.seed}"
+    )
+    text = table(results)
+    print(text)
+    checks = goals(results)
+    for name, met, numbers in checks:
+        print(f"[bench] goal {'MET' if met else 'NOT MET'}: {name}: {numbers}")
+    write_outputs(args, results, checks)
+    if args.readme:
+        write_readme(Path(args.readme_path), readme_block(args, text, checks))
+        print(f"[bench] results table written into {args.readme_path}")
+    return results
 
+
+def select_methods(args: argparse.Namespace) -> list[Method]:
+    """The default methods in the windows of ``args``, narrowed to the families of ``--methods`` (base always)."""
+    methods = default_methods(args.window, _windows(args.windows))
+    if args.methods:
+        wanted = {w.strip() for w in args.methods.split(",") if w.strip()}
+        unknown = sorted(wanted - {m.family for m in methods})
+        if unknown:
+            raise SystemExit(f"bench: --methods {unknown} unknown; families: {sorted({m.family for m in methods})}")
+        methods = [m for m in methods if m.family in wanted or m.family == "base"]
+    return methods
+
+
+def progress_printer(total: int) -> Callable[[str], None]:
+    """A progress bar over ``total`` batches: redrawn in place on a terminal, ten lines in a log file."""
+    done = [0]
     tty = sys.stdout.isatty()
 
     def progress(name: str) -> None:
@@ -445,6 +478,13 @@ def run(args: argparse.Namespace) -> list[Result]:
         elif done[0] % max(1, total // 10) == 0 or done[0] == total:  # a log file gets ten lines, not hundreds
             print(line, flush=True)
 
+    return progress
+
+
+def run_methods(model: Any, methods: list[Method], classes: list[int], args: argparse.Namespace) -> list[Result]:
+    """Every method on the same prompts and seeds, with a progress bar; each result's time is set against base's
+    (the first method)."""
+    progress = progress_printer(len(methods) * len(classes) * args.batches)
     # Warm-up (first calls pay for allocations and thread start-up), so base is not charged for it.
     warm = [args.seed + i for i in range(args.batch)]
     for _ in range(2):
@@ -460,15 +500,11 @@ def run(args: argparse.Namespace) -> list[Result]:
     base = results[0]
     for r in results:
         r.ratio = r.seconds / base.seconds if base.seconds > 0 else float("nan")
-    print(
-        f"[bench] reference model, {len(classes)} classes x {args.batches} batches of {args.batch}, {args.steps} "
-        f"steps, CFG {args.guidance}, seed {args.seed}"
-    )
-    text = table(results)
-    print(text)
-    checks = goals(results)
-    for name, met, numbers in checks:
-        print(f"[bench] goal {'MET' if met else 'NOT MET'}: {name}: {numbers}")
+    return results
+
+
+def write_outputs(args: argparse.Namespace, results: list[Result], checks: list[Goal]) -> None:
+    """bench.json (the arguments, results and goals) and pareto.png in ``args.out`` (created)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(
@@ -478,16 +514,17 @@ def run(args: argparse.Namespace) -> list[Result]:
     )
     pareto_plot(results, out / "pareto.png")
     print(f"[bench] wrote {out / 'bench.json'} and {out / 'pareto.png'}")
-    if args.readme:
-        command = (
-            f"python -m lib_ctxrep bench --batches {args.batches} --steps {args.steps} --guidance {args.guidance} "
-            f"--window {args.window:g} --windows {args.windows} --seed {args.seed} --readme"
-        )
-        lines = [f"Reproduce: `{command}` (same numbers for the same seed and thread count).", "", text, ""]
-        lines += [f"- {'met' if met else '**not met**'}: {name} — {numbers}" for name, met, numbers in checks]
-        write_readme(Path(args.readme_path), "\n".join(lines))
-        print(f"[bench] results table written into {args.readme_path}")
-    return results
+
+
+def readme_block(args: argparse.Namespace, text: str, checks: list[Goal]) -> str:
+    """The Markdown written between the bench markers: the command that reproduces it, the table and the goals."""
+    command = (
+        f"python -m lib_ctxrep bench --batches {args.batches} --steps {args.steps} --guidance {args.guidance} "
+        f"--window {args.window:g} --windows {args.windows} --seed {args.seed} --readme"
+    )
+    lines = [f"Reproduce: `{command}` (same numbers for the same seed and thread count).", "", text, ""]
+    lines += [f"- {'met' if met else '**not met**'}: {name} — {numbers}" for name, met, numbers in checks]
+    return "\n".join(lines)
 
 
 def _windows(text: str) -> tuple[float, ...]:
@@ -519,8 +556,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default="", help="comma-separated families to run (default: all)")
     parser.add_argument("--weights", default=None, help="a reference-weights file instead of the committed one")
     parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png (created)")
-    parser.add_argument("--readme", action="store_true", help="write the results table into the README")
+    parser.add_argument("--readme", action="store_true", help="write the results table into docs/benchmark.md")
     parser.add_argument(
-        "--readme-path", type=new_file, default=str(Path(__file__).resolve().parents[1] / "README.md"),
-        help="the README to write the table into",
+        "--readme-path", type=new_file, default=str(Path(__file__).resolve().parents[2] / "docs" / "benchmark.md"),
+        help="the Markdown file (with the bench markers) to write the table into",
     )  # fmt: skip

@@ -4,9 +4,11 @@ Realistic widths (D = 3072, 512 text tokens, batch 4) with fewer blocks and imag
 and 1024 x 1024 (4096 image tokens) on a GPU. Settings are the paper's Flux settings: M = 50 inner iterations,
 tau = 1 (the call is at sigma = 1, inside the window), every double block and every single block (all tokens).
 
-Printed: the floor (bytes and FLOPs of the repulsion against those of the forward), the median time of each
-variant measured alternately, their ratio, the inactive-hook ratio (a call outside the window), the cost per block,
-that the [B, N, D] work does not grow with M, and the peak-memory growth.
+Printed, after a line per measurement stage as it starts (a CPU run takes minutes): the floor (bytes and FLOPs of the
+repulsion against those of the forward), the best time of each variant measured alternately, the extra cost inside
+and outside the window, the cost per block, that the [B, N, D] work does not grow with M, and the peak-memory growth.
+A cost is the difference of two noisy timings: it is printed with the noise (the spread of the repeated timings), and
+as "below measurement noise" when it does not exceed it, never as a negative figure.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
 
 import torch
 
@@ -23,6 +28,12 @@ from ..engine import RepulsionEngine
 from ..repulsion import combine_rows, gram_matrix
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+VARIANTS = ("plain", "hooked", "hooked_late")
+"""The timed forwards: without hooks, hooked inside the window (sigma = 1) and hooked outside it (sigma = 0.5)."""
+
+
+def _stage(text: str) -> None:
+    print(f"[overhead] ... {text}", flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -38,6 +49,47 @@ def _time(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+@dataclass
+class Timing:
+    """Repeated timings (seconds) of one variant: the best is the estimate, the spread (max - min) its noise."""
+
+    times: list[float]
+
+    @property
+    def best(self) -> float:
+        """The fastest repeat: the least disturbed by the rest of the machine."""
+        return min(self.times)
+
+    @property
+    def spread(self) -> float | None:
+        """max - min of the repeats; None with one repeat (no spread to estimate the noise from)."""
+        return max(self.times) - min(self.times) if len(self.times) > 1 else None
+
+
+def noise(*timings: Timing) -> float | None:
+    """The noise of a difference between these variants' best times: the largest spread of their repeats."""
+    spreads = [t.spread for t in timings]
+    return None if any(s is None for s in spreads) else max(spreads)
+
+
+def format_cost(cost: float, noise: float | None, unit: str = "ms", scale: float = 1e3) -> str:
+    """An extra cost measured as the difference of two noisy timings (``cost`` and ``noise`` in seconds, or as
+    fractions for ``unit="%"`` with ``scale=100``), as text: the figure with its noise, or "below measurement noise"
+    when it does not exceed the noise. A negative difference is noise, never printed as a figure."""
+    if noise is None:
+        if cost <= 0:
+            return "below measurement noise (one repeat: noise not estimated; use --repeats 3 or more)"
+        return f"+{cost * scale:.2f} {unit} (one repeat: noise not estimated)"
+    if cost < -noise:
+        return (
+            f"below measurement noise (+/- {noise * scale:.2f} {unit}; the hooked variant measured faster by more "
+            "than that, so the machine's speed drifted: rerun, or raise --repeats)"
+        )
+    if cost <= noise:
+        return f"below measurement noise (+/- {noise * scale:.2f} {unit})"
+    return f"+{cost * scale:.2f} {unit} (noise +/- {noise * scale:.2f} {unit})"
+
+
 def build_flux(width_heads: int, double: int, single: int, device: torch.device, dtype: torch.dtype):
     """A FluxTransformer2DModel of Flux's width (heads x 128) with the given depth, random weights, on ``device``."""
     from diffusers import FluxTransformer2DModel
@@ -51,7 +103,8 @@ def build_flux(width_heads: int, double: int, single: int, device: torch.device,
             attention_head_dim=128,
             guidance_embeds=True,
         )
-    return model.to(dtype).eval()
+    # nn.Module.to: diffusers' own .to warns about float32 modules to keep, and Flux has none
+    return torch.nn.Module.to(model, dtype).eval()
 
 
 def flux_inputs(batch: int, text: int, image: int, sigma: float, device: torch.device, dtype: torch.dtype) -> dict:
@@ -87,131 +140,192 @@ def _peak(device: torch.device, fn: Callable[[], object]) -> int | None:
     return torch.cuda.max_memory_allocated(device)
 
 
-def run(args: argparse.Namespace) -> dict:
-    """Run the benchmark and print its report; returns the numbers."""
-    from ..integrations.diffusers import apply_contextual_repulsion
-
-    device = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
-    heads, b, n, img = args.heads, args.batch, args.text_tokens, args.image_tokens
-    d = heads * 128
-    model = build_flux(heads, args.double, args.single, device, dtype)
-    active = flux_inputs(b, n, img, 1.0, device, dtype)
-    inactive = flux_inputs(b, n, img, 0.5, device, dtype)
-    config = RepulsionConfig(iterations=args.iterations, window=0.05, single_blocks=args.single_mode)
-    itemsize = torch.tensor([], dtype=dtype).element_size()
-
-    # The floor: per hooked block, one Gram matrix and one combination over [B, P].
+def print_floor(args: argparse.Namespace, model: Any, itemsize: int) -> None:
+    """The setting and the floor: per hooked block, one Gram matrix and one combination over [B, P]."""
+    b, n, img, d = args.batch, args.text_tokens, args.image_tokens, args.heads * 128
     p_double, p_single = n * d, (n + img if args.single_mode == "all" else n) * d
     rep_flops = args.double * 4 * b * b * p_double + args.single * 4 * b * b * p_single
     rep_bytes = args.double * 3 * b * p_double * itemsize + args.single * 3 * b * p_single * itemsize
     params = sum(p.numel() for p in model.parameters())
     fwd_flops = 2 * params * b * (n + img)  # linear layers; attention adds more
-    print(f"[overhead] device={device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
+    print(f"[overhead] device={args.device} dtype={args.dtype} B={b} text tokens={n} image tokens={img} D={d}")
     print(
         f"[overhead] blocks: {args.double} double + {args.single} single ({args.single_mode} tokens), "
         f"{params / 1e6:.0f} M parameters, M={args.iterations}"
     )
     print(
         f"[overhead] floor: repulsion {rep_flops / 1e9:.2f} GFLOP and {rep_bytes / 2**20:.0f} MiB moved per call, "
-        f"forward >= {fwd_flops / 1e12:.2f} TFLOP -> FLOP share {rep_flops / fwd_flops:.2e}"
+        f"forward >= {fwd_flops / 1e12:.2f} TFLOP -> FLOP share {rep_flops / fwd_flops:.2e}",
+        flush=True,
     )
 
-    with torch.inference_mode():
-        plain_fn = lambda: model(**active)  # noqa: E731
-        hooked_fn = lambda: model(**active)  # noqa: E731
-        inactive_fn = lambda: model(**inactive)  # noqa: E731
-        for _ in range(args.warmup):
-            plain_fn()
-        plain_peak = _peak(device, plain_fn)
-        with apply_contextual_repulsion(model, config):
-            hooked_peak = _peak(device, hooked_fn)
 
-        # Alternate the variants so that drifts of the machine hit all alike; a plain call costs the same at any
-        # sigma, so one plain timing serves as the reference for the calls inside and outside the window.
-        times: dict[str, list[float]] = {"plain": [], "hooked": [], "hooked_late": []}
-        variants = [("plain", plain_fn, False), ("hooked", hooked_fn, True), ("hooked_late", inactive_fn, True)]
-        for r in range(args.repeats):
-            for name, fn, hooked in variants if r % 2 == 0 else variants[::-1]:  # ABC CBA ...: drift cancels
-                if hooked:
-                    with apply_contextual_repulsion(model, config):
-                        times[name].append(_time(fn, device))
-                else:
-                    times[name].append(_time(fn, device))
-        med = {k: min(v) for k, v in times.items()}
+def measure_peaks(
+    model: Any, config: RepulsionConfig, inputs: dict, device: torch.device, warmup: int
+) -> tuple[int | None, int | None]:
+    """Peak memory of a plain and of a hooked forward (bytes; None where it cannot be read), after ``warmup`` calls."""
+    from ..integrations.diffusers import apply_contextual_repulsion
 
-        # Cost per block, and independence of the [B, N, D] work from M.
-        x = torch.randn(b, n, d, device=device, dtype=dtype)
-        engine = RepulsionEngine(config)
+    if warmup:
+        _stage(f"warm-up: {warmup} plain forward{'s' if warmup > 1 else ''}")
+    for _ in range(warmup):
+        model(**inputs)
+    _stage("peak memory: one plain forward, then one hooked")
+    plain = _peak(device, lambda: model(**inputs))
+    with apply_contextual_repulsion(model, config):
+        hooked = _peak(device, lambda: model(**inputs))
+    return plain, hooked
+
+
+def time_forwards(
+    model: Any, config: RepulsionConfig, active: dict, inactive: dict, device: torch.device, repeats: int
+) -> dict[str, Timing]:
+    """Each variant of :data:`VARIANTS` timed ``repeats`` times, alternately (ABC CBA ...) so that drifts of the
+    machine hit all alike. A plain call costs the same at any sigma, so one plain timing is the reference for the
+    calls inside and outside the window."""
+    from ..integrations.diffusers import apply_contextual_repulsion
+
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    calls = {"plain": active, "hooked": active, "hooked_late": inactive}
+    for r in range(repeats):
+        _stage(f"timing, round {r + 1}/{repeats}: plain, hooked inside and hooked outside the window")
+        for name in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+            forward = partial(model, **calls[name])
+            if name == "plain":
+                times[name].append(_time(forward, device))
+                continue
+            with apply_contextual_repulsion(model, config):
+                times[name].append(_time(forward, device))
+    return {name: Timing(t) for name, t in times.items()}
+
+
+def time_per_block(config: RepulsionConfig, x: torch.Tensor, device: torch.device) -> dict[int, float]:
+    """Median time of one block's repulsion on the text stream ``x`` [B, N, D] at M = 1 and at the configured M."""
+    _stage(f"cost per block: the repulsion alone on a text stream {list(x.shape)}, at M=1 and M={config.iterations}")
+    per_block = {}
+    for m in (1, config.iterations):
+        engine = RepulsionEngine(replace(config, iterations=m))
         engine.begin_call(0.0, ("cond",))
-        per_block = {}
-        for m in (1, args.iterations):
-            engine.config.iterations = m
-            engine.process("probe", [x])
-            per_block[m] = statistics.median(_time(lambda: engine.process("probe", [x]), device) for _ in range(5))
-        engine.config.iterations = args.iterations
-        counts = {"gram": 0, "combine": 0}
-        import lib_ctxrep.repulsion as rep
+        engine.process("probe", [x])  # warm-up
+        per_block[m] = statistics.median(_time(partial(engine.process, "probe", [x]), device) for _ in range(5))
+    return per_block
 
-        def counted(name, fn):
-            def wrapper(*a, **k):
-                counts[name] += 1
-                return fn(*a, **k)
 
-            return wrapper
+def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str, int]]:
+    """Gram matrices and row combinations over [B, N, D] that one block's repulsion computes, at M = 1 and at the
+    configured M (the same: the inner iterations run on the B x B kernel)."""
+    import lib_ctxrep.repulsion as rep
 
-        rep.gram_matrix, rep.combine_rows = counted("gram", gram_matrix), counted("combine", combine_rows)
-        try:
-            engine.process("probe", [x])
-            passes_m = dict(counts)
-            engine.config.iterations = 1
+    counts = {"gram": 0, "combine": 0}
+
+    def counted(name: str, fn: Callable) -> Callable:
+        def wrapper(*a, **k):
+            counts[name] += 1
+            return fn(*a, **k)
+
+        return wrapper
+
+    passes = {}
+    rep.gram_matrix, rep.combine_rows = counted("gram", gram_matrix), counted("combine", combine_rows)
+    try:
+        for m in (1, config.iterations):
+            engine = RepulsionEngine(replace(config, iterations=m))
+            engine.begin_call(0.0, ("cond",))
             counts.update(gram=0, combine=0)
             engine.process("probe", [x])
-            passes_1 = dict(counts)
-        finally:
-            rep.gram_matrix, rep.combine_rows = gram_matrix, combine_rows
+            passes[m] = dict(counts)
+    finally:
+        rep.gram_matrix, rep.combine_rows = gram_matrix, combine_rows
+    return passes
 
-    ratio = med["hooked"] / med["plain"]
-    late = med["hooked_late"] / med["plain"]
-    hooked_blocks = args.double + args.single
+
+def _scaled(value: float | None, by: float) -> float | None:
+    return None if value is None else value / by
+
+
+def _ratio_text(value: float, rel_noise: float | None) -> str:
+    """A time ratio against plain: the ratio and its extra cost, or only that the cost is below the noise."""
+    cost = format_cost(value - 1, rel_noise, "%", 100)
+    return f"{value:.4f}, extra cost {cost}" if value - 1 > (rel_noise or 0) else f"extra cost {cost}"
+
+
+def report(args: argparse.Namespace, times: dict[str, Timing], per_block: dict[int, float]) -> dict[str, Any]:
+    """Print the forward timings and the costs derived from them, each against its noise; returns the numbers."""
+    plain, hooked, late = (times[k] for k in VARIANTS)
+    m, blocks, steps = args.iterations, args.double + args.single, args.steps
+    spreads = ", ".join("n/a" if t.spread is None else f"{t.spread * 1e3:.1f}" for t in (plain, hooked, late))
     print(
-        f"[overhead] forward, best of {args.repeats}: plain {med['plain'] * 1e3:.1f} ms, hooked inside the window "
-        f"{med['hooked'] * 1e3:.1f} ms, hooked outside the window {med['hooked_late'] * 1e3:.1f} ms"
+        f"[overhead] forward, best of {args.repeats}: plain {plain.best * 1e3:.1f} ms, hooked inside the window "
+        f"{hooked.best * 1e3:.1f} ms, hooked outside the window {late.best * 1e3:.1f} ms "
+        f"(spread of the repeats, max - min: {spreads} ms)"
     )
-    print(f"[overhead] ratio inside the window (hooked / plain): {ratio:.4f}  (+{(ratio - 1) * 100:.2f} %)")
-    print(f"[overhead] ratio outside the window (inactive hooks): {late:.4f}")
-    whole = (med["hooked"] + (args.steps - 1) * med["hooked_late"]) / (args.steps * med["plain"])
-    print(f"[overhead] whole {args.steps}-step generation, repulsion on the first step only: ratio {whole:.4f}")
+    ratio, inactive = hooked.best / plain.best, late.best / plain.best
+    whole = (hooked.best + (steps - 1) * late.best) / (steps * plain.best)
+    inside_noise = noise(plain, hooked)
     print(
-        f"[overhead] per block (text stream [{b}, {n}, {d}]): {per_block[1] * 1e3:.2f} ms at M=1, "
-        f"{per_block[args.iterations] * 1e3:.2f} ms at M={args.iterations}; "
-        f"{(med['hooked'] - med['plain']) / hooked_blocks * 1e3:.2f} ms measured per hooked block in the forward"
+        f"[overhead] ratio inside the window (hooked / plain): {_ratio_text(ratio, _scaled(inside_noise, plain.best))}"
     )
-    attributed = 1 + hooked_blocks * per_block[args.iterations] / med["plain"]
+    print(
+        "[overhead] ratio outside the window (inactive hooks): "
+        f"{_ratio_text(inactive, _scaled(noise(plain, late), plain.best))}"
+    )
+    print(
+        f"[overhead] whole {steps}-step generation, repulsion on the first step only: "
+        f"{_ratio_text(whole, _scaled(noise(plain, hooked, late), plain.best))}"
+    )
+    measured = format_cost((hooked.best - plain.best) / blocks, _scaled(inside_noise, blocks))
+    print(
+        f"[overhead] per block (text stream [{args.batch}, {args.text_tokens}, {args.heads * 128}]): "
+        f"{per_block[1] * 1e3:.2f} ms at M=1, {per_block[m] * 1e3:.2f} ms at M={m}; measured per hooked block in "
+        f"the forward: {measured}"
+    )
+    attributed = 1 + blocks * per_block[m] / plain.best
     print(f"[overhead] ratio attributed from the per-block cost: {attributed:.4f}  (+{(attributed - 1) * 100:.2f} %)")
+    return dict(ratio=ratio, inactive_ratio=inactive, whole=whole, per_block=per_block, noise=noise(*times.values()))
+
+
+def print_peaks(peaks: tuple[int | None, int | None], stream_bytes: int, device: torch.device) -> None:
+    """The peak-memory growth of the hooked forward, also in copies of one text stream."""
+    plain, hooked = peaks
+    if plain is None or hooked is None:
+        return
+    grow = hooked - plain
     print(
-        f"[overhead] passes over [B, N, D] per block: M=1 -> {passes_1['gram']} Gram + "
-        f"{passes_1['combine']} combination, "
-        f"M={args.iterations} -> {passes_m['gram']} Gram + {passes_m['combine']} combination"
+        f"[overhead] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain / 2**20:.0f} MiB, "
+        f"hooked {hooked / 2**20:.0f} MiB, growth {grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the "
+        f"text stream ({stream_bytes / 2**20:.1f} MiB)"
     )
-    stream_bytes = b * n * d * itemsize
-    if plain_peak is not None and hooked_peak is not None:
-        grow = hooked_peak - plain_peak
-        print(
-            f"[overhead] peak {'memory' if device.type == 'cuda' else 'RSS'}: plain {plain_peak / 2**20:.0f} MiB, "
-            f"hooked {hooked_peak / 2**20:.0f} MiB, growth "
-            f"{grow / 2**20:.1f} MiB = {grow / stream_bytes:.2f} copies of the text stream "
-            f"({stream_bytes / 2**20:.1f} MiB)"
-        )
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the measurement (a line per stage as it starts) and print its report; returns the numbers."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    b, n, img, d = args.batch, args.text_tokens, args.image_tokens, args.heads * 128
+    _stage(
+        f"building a Flux transformer of width {d}: {args.double} double + {args.single} single blocks, random weights"
+    )
+    model = build_flux(args.heads, args.double, args.single, device, dtype)
+    config = RepulsionConfig(iterations=args.iterations, window=0.05, single_blocks=args.single_mode)
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    print_floor(args, model, itemsize)
+    active = flux_inputs(b, n, img, 1.0, device, dtype)
+    inactive = flux_inputs(b, n, img, 0.5, device, dtype)
+    with torch.inference_mode():
+        peaks = measure_peaks(model, config, active, device, args.warmup)
+        times = time_forwards(model, config, active, inactive, device, args.repeats)
+        x = torch.randn(b, n, d, device=device, dtype=dtype)
+        per_block = time_per_block(config, x, device)
+        passes = count_passes(config, x)
+    numbers = report(args, times, per_block)
+    m = args.iterations
+    print(
+        f"[overhead] passes over [B, N, D] per block: M=1 -> {passes[1]['gram']} Gram + {passes[1]['combine']} "
+        f"combination, M={m} -> {passes[m]['gram']} Gram + {passes[m]['combine']} combination"
+    )
+    print_peaks(peaks, b * n * d * itemsize, device)
     search = spell_search(args.spell_set, args.spell_dim, nprobe=args.nprobe) if args.spell_set > 0 else None
     return dict(
-        ratio=ratio,
-        inactive_ratio=late,
-        whole=whole,
-        per_block=per_block,
-        passes=(passes_1, passes_m),
-        times=med,
-        spell_search=search,
+        numbers, passes=(passes[1], passes[m]), times={k: t.best for k, t in times.items()}, spell_search=search
     )
 
 
@@ -221,6 +335,7 @@ def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: in
     of the exact k nearest neighbours. Printed and returned."""
     from ..spell import ReferenceSet
 
+    _stage(f"SPELL search: {n} synthetic latents x {dim}, exact search, then the faiss index when installed")
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(max(1, n // 200), dim, generator=g) * 3
     data = centres[torch.randint(len(centres), (n,), generator=g)] + torch.randn(n, dim, generator=g)
