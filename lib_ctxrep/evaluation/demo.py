@@ -330,7 +330,8 @@ def _announce(args: argparse.Namespace, prompts: int) -> None:
     if args.batch == 1:
         print("[demo] --batch 1: contextual repulsion acts within a batch, so one image per batch cannot change")
     print(
-        f"[demo] reference model, {prompts} prompts x batch of {args.batch}, {args.steps} steps, "
+        f"[demo] reference model, {prompts} prompt{'s' if prompts != 1 else ''} x batch of {args.batch}, "
+        f"{args.steps} steps, "
         f"CFG {args.guidance}; repulsion strength {args.strength}, window {args.window}"
     )
     if (args.strength, args.window) == (REPULSION_STRENGTH, REPULSION_WINDOW):
