@@ -16,6 +16,7 @@
         spell: "SPELL: when an image's predicted result comes within the shield radius of another image of the batch, an earlier batch or the protected set, it is pushed out. Works on every model (SD1.5, SDXL, Flux, SD3). Does nothing where nothing is that close.",
         spell_radius: "Shield radius as a fraction of the typical distance between two unrelated latents at this resolution. Larger: more images are pushed, further. The infotext records the absolute value.",
         spell_overcompensation: "How far past the shield's edge a push goes: 1 lands exactly on the edge, the paper's 1.6 leaves it sooner.",
+        reproduce: "When you paste the parameters of one image of a coupled batch (PNG Info > Send to, or the API's infotext) at batch size and count 1, regenerate its batch (and the earlier batches its memory needs) and keep only that image, so it comes back exactly. Off: the image runs alone and differs from the original.",
         spell_protected: "Optional: a folder of images or a .safetensors latent set, inside the folder set in Settings > Contextual Repulsion. Images are encoded with this model's VAE at the generation size; outputs are kept away from them.",
     };
     onUiLoaded(function () {

@@ -352,3 +352,176 @@ def api_pasted_value(function, component, params: dict):
     if value is not None and not isinstance(value, target_type):
         value = target_type(value)
     return value
+
+
+# --- modules/processing.py: process_images, create_infotext, Processed; modules/scripts.py: ScriptRunner ------------
+class ScriptRunner:
+    """Mirrors ``ScriptRunner``'s always-on hooks (modules/scripts.py:832-838 before_process, :840 process,
+    :912-918 postprocess_batch_list, ...): each script gets ``p.script_args[args_from:args_to]``; a hook that raises
+    is reported and the generation goes on (``errors.report``); the reports are kept in ``errors``."""
+
+    def __init__(self, scripts: list) -> None:
+        self.scripts = scripts
+        self.errors: list[str] = []
+
+    def _run(self, hook: str, p, *args, **kwargs) -> None:
+        for script in self.scripts:
+            try:
+                getattr(script, hook)(p, *args, *p.script_args[script.args_from : script.args_to], **kwargs)
+            except Exception as error:  # noqa: BLE001 - Forge: errors.report(f"Error running {hook}: ...")
+                self.errors.append(f"{hook}: {error!r}")
+
+    def __getattr__(self, hook: str):
+        return lambda p, *args, **kwargs: self._run(hook, p, *args, **kwargs)
+
+
+def image_noise(seeds: list[int], subseeds: list[int], subseed_strength: float, shape=(4, 3, 3)) -> torch.Tensor:
+    """Mirrors ``rng.ImageRNG`` (modules/rng.py:114-170): one generator per image, seeded by that image's seed; with
+    a variation strength the image's subseed noise is blended in (Forge: slerp; here a linear blend)."""
+    rows = []
+    for seed, subseed in zip(seeds, subseeds, strict=True):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(int(seed)))
+        if subseed_strength != 0:
+            sub = torch.randn(shape, generator=torch.Generator().manual_seed(int(subseed)))
+            x = (1 - subseed_strength) * x + subseed_strength * sub
+        rows.append(x)
+    return torch.stack(rows)
+
+
+class Processing:
+    """The ``StableDiffusionProcessing`` fields process_images reads and writes (modules/processing.py:146-260)."""
+
+    def __init__(self, sd_model, script_args: list, **kw) -> None:
+        self.sd_model, self.script_args = sd_model, script_args
+        self.prompt, self.negative_prompt, self.styles = "a cat", "", []
+        self.batch_size, self.n_iter, self.seed, self.subseed, self.subseed_strength = 1, 1, -1, -1, 0.0
+        self.width = self.height = 64
+        self.sd_model_hash = None
+        self.extra_generation_params: dict = {}
+        self.override_settings: dict = {}
+        self.is_hr_pass = False
+        self.firstpass_image = None  # a dataclass field (processing.py:169); txt2img_upscale is set only by txt2img.py
+        self.__dict__.update(kw)
+
+    def setup_prompts(self) -> None:
+        """``setup_prompts`` (processing.py:398-417): one prompt per image of the job."""
+        self.all_prompts = self.batch_size * self.n_iter * [self.prompt]
+        self.all_negative_prompts = [self.negative_prompt] * len(self.all_prompts)
+
+
+def get_fixed_seed(seed) -> int:
+    """``get_fixed_seed`` (processing.py:638-650): a string becomes an int, -1 a random seed."""
+    seed = int(float(seed)) if isinstance(seed, str) else seed
+    return int(torch.randint(0, 2**32 - 1, ()).item()) if seed is None or seed == -1 else seed
+
+
+def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
+                    use_main_prompt=False, index=None, all_negative_prompts=None) -> dict:  # fmt: skip
+    """``create_infotext`` (processing.py:668-796) as the dict Forge joins into the last infotext line: "Seed" is
+    ``all_seeds[index]``, "Variation seed" only with a variation strength, "Size" WxH, then
+    ``p.extra_generation_params``; a list value becomes ``value[index]``, a callable is called with the function's
+    locals, None drops the key, and a value that raises is reported and dropped (:782-790)."""
+    generation_params = {
+        "Seed": p.all_seeds[0] if use_main_prompt else all_seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        "Model hash": p.sd_model_hash,
+        "Variation seed": (
+            None if p.subseed_strength == 0 else (p.all_subseeds[0] if use_main_prompt else all_subseeds[index])
+        ),
+        "Variation seed strength": None if p.subseed_strength == 0 else p.subseed_strength,
+        **p.extra_generation_params,
+    }
+    for key, value in generation_params.items():
+        try:
+            if isinstance(value, list):
+                generation_params[key] = value[index]
+            elif callable(value):
+                generation_params[key] = value(**locals())
+        except Exception:  # noqa: BLE001 - Forge: errors.report(f'Error creating infotext for key "{key}"')
+            generation_params[key] = None
+    return {k: v for k, v in generation_params.items() if v is not None}
+
+
+def parse_generation_parameters(infotext: dict) -> dict:
+    """What ``parse_generation_parameters`` (modules/infotext_utils.py:245-330) gives back for an infotext line:
+    every value as text, "Size: WxH" split into "Size-1" and "Size-2" (:311-314)."""
+    params = {}
+    for key, value in infotext.items():
+        if key == "Size":
+            params["Size-1"], params["Size-2"] = str(value).split("x")
+        else:
+            params[key] = str(value)
+    return params
+
+
+class Processed:
+    """``Processed.__init__`` (processing.py:519-571): the result's seed and lists default to the job's."""
+
+    def __init__(self, p, images_list, seed=-1, info="", subseed=None, index_of_first_image=0, infotexts=None):
+        self.images, self.seed, self.subseed, self.info = images_list, seed, subseed, info
+        self.batch_size, self.index_of_first_image = p.batch_size, index_of_first_image
+        self.extra_generation_params = p.extra_generation_params
+        self.all_prompts, self.all_negative_prompts = p.all_prompts, p.all_negative_prompts
+        self.all_seeds, self.all_subseeds = p.all_seeds, p.all_subseeds
+        self.infotexts = infotexts or [info] * len(images_list)
+
+
+class PostprocessBatchListArgs:
+    """``PostprocessBatchListArgs`` (modules/scripts.py:43-45)."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+
+def process_images(p: Processing, sample) -> Processed:
+    """``process_images`` + ``process_images_inner`` (processing.py:815-1157) in Forge's order: before_process (:817);
+    the fixed seeds, prompts and the job's seed lists (:870-899); process (:906); per batch n (:924): the
+    forge_objects reset (:937), the batch slices (:938-941), before_process_batch (:946), ``p.sample`` (:991), which
+    calls process_before_every_sampling, then post_sample (:998-1001), the prompts re-sliced (:1024-1025, seeds
+    not), postprocess_batch_list (:1027-1029), one infotext per image left (:1031-1097); Processed with the job's
+    first seed (:1144-1152); postprocess (:1155). ``sample(p, noise)`` is the sampler; images are its samples.
+    Records every sampled row in ``p.sampled`` (what the run cost)."""
+    runner = p.scripts
+    runner.before_process(p)
+    seed, subseed = get_fixed_seed(p.seed), get_fixed_seed(p.subseed)
+    p.setup_prompts()
+    p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
+    p.all_subseeds = [int(subseed) + x for x in range(len(p.all_prompts))]
+    runner.process(p)
+    infotexts, output_images, p.sampled = [], [], 0
+    original = p.sd_model.forge_objects.unet
+    for n in range(p.n_iter):
+        p.iteration = n
+        p.sd_model.forge_objects.unet = original
+        batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
+        p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
+        p.seeds, p.subseeds = p.all_seeds[batch], p.all_subseeds[batch]
+        runner.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        if len(p.prompts) == 0:
+            break
+        x = image_noise(p.seeds, p.subseeds, p.subseed_strength)
+        samples = sample(p, x)  # p.sample: process_before_every_sampling runs inside it
+        p.sampled += len(samples)
+        runner.post_sample(p, _post_sample_args(samples))
+        p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
+        batch_params = PostprocessBatchListArgs(list(samples))
+        runner.postprocess_batch_list(p, batch_params, batch_number=n)
+        for i, image in enumerate(batch_params.images):
+            p.batch_index = i
+            infotexts.append(create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
+                                             all_negative_prompts=p.negative_prompts))  # fmt: skip
+            output_images.append(image)
+    if not infotexts:
+        infotexts.append(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
+    res = Processed(p, output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
+                    infotexts=infotexts)  # fmt: skip
+    runner.postprocess(p, res)
+    p.sd_model.forge_objects.unet = original
+    return res
+
+
+def _post_sample_args(samples):
+    """``scripts.PostSampleArgs(samples_ddim)`` (processing.py:999)."""
+    from modules.scripts import PostSampleArgs  # the stand-in modules package (tests/forge_modules)
+
+    return PostSampleArgs(samples)

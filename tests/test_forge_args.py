@@ -171,3 +171,30 @@ def test_a_new_infotext_records_the_step_strength_and_round_trips():
 def test_an_empty_per_block_strength_means_the_step_strength():
     assert fa.parse({"strength": ""}).config.strength is None
     assert fa.parse({"strength": "0.2"}).config.strength == 0.2
+
+
+# ---- issue 15: reproducing one pasted image of a batch ------------------------------------------------------------
+def test_the_reproduce_arguments_are_appended_so_older_positional_calls_keep_their_meaning():
+    assert fa.ARG_NAMES[:16][-1] == "step_strength" and fa.ARG_NAMES[16:] == (
+        "reproduce",
+        "pasted_batch",
+    )
+    old = [True, 0.2]  # an older positional call: enabled, per-block strength
+    values = fa.normalise(old)
+    assert values["strength"] == 0.2 and values["reproduce"] is True and values["pasted_batch"] == ""
+
+
+def test_the_dict_form_accepts_reproduce_false():
+    assert fa.parse([{"reproduce": False}]).values["reproduce"] is False
+
+
+def test_an_infotext_without_batch_keys_clears_the_pasted_record():
+    assert fa.from_infotext({"Seed": "5", "CtxRep": "True"})["pasted_batch"] == ""
+
+
+def test_a_pasted_record_round_trips_through_the_batch_keys():
+    keys = fa.batch_infotext(4, 6, 0, True, seed=106, subseed_strength=0)
+    params = {**{k: str(v) for k, v in keys.items()}, "Seed": "106", "Size-1": "64", "Size-2": "48"}
+    pasted = fa.parse_pasted_batch(fa.from_infotext(params)["pasted_batch"])
+    assert (pasted.size, pasted.image, pasted.number, pasted.earlier, pasted.batch_seed) == (4, 2, 1, 1, 104)
+    assert pasted.first_seeds() == (100, None) and pasted.images == 8 and (pasted.width, pasted.height) == (64, 48)

@@ -18,6 +18,7 @@ RUNTIME_AND_FRONT_ENDS = [
     "lib_ctxrep.vendi",
     "lib_ctxrep.integrations.diffusers",
     "lib_ctxrep.integrations.diffusers_spell",
+    "lib_ctxrep.integrations.diffusers_reproduce",
     "lib_ctxrep.integrations.forge",
     "lib_ctxrep.integrations.forge_args",
 ]

@@ -355,8 +355,8 @@ def infotext_params(infotext: str) -> dict[str, str]:
 class Result:
     """One txt2img answer: status, decoded images (uint8 arrays), infotexts and their CtxRep entries."""
 
-    def __init__(self, label: str, status: int, body: Any) -> None:
-        self.label, self.status = label, status
+    def __init__(self, label: str, status: int, body: Any, expected: int = BASE_REQUEST["batch_size"]) -> None:
+        self.label, self.status, self.expected = label, status, expected
         self.images: list[np.ndarray] = []
         self.infotexts: list[str] = []
         self.error = ""
@@ -373,7 +373,7 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200 and len(self.images) == BASE_REQUEST["batch_size"]
+        return self.status == 200 and len(self.images) == self.expected
 
     def pixels(self) -> np.ndarray:
         return np.stack(self.images) if self.images else np.zeros((0,), np.uint8)
@@ -402,7 +402,7 @@ class Session:
         body = {**(BASE_REQUEST if base else {}), **(extra or {})}
         started = time.monotonic()
         status, answer = self.server.call("POST", "/sdapi/v1/txt2img", body)
-        result = Result(label, status, answer)
+        result = Result(label, status, answer, int(body.get("batch_size", 1)) * int(body.get("n_iter", 1)))
         result.seconds = time.monotonic() - started
         self.results.append(result)
         return result
@@ -630,7 +630,64 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
         with_styles.ctxrep.get("CtxRep strength") == "0.3" and "CtxRep error" not in with_styles.ctxrep,
         with_styles.ctxrep,
     )
+    reproduce_checks(session, check)
     return session
+
+
+#: Issue 15's round trips: (label, script arguments, batch size and count, the image pasted back, images rebuilt).
+REPRODUCE_CASES = (
+    ("repulsion", {"strength": 0.3}, {"batch_size": 4, "n_iter": 1}, 2, 4),
+    ("memory, 3rd batch", {"strength": 0.3, "memory": True}, {"batch_size": 4, "n_iter": 3}, 10, 12),
+    ("SPELL", {"repulsion": False, "spell": True, "spell_radius": 2.0}, {"batch_size": 4, "n_iter": 1}, 2, 4),
+)
+
+
+def paste_request(infotext: str, **extra: Any) -> dict[str, Any]:
+    """Only a pasted infotext at batch size and count 1 (Forge fills prompt, seed, size, steps, ... from it)."""
+    return {"infotext": infotext, "styles": [], "batch_size": 1, "n_iter": 1, "send_images": True, **extra}
+
+
+def reproduce_checks(session: Session, check: Checks) -> None:
+    """6. A pasted image of a coupled batch comes back pixel for pixel; the option off and bad records say why."""
+    print("\n== 6. Pasting one image of a coupled batch (issue 15) ==")
+    for label, values, shape, index, cost in REPRODUCE_CASES:
+        batch = session.txt2img(f"{label}: {shape['batch_size']}x{shape['n_iter']}", {**shape, **alwayson([values])})
+        check(f"{label}: HTTP 200 with {batch.expected} images", batch.ok, batch.error)
+        if not batch.ok:
+            continue
+        pasted = batch.infotexts[index]
+        record = {k: v for k, v in infotext_params(pasted).items() if k.startswith("CtxRep batch") or "earlier" in k}
+        check(f"{label}: image {index + 1}'s infotext records its batch", len(record) == 5, record)
+        again = session.txt2img(f"{label}: image {index + 1} pasted", paste_request(pasted), base=False)
+        check(f"{label}: pasted image {index + 1} gives HTTP 200 with 1 image", again.ok, again.error)
+        same = again.ok and np.array_equal(again.images[0], batch.images[index])
+        check(f"{label}: pasted image {index + 1} is pixel-identical to it", same, again.ctxrep)
+        note = again.ctxrep.get("CtxRep note", "")
+        check(f"{label}: the note says 'regenerated {cost} images to reproduce 1'", f"{cost} images to" in note, note)
+        if label != "repulsion":
+            continue
+        off = session.txt2img("reproduce off", paste_request(pasted, **alwayson([{"reproduce": False}])), base=False)
+        differs = off.ok and not np.array_equal(off.images[0], batch.images[index])
+        check("reproduce off: HTTP 200 with 1 image, different from the original", differs, off.error)
+        note = off.ctxrep.get("CtxRep note", "")
+        check("reproduce off: the note says it ran alone and differs", "is off" in note and "differ" in note, note)
+        bad_records(session, check, pasted, off)
+
+
+def bad_records(session: Session, check: Checks, pasted: str, alone: Result) -> None:
+    """A hand-edited value and a missing key: a clear note and the plain single image (= the image run alone)."""
+    edited = re.sub(r"CtxRep batch seed: \d+", "CtxRep batch seed: 99", pasted)
+    missing = re.sub(r"CtxRep batch size: \d+, ", "", pasted)
+    for label, text, expect in (
+        ("hand-edited batch seed", edited, "'CtxRep batch seed: 99' does not match"),
+        ("missing batch size", missing, "no 'CtxRep batch size'"),
+    ):
+        bad = session.txt2img(f"{label}", paste_request(text), base=False)
+        note = bad.ctxrep.get("CtxRep note", "")
+        check(f"{label}: HTTP 200 with 1 image", bad.ok, bad.error)
+        check(f"{label}: a note saying why ({expect!r})", expect in note and "runs alone" in note, note)
+        plain = bad.ok and alone.ok and np.array_equal(bad.images[0], alone.images[0])
+        check(f"{label}: the plain single image (the image run alone)", plain, bad.ctxrep)
 
 
 def main(argv: list[str] | None = None) -> int:

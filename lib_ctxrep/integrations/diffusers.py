@@ -148,6 +148,13 @@ class ContextualRepulsionHandle:
         self.remove()
 
 
+def attached_handle(model: Any) -> ContextualRepulsionHandle | None:
+    """The handle attached to ``model`` (a transformer, or a pipeline whose ``.transformer`` is one), or None: lets a
+    caller check that a model is free before attaching its own (attaching again would replace, and so clear, it)."""
+    transformer = model if isinstance(model, torch.nn.Module) else getattr(model, "transformer", None)
+    return getattr(transformer, _ATTR, None)
+
+
 class _Call:
     """Reads one transformer's ``forward`` arguments by name, whether passed by keyword or by position."""
 

@@ -26,6 +26,16 @@ class SpellHandle:
         self.engine = engine
 
     @property
+    def config(self) -> SpellConfig:
+        """The job's SPELL settings."""
+        return self.engine.config
+
+    @property
+    def attached(self) -> bool:
+        """Whether this handle still wraps the scheduler's ``step``."""
+        return getattr(self.scheduler, _ATTR, None) is self
+
+    @property
     def stats(self) -> SpellStats:
         """Sparsity so far: calls, samples seen / pushed, steps with a push."""
         return self.engine.stats
@@ -45,6 +55,11 @@ class SpellHandle:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def attached_spell(pipeline: Any) -> SpellHandle | None:
+    """The SPELL handle attached to ``pipeline``'s scheduler (or to ``pipeline`` itself, a scheduler), or None."""
+    return getattr(getattr(pipeline, "scheduler", pipeline), _ATTR, None)
 
 
 def apply_spell(

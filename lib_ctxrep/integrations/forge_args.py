@@ -7,6 +7,7 @@ go through the same conversions, and so they can be tested without a webui.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,8 @@ ARG_NAMES = (
     "spell_overcompensation",
     "spell_protected",
     "step_strength",
+    "reproduce",
+    "pasted_batch",
 )
 DEFAULTS: dict[str, Any] = {
     "enabled": False,
@@ -59,6 +62,11 @@ DEFAULTS: dict[str, Any] = {
     "spell_overcompensation": DEFAULT_OVERCOMPENSATION,
     "spell_protected": "",
     "step_strength": DEFAULT_STEP_STRENGTH,
+    # Pasting an image of a coupled batch regenerates that batch (and the earlier ones its memory needs) and keeps
+    # the image. Not an infotext field: it is a choice of the user, not a property of the image.
+    "reproduce": True,
+    # A hidden field: the pasted image's batch record (JSON, see pasted_batch_record), "" when nothing was pasted.
+    "pasted_batch": "",
 }
 #: Readable infotext keys (no ',' or ':' in keys), per argument; "enabled" is implied by the presence of the keys.
 INFOTEXT_KEYS = {
@@ -184,6 +192,11 @@ def is_enabled(values: dict[str, Any]) -> bool:
     return _as_bool("enabled", values["enabled"])
 
 
+def reproduce_requested(values: dict[str, Any]) -> bool:
+    """Whether normalised arguments ask to reproduce a pasted image of a batch (``"reproduce"``)."""
+    return _as_bool("reproduce", values["reproduce"])
+
+
 def parse(args: list | tuple | dict) -> ScriptSettings:
     """Validate script arguments into settings; raises :class:`ArgumentError` naming the bad argument."""
     v = normalise(args)
@@ -234,6 +247,7 @@ def parse(args: list | tuple | dict) -> ScriptSettings:
     values.update(single_blocks=single_label, repulsion=repulsion, spell=spell_on, spell_radius=radius)
     values.update(spell_overcompensation=overcompensation, spell_protected=protected.strip())
     values.update(strength="" if config.strength is None else config.strength, step_strength=config.step_strength)
+    values.update(reproduce=_as_bool("reproduce", v["reproduce"]), pasted_batch=str(v["pasted_batch"] or ""))
     return ScriptSettings(
         enabled, hires, config, values, repulsion, spell if spell_on else None, protected.strip() if spell_on else ""
     )
@@ -282,4 +296,124 @@ def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
             values[name] = int(float(raw))
         else:
             values[name] = str(raw)
+    values["pasted_batch"] = pasted_batch_record(params)
     return values
+
+
+# ---- reproducing one image of a coupled batch ----------------------------------------------------------------------
+#: Infotext keys that say which batch an image of a coupled generation belonged to. Positions are 1-based (the
+#: third image of the batch: "CtxRep batch image: 3"). Never the bare "Batch size" (a Forge paste field) and never an
+#: "NxM" value (Forge's parser splits those into two keys).
+BATCH_KEYS = {
+    "size": "CtxRep batch size",
+    "image": "CtxRep batch image",
+    "number": "CtxRep batch number",
+    "seed": "CtxRep batch seed",
+    "earlier": "CtxRep earlier batches",
+}
+#: Forge's own infotext keys the record also keeps, to check the run against the pasted image ("Size" is split by
+#: Forge's parser into "Size-1" (width) and "Size-2" (height)).
+IMAGE_KEYS = ("Seed", "Variation seed", "Variation seed strength", "Size-1", "Size-2", "Model hash")
+
+
+@dataclass(frozen=True)
+class PastedBatch:
+    """The batch a pasted image belonged to, checked for consistency.
+
+    ``size`` images per batch; the image is number ``image`` (0-based) of batch ``number`` (0-based) of its
+    generation, whose earliest ``earlier`` batches before it must be regenerated too (cross-batch memory, SPELL);
+    ``seed`` / ``subseed`` are the image's own seeds, ``subseed_strength`` its variation strength.
+    """
+
+    size: int
+    image: int
+    number: int
+    earlier: int
+    batch_seed: int
+    seed: int
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    model_hash: str | None = None
+
+    @property
+    def images(self) -> int:
+        """How many images the rebuild generates."""
+        return self.size * (self.earlier + 1)
+
+    @property
+    def position(self) -> int:
+        """The image's position in the rebuilt job (batch ``earlier``, image ``image``)."""
+        return self.earlier * self.size + self.image
+
+    def first_seeds(self) -> tuple[int, int | None]:
+        """The rebuilt job's seed and variation seed: Forge gives image g of a job ``seed + g`` (variation strength
+        0) or ``seed`` and ``subseed + g`` (modules/processing.py process_images_inner)."""
+        if self.subseed_strength == 0:
+            return self.seed - self.position, self.subseed
+        return self.seed, None if self.subseed is None else self.subseed - self.position
+
+
+def pasted_batch_record(params: dict[str, Any]) -> str:
+    """The hidden "pasted batch" field's value from pasted infotext ``params``: JSON of the batch keys and the
+    image's own keys when any batch key is present, else "" (which also clears an earlier paste)."""
+    if not any(key in params for key in BATCH_KEYS.values()):
+        return ""
+    keys = (*BATCH_KEYS.values(), *IMAGE_KEYS)
+    return json.dumps({key: str(params[key]) for key in keys if key in params}, sort_keys=True)
+
+
+def _record_int(record: dict[str, Any], key: str, low: int, high: float = float("inf")) -> int:
+    if key not in record:
+        raise ArgumentError(f"the pasted infotext has no '{key}'")
+    try:
+        value = float(record[key])
+    except (TypeError, ValueError):
+        raise ArgumentError(f"'{key}: {record[key]}' is not a number") from None
+    if not value.is_integer() or not low <= value <= high:
+        raise ArgumentError(f"'{key}: {record[key]}' must be a whole number from {low} to {high}")
+    return int(value)
+
+
+def parse_pasted_batch(text: str) -> PastedBatch:
+    """Validate the hidden field's record; raises :class:`ArgumentError` saying which key is missing or wrong."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise ArgumentError(f"the pasted batch record is not readable: {text[:80]!r}") from None
+    if not isinstance(record, dict):
+        raise ArgumentError(f"the pasted batch record is not readable: {text[:80]!r}")
+    size = _record_int(record, BATCH_KEYS["size"], 1)
+    image = _record_int(record, BATCH_KEYS["image"], 1, size) - 1
+    number = _record_int(record, BATCH_KEYS["number"], 1) - 1
+    earlier = _record_int(record, BATCH_KEYS["earlier"], 0, number)
+    if earlier not in (0, number):
+        raise ArgumentError(f"'{BATCH_KEYS['earlier']}: {earlier}' must be 0 or {number} (the batches before it)")
+    seed = _record_int(record, "Seed", -(2**63))
+    batch_seed = _record_int(record, BATCH_KEYS["seed"], -(2**63))
+    strength = _as_float("Variation seed strength", record.get("Variation seed strength", 0.0))
+    subseed = _record_int(record, "Variation seed", -(2**63)) if strength != 0 else None
+    if batch_seed != (seed - image if strength == 0 else seed):
+        raise ArgumentError(
+            f"'{BATCH_KEYS['seed']}: {batch_seed}' does not match 'Seed: {seed}' of image {image + 1} (edited?)"
+        )
+    width = _record_int(record, "Size-1", 1) if "Size-1" in record else None
+    height = _record_int(record, "Size-2", 1) if "Size-2" in record else None
+    model_hash = str(record["Model hash"]) if "Model hash" in record else None
+    return PastedBatch(size, image, number, earlier, batch_seed, seed, subseed, strength, width, height, model_hash)
+
+
+def batch_infotext(
+    size: int, position: int, first_batch: int, cross_batch: bool, seed: int, subseed_strength: float
+) -> dict[str, int] | None:
+    """The batch keys of one image: ``position`` in its job (``batch * size + image``), the job starting at batch
+    ``first_batch`` of its generation (0 except in a rebuild without memory), ``seed`` the image's own seed; None
+    when the image was coupled to no other (a batch of 1 without cross-batch coupling)."""
+    image, number = position % size, position // size + first_batch
+    earlier = number if cross_batch else 0
+    if size == 1 and earlier == 0:
+        return None
+    values = {"size": size, "image": image + 1, "number": number + 1}
+    values.update(seed=seed - image if subseed_strength == 0 else seed, earlier=earlier)
+    return {BATCH_KEYS[name]: value for name, value in values.items()}

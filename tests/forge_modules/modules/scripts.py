@@ -41,3 +41,25 @@ class Script:
 
     def ui(self, is_img2img):
         return []
+
+    # The always-on hooks process_images calls (modules/scripts.py:147-260), no-ops unless a script overrides them.
+    def before_process(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        pass
+
+    def post_sample(self, p, ps, *args):
+        pass
+
+    def postprocess_batch_list(self, p, pp, *args, **kwargs):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
