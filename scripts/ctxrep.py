@@ -19,7 +19,7 @@ from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
 from lib_ctxrep import blockmap
-from lib_ctxrep.integrations import forge_args
+from lib_ctxrep.integrations import forge_args, forge_reproduce
 from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, latent_space_of
 from lib_ctxrep.protected import ProtectedSetError, load_protected_set
 from lib_ctxrep.spell import DEFAULT_EXACT_LIMIT, DEFAULT_NPROBE
@@ -182,7 +182,7 @@ class ContextualRepulsionScript(scripts.Script):
     # ---- reproducing one pasted image of a coupled batch ------------------------------------------------------------
     def before_process(self, p: Any, *args: Any) -> None:
         """Before Forge computes seeds and prompts: a pasted image of a coupled batch, at batch size and count 1 with
-        its own seed, becomes its batch again (and the earlier batches its memory needs); see ``Rebuild``."""
+        its own seed, becomes its batch again (and the earlier batches its memory needs) (``forge_reproduce``)."""
         p._ctxrep_rebuild = None
         try:
             values = forge_args.normalise(list(args))
@@ -194,11 +194,11 @@ class ContextualRepulsionScript(scripts.Script):
         try:
             pasted = forge_args.parse_pasted_batch(str(values["pasted_batch"]))
         except forge_args.ArgumentError as error:
-            if _own_seed_or_none(p) is not None and _is_single(p):
+            if forge_reproduce.own_seed_or_none(p) is not None and forge_reproduce.is_single(p):
                 message = f"the pasted image's batch cannot be rebuilt: {error}; it runs alone as a plain image"
                 self._report(p, message, info=True)
             return
-        problem = _rebuild_problem(p, pasted)
+        problem = forge_reproduce.rebuild_problem(p, pasted)
         if problem == "":
             return  # not this image any more (another seed, an upscale of a gallery image, ...): nothing to say
         if problem is not None:
@@ -212,7 +212,8 @@ class ContextualRepulsionScript(scripts.Script):
                 info=True,
             )
             return
-        p._ctxrep_rebuild = Rebuild.start(p, pasted)
+        p._ctxrep_rebuild = forge_reproduce.Rebuild.start(p, pasted)
+        print(f"{PREFIX} rebuilding the pasted image's batch: {pasted.images} images, batch size {pasted.size}")
 
     def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
         """A rebuild keeps only the pasted image: earlier batches give none, the last batch gives image k."""
@@ -252,10 +253,10 @@ class ContextualRepulsionScript(scripts.Script):
             self._report(p, "both methods are off (contextual repulsion and SPELL); nothing was changed", info=True)
             return
         p._ctxrep_settings = settings
-        p._ctxrep_batch = BatchRecord.start(p)
+        p._ctxrep_batch = forge_reproduce.BatchKeys.start(p)
         if p._ctxrep_batch is not None:
             for key in forge_args.BATCH_KEYS.values():
-                p.extra_generation_params[key] = _batch_key(key)
+                p.extra_generation_params[key] = forge_reproduce.batch_key(key)
         if settings.repulsion:
             p._ctxrep_job = ForgeRepulsion(settings.config)
         if settings.spell is not None:
@@ -404,167 +405,6 @@ class ContextualRepulsionScript(scripts.Script):
             pass
 
 
-# ---- reproducing one pasted image of a coupled batch -------------------------------------------------------------
-#: Forge's per-job lists (modules/processing.py setup_prompts / process_images_inner; Neo adds the comment-prompt
-#: lists); a rebuild leaves only the pasted image's entry in each.
-JOB_LISTS = (
-    "all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds", "all_hr_prompts", "all_hr_negative_prompts",
-    "_all_prompts_c", "_all_negative_prompts_c",
-)  # fmt: skip
-#: Forge's per-batch lists (processing.py's batch loop); an earlier batch of a rebuild empties them.
-BATCH_LISTS = ("prompts", "negative_prompts", "seeds", "subseeds")
-
-
-def _as_int(value: Any) -> int | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if number.is_integer() else None
-
-
-def _own_seed_or_none(p: Any) -> int | None:
-    """The job's seed as Forge will use it, or None when it is random (-1), a list, or not a number."""
-    seed = _as_int(getattr(p, "seed", None))
-    return None if seed is None or seed == -1 else seed
-
-
-def _is_single(p: Any) -> bool:
-    return _as_int(getattr(p, "batch_size", 1)) == 1 and _as_int(getattr(p, "n_iter", 1)) == 1
-
-
-def _rebuild_problem(p: Any, pasted: forge_args.PastedBatch) -> str | None:
-    """None when ``p`` is the pasted image alone and its batch can be rebuilt; "" when ``p`` is no longer that image
-    (another seed, an upscale of a gallery image, a video model): nothing to say; otherwise why it is not rebuilt."""
-    if getattr(p, "txt2img_upscale", False) or getattr(p, "firstpass_image", None) is not None:
-        return ""
-    if getattr(getattr(p, "sd_model", None), "is_wan", False):  # Forge Neo: the batch is a video's frames
-        return ""
-    if _own_seed_or_none(p) != pasted.seed:
-        return ""
-    if pasted.subseed_strength != 0 and (
-        _as_int(getattr(p, "subseed", None)) != pasted.subseed
-        or float(getattr(p, "subseed_strength", 0)) != pasted.subseed_strength
-    ):
-        return ""
-    if not _is_single(p):
-        if p.batch_size == pasted.size and pasted.image == 0 and pasted.earlier == 0:
-            return ""  # the run starts with the pasted batch itself
-        return "batch size or batch count is not 1, so the pasted image's batch was not rebuilt (set both to 1)"
-    size = (_as_int(getattr(p, "width", None)), _as_int(getattr(p, "height", None)))
-    if pasted.width is not None and size != (pasted.width, pasted.height):
-        return f"the pasted image is {pasted.width} by {pasted.height}, this run is {size[0]} by {size[1]}"
-    return None
-
-
-class Rebuild:
-    """A pasted image regenerated with its batch: ``start`` (before_process) enlarges the job, ``keep``
-    (postprocess_batch_list) drops every other image, ``finish`` (postprocess) gives ``p`` and the result back the
-    shape of a single image; ``cancel`` (process) undoes ``start``. (No dataclass: Forge loads scripts/ files as
-    modules that are not in ``sys.modules``, where dataclasses cannot resolve their annotations.)"""
-
-    def __init__(self, pasted: forge_args.PastedBatch, seed: Any, subseed: Any) -> None:
-        self.pasted, self.seed, self.subseed = pasted, seed, subseed
-
-    @classmethod
-    def start(cls, p: Any, pasted: forge_args.PastedBatch) -> Rebuild:
-        """Make ``p`` the pasted image's job: its batch size, the batches up to its own, their first seeds."""
-        rebuild = cls(pasted, p.seed, getattr(p, "subseed", -1))
-        p.batch_size, p.n_iter = pasted.size, pasted.earlier + 1
-        p.seed, subseed = pasted.first_seeds()
-        if subseed is not None:
-            p.subseed = subseed
-        # Forge saves every image of the batch before the hires pass when this is on; only the pasted one counts.
-        p.override_settings = {
-            **(getattr(p, "override_settings", None) or {}),
-            "save_images_before_highres_fix": False,
-        }
-        print(f"{PREFIX} rebuilding the pasted image's batch: {pasted.images} images, batch size {pasted.size}")
-        return rebuild
-
-    def keep(self, p: Any, images: list, batch_number: int) -> list:
-        """The images of batch ``batch_number`` to give back: none of an earlier batch, the pasted one of the last."""
-        if batch_number < self.pasted.earlier:
-            for name in BATCH_LISTS:
-                setattr(p, name, [])
-            return []
-        k, first = self.pasted.image, batch_number * self.pasted.size
-        for name in BATCH_LISTS:
-            setattr(p, name, [getattr(p, name)[k]])
-        for name in JOB_LISTS:  # other scripts read p.all_seeds[iteration * batch_size + batch_index]
-            values = getattr(p, name, None)
-            if isinstance(values, list) and len(values) > first + k:
-                values[first], values[first + k] = values[first + k], values[first]
-        return [images[k]]
-
-    def _single(self, p: Any, index: int) -> None:
-        for name in JOB_LISTS:
-            values = getattr(p, name, None)
-            if isinstance(values, list) and len(values) > index:
-                setattr(p, name, [values[index]])
-        p.batch_size, p.n_iter, p.seed, p.subseed = 1, 1, self.seed, self.subseed
-
-    def cancel(self, p: Any) -> None:
-        """Back to the pasted image alone, its own seeds, after Forge computed the enlarged job's lists."""
-        self._single(p, self.pasted.position)
-
-    def finish(self, p: Any, processed: Any) -> None:
-        """``p`` and the result as a single-image run of the pasted image (X/Y/Z and the API read them)."""
-        self._single(p, self.pasted.earlier * self.pasted.size)  # keep() moved the image there
-        if processed is None:
-            return
-        for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
-            setattr(processed, name, list(getattr(p, name)))
-        processed.seed, processed.subseed, processed.batch_size = p.all_seeds[0], p.all_subseeds[0], 1
-
-
-class BatchRecord:
-    """What the batch infotext keys of a job are computed from: batch ``size``, the job's first variation seed
-    ``base`` (image g of the job has variation seed ``base + g``, whatever the variation strength), the batch the job
-    starts at, and whether the images were coupled (within the batch, across batches)."""
-
-    def __init__(self, size: int, base: int, first_batch: int = 0) -> None:
-        self.size, self.base, self.first_batch = size, base, first_batch
-        self.coupled = self.cross_batch = False
-
-    @classmethod
-    def start(cls, p: Any) -> BatchRecord | None:
-        """In process(), after Forge computed the job's seeds; None when its variation seeds were given as a list."""
-        subseeds = getattr(p, "all_subseeds", None)
-        if isinstance(getattr(p, "subseed", None), list) or not subseeds or _as_int(subseeds[0]) is None:
-            return None
-        rebuild = getattr(p, "_ctxrep_rebuild", None)
-        first = 0 if rebuild is None else rebuild.pasted.number - rebuild.pasted.earlier
-        return cls(int(p.batch_size), int(subseeds[0]), first)
-
-    def values(self, seed: int, subseed: int, strength: float) -> dict[str, int] | None:
-        """The batch keys of the image with these seeds; None when it was coupled to no other image."""
-        if not self.coupled:
-            return None
-        return forge_args.batch_infotext(
-            self.size, subseed - self.base, self.first_batch, self.cross_batch, seed, strength
-        )
-
-
-def _batch_key(key: str) -> Callable[..., Any]:
-    """An infotext value Forge computes per image (processing.py create_infotext calls a callable value with its
-    locals): the image is found by its own variation seed, which is right at every call site (per image, the
-    params.txt and Processed.infotext job lists, after a rebuild); the grid gets none."""
-
-    def value(p: Any = None, index: Any = None, all_seeds: Any = None, all_subseeds: Any = None, **kwargs: Any) -> Any:
-        record = getattr(p, "_ctxrep_batch", None)
-        if record is None or index is None or kwargs.get("use_main_prompt"):
-            return None
-        try:
-            values = record.values(int(all_seeds[index]), int(all_subseeds[index]), float(p.subseed_strength))
-        except (TypeError, ValueError, IndexError):
-            return None
-        return None if values is None else values[key]
-
-    return value
-
-
-# ---- Settings ------------------------------------------------------------------------------------------------------
 def add_settings() -> None:
     """Settings > Contextual Repulsion: the folder protected sets are read from (not settable through the API, so a
     webui exposed with --listen cannot be made to read elsewhere) and faiss's nprobe for large sets."""

@@ -7,8 +7,6 @@ Forge's modules/processing.py; pasting goes through the script's ``infotext_fiel
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,13 +16,10 @@ import torch
 gr = pytest.importorskip("gradio")
 
 from lib_ctxrep.integrations import forge_args  # noqa: E402
+from tests.forge_script_loader import flux_unet, forge_script  # noqa: E402
 from tests.forge_standins import (  # noqa: E402
-    IntegratedFluxTransformer2DModel,
-    KModel,
-    PredictionFlux,
     Processing,
     ScriptRunner,
-    UnetPatcher,
     api_pasted_value,
     parse_generation_parameters,
     process_images,
@@ -38,20 +33,9 @@ BATCH_KEYS = set(forge_args.BATCH_KEYS.values())
 
 @pytest.fixture(scope="module")
 def ctxrep():
-    """Import scripts/ctxrep.py the way Forge does, with the stand-in ``modules`` package on the path."""
-    sys.path.insert(0, str(ROOT / "tests" / "forge_modules"))
-    try:
-        spec = importlib.util.spec_from_file_location("ctxrep.py", ROOT / "scripts" / "ctxrep.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    """The extension's script, imported the way Forge does."""
+    with forge_script() as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "forge_modules"))
-
-
-def flux_unet():
-    torch.manual_seed(0)
-    return UnetPatcher(KModel(IntegratedFluxTransformer2DModel(), PredictionFlux()))
 
 
 UNET = None

@@ -7,7 +7,6 @@ are skipped, and the Forge-pins environment runs them.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import re
 import sys
@@ -22,8 +21,8 @@ gr = pytest.importorskip("gradio")
 
 from lib_ctxrep.integrations import forge_args  # noqa: E402
 from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
+from tests.forge_script_loader import flux_unet, forge_script  # noqa: E402
 from tests.forge_standins import (  # noqa: E402
-    IntegratedFluxTransformer2DModel,
     KModel,
     PredictionFlux,
     UnetPatcher,
@@ -39,15 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ctxrep():
-    """Import scripts/ctxrep.py the way Forge does, with the stand-in ``modules`` package on the path."""
-    sys.path.insert(0, str(ROOT / "tests" / "forge_modules"))
-    try:
-        spec = importlib.util.spec_from_file_location("ctxrep.py", ROOT / "scripts" / "ctxrep.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    """The extension's script, imported the way Forge does."""
+    with forge_script() as module:
         yield module
-    finally:
-        sys.path.remove(str(ROOT / "tests" / "forge_modules"))
 
 
 def ctxrep_scripts():
@@ -64,11 +57,6 @@ def processing(unet, **kw):
     return SimpleNamespace(
         sd_model=SimpleNamespace(forge_objects=ForgeObjects(unet)), extra_generation_params={}, is_hr_pass=False, **kw
     )
-
-
-def flux_unet():
-    torch.manual_seed(0)
-    return UnetPatcher(KModel(IntegratedFluxTransformer2DModel(), PredictionFlux()))
 
 
 def noise(batch=4, seed=0, typical=False):

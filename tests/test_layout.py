@@ -21,6 +21,7 @@ RUNTIME_AND_FRONT_ENDS = [
     "lib_ctxrep.integrations.diffusers_reproduce",
     "lib_ctxrep.integrations.forge",
     "lib_ctxrep.integrations.forge_args",
+    "lib_ctxrep.integrations.forge_reproduce",
 ]
 
 
