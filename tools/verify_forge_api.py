@@ -7,23 +7,27 @@ Usage::
 
 The first path must be a checkout (or an exported work tree) of lllyasviel/stable-diffusion-webui-forge, written
 against main at dfdcbab6; ``--hf-guess`` a checkout of lllyasviel/huggingface_guess (Forge pins 84826248). Run it with
-a Python that has Forge's requirements (``requirements_versions.txt``, a CPU torch, sentencepiece, PIL, numpy): the
-server runs under the same interpreter. Nothing from Forge is copied into this repository.
+a Python that has Forge's requirements (``requirements_versions.txt``, a CPU torch, PIL, numpy, and sentencepiece
+0.2.0: later ones need protobuf 5, and Forge pins 3.20, which breaks SD3's T5 tokenizer): the server runs under the
+same interpreter. Nothing from Forge is copied into this repository.
 
 The script exports both checkouts into a temporary folder (``--keep DIR`` keeps it there) and never touches the
-originals. In that copy only, model sizes are shrunk: the CLIP-L, T5 and VAE configs under
-``backend/huggingface/black-forest-labs/FLUX.1-dev/`` are rewritten to tiny sizes (the VAE keeps 4 levels, so 8x
-down-scaling and 16 latent channels), and the Flux branch of ``huggingface_guess/detection.py``, which hard-codes
-FLUX.1's sizes, reads them from the state dict's shapes instead. A subprocess then builds the weights with Forge's own
-classes (``IntegratedFluxTransformer2DModel``: hidden 64, 2 heads, 3 double + 2 single blocks so that every block
-third is non-empty, guidance embedding on, i.e. the FLUX.1-dev path; ``IntegratedCLIP``, ``IntegratedT5``,
-``IntegratedAutoencoderKL``), random with a fixed seed, and saves one single-file checkpoint with the prefixes Forge's
-Flux loader splits on. Everything else is Forge's real code: ``launch.py`` with ``--api --nowebui --always-cpu`` on
-127.0.0.1, the API, ``init_script_args``, the script runner, the loader, text encoders, sampling, VAE, infotext, and
-the extension itself, installed as ``<data dir>/extensions/sd-ctxrep``, a symbolic link to this working tree (or to
-``--extension DIR``, e.g. an export of an older commit, to show what that one does). A data dir holds the model, the
-settings (live previews off: no network) and the SPELL protected folder that the README names, ``my_portraits``,
-filled with the images of the first plain request (so SPELL, on the same seeds, has something to push away from).
+originals. In that copy only, model sizes are shrunk: the CLIP-L, CLIP-G, T5 and VAE configs under
+``backend/huggingface/black-forest-labs/FLUX.1-dev/`` and ``.../stabilityai/stable-diffusion-3-medium-diffusers/`` are
+rewritten to tiny sizes (the VAE keeps 4 levels, so 8x down-scaling and 16 latent channels), and the Flux branch of
+``huggingface_guess/detection.py``, which hard-codes FLUX.1's sizes, reads them from the state dict's shapes instead. A
+subprocess then builds the weights with Forge's own classes (``IntegratedFluxTransformer2DModel``: hidden 64, 2 heads,
+3 double + 2 single blocks so that every block third is non-empty, guidance embedding on, i.e. the FLUX.1-dev path;
+``IntegratedCLIP``, ``IntegratedT5``, ``IntegratedAutoencoderKL``), random with a fixed seed, and saves one single-file
+checkpoint with the prefixes Forge's Flux loader splits on; and a second one for SD3 (``MMDiTX`` depth 3, i.e. hidden
+192 and 3 heads, whose sizes huggingface_guess reads from the shapes as it is; CLIP-L, CLIP-G, T5, which Forge loads
+but leaves unused by default). Everything else is Forge's real code: ``launch.py`` with ``--api --nowebui
+--always-cpu`` on 127.0.0.1, the API, ``init_script_args``, the script runner, the loader, text encoders, sampling,
+VAE, infotext, and the extension itself, installed as ``<data dir>/extensions/sd-ctxrep``, a symbolic link to this
+working tree (or to ``--extension DIR``, e.g. an export of an older commit, to show what that one does). A data dir
+holds the model, the settings (live previews off: no network) and the SPELL protected folder that the README names,
+``my_portraits``, filled with the images of the first plain request (so SPELL, on the same seeds, has something to push
+away from).
 
 Requests (64x64, batch 4, 4 Euler steps, CFG 1, fixed seed, ``"styles": []``) go to 127.0.0.1 only. Images are compared
 by decoded pixels (PIL + numpy), never as base64 (the PNGs embed the infotext). Checks:
@@ -40,7 +44,13 @@ by decoded pixels (PIL + numpy), never as base64 (the PNGs embed the infotext). 
 4. an unknown key: plain images, and a ``CtxRep error`` naming the key and every known key;
 5. Forge main's own ``"infotext"`` request field: without ``"styles"`` (HTTP 500, ``isinstance() argument 2 cannot be
    a parameterized generic``) and with ``"styles": []`` (works: the pasted infotext of a repelled run gives its
-   images).
+   images);
+6. pasting one image of a coupled batch (issue 15), ``"infotext"`` at batch size and count 1: image 3 of a repelled
+   batch of 4, image 3 of the third batch of 4 x 3 with memory, image 3 of a SPELL batch each come back
+   pixel-identical with a note of what was regenerated; with ``reproduce`` off the image differs and the note says
+   why; a hand-edited batch seed and a missing key give a note and the plain single image;
+7. the tiny SD3 checkpoint with true CFG (CFG 3, a negative prompt): repulsion changes the batch, image 3 pasted back
+   is pixel-identical, and with ``reproduce`` off it differs.
 
 Defaults that Forge pads the script's arguments with (``/sdapi/v1/script-info``) are printed. The script prints one
 line per check, a table of the requests, and ends with ``VERIFIED: <n> checks passed`` (exit 0) or the list of failures
@@ -80,6 +90,7 @@ from lib_ctxrep.integrations.forge_args import ARG_NAMES, DEFAULTS  # noqa: E402
 HOST = "127.0.0.1"
 SCRIPT = "contextual repulsion"
 CHECKPOINT = "tiny-flux.safetensors"
+SD3_CHECKPOINT = "tiny-sd3.safetensors"
 #: The README's SPELL example names the protected set "my_portraits"; the settings make "protected" the root.
 PROTECTED = Path("protected/my_portraits")
 FLUX_DEV = Path("backend/huggingface/black-forest-labs/FLUX.1-dev")
@@ -99,13 +110,20 @@ BASE_REQUEST: dict[str, Any] = {
     "save_images": False,
     "send_images": True,
 }
-#: Tiny sizes written over the FLUX.1-dev component configs of the exported copy.
-TINY_CONFIGS: dict[str, dict[str, Any]] = {
-    "text_encoder": dict(
-        hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, projection_dim=32
-    ),
-    "text_encoder_2": dict(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=2, num_decoder_layers=2),
-    "vae": dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=32),
+#: Tiny sizes of the text encoders and VAE (CLIP-L, CLIP-G, T5), written over the component configs of the exported
+#: copy: FLUX.1-dev's and SD3-medium's.
+TINY_CLIP = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2, projection_dim=32)
+TINY_T5 = dict(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=2, num_decoder_layers=2)
+TINY_VAE = dict(block_out_channels=[32, 32, 32, 32], layers_per_block=1, norm_num_groups=32)
+SD3_MEDIUM = Path("backend/huggingface/stabilityai/stable-diffusion-3-medium-diffusers")
+TINY_CONFIGS: dict[Path, dict[str, Any]] = {
+    FLUX_DEV / "text_encoder": TINY_CLIP,
+    FLUX_DEV / "text_encoder_2": TINY_T5,
+    FLUX_DEV / "vae": TINY_VAE,
+    SD3_MEDIUM / "text_encoder": TINY_CLIP,
+    SD3_MEDIUM / "text_encoder_2": TINY_CLIP,
+    SD3_MEDIUM / "text_encoder_3": TINY_T5,
+    SD3_MEDIUM / "vae": TINY_VAE,
 }
 #: The FLUX.1 sizes that huggingface_guess's Flux branch hard-codes, and what the copy reads instead (``sd``: the
 #: state dict, ``p``: the key prefix, ``c``: the config built so far).
@@ -132,36 +150,71 @@ from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 from backend.nn.clip import IntegratedCLIP
 from backend.nn.flux import IntegratedFluxTransformer2DModel
+from backend.nn.mmditx import MMDiTX
 from backend.nn.t5 import IntegratedT5
 from backend.nn.vae import IntegratedAutoencoderKL
 
-out = sys.stdin.readline().strip()
-base = "backend/huggingface/black-forest-labs/FLUX.1-dev/"
+flux_out, sd3_out = sys.stdin.readline().split()
+
+
+def clip(base):
+    return IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(base), add_text_projection=True)
+
+
+def t5(base):
+    model = IntegratedT5(json.load(open(base + "/config.json")))
+    for name, param in model.named_parameters():
+        if name.endswith("layer_norm.weight"):  # allocated with torch.empty by Forge
+            param.data.fill_(1.0)
+    return model
+
+
+def vae(base):
+    model = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(base))
+    with torch.no_grad():  # scale the random decoder's output to about [-1, 1], so that images are not flat or clipped
+        for _ in range(3):
+            std = float(model.decoder(torch.randn(2, 16, 8, 8)).std())
+            model.decoder.conv_out.weight.mul_(0.5 / std)
+            model.decoder.conv_out.bias.mul_(0.5 / std)
+    return model
+
+
+def save(parts, out):
+    sd = {}
+    for prefix, model in parts:
+        for key, value in model.state_dict().items():
+            sd[prefix + key] = value.detach().float().contiguous()
+    bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
+    assert not bad, bad
+    save_file(sd, out)
+    print(f"{out}: {len(sd)} tensors, {sum(v.numel() for v in sd.values())} parameters")
+
+
+flux = "backend/huggingface/black-forest-labs/FLUX.1-dev/"
 torch.manual_seed(0)
-flux = IntegratedFluxTransformer2DModel(
+model = IntegratedFluxTransformer2DModel(
     in_channels=16, vec_in_dim=32, context_in_dim=32, hidden_size=64, mlp_ratio=4.0, num_heads=2, depth=3,
     depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, qkv_bias=True, guidance_embed=True,
 )
-clip = IntegratedCLIP(CLIPTextModel, CLIPTextConfig.from_pretrained(base + "text_encoder"), add_text_projection=True)
-t5 = IntegratedT5(json.load(open(base + "text_encoder_2/config.json")))
-for name, param in t5.named_parameters():
-    if name.endswith("layer_norm.weight"):  # allocated with torch.empty by Forge
-        param.data.fill_(1.0)
-vae = IntegratedAutoencoderKL.from_config(IntegratedAutoencoderKL.load_config(base + "vae"))
-with torch.no_grad():  # scale the random decoder's output to about [-1, 1], so that images are not flat or clipped
-    for _ in range(3):
-        std = float(vae.decoder(torch.randn(2, 16, 8, 8)).std())
-        vae.decoder.conv_out.weight.mul_(0.5 / std)
-        vae.decoder.conv_out.bias.mul_(0.5 / std)
-sd = {}
-for prefix, model in (("model.diffusion_model.", flux), ("vae.", vae), ("text_encoders.clip_l.", clip),
-                      ("text_encoders.t5xxl.", t5)):
-    for key, value in model.state_dict().items():
-        sd[prefix + key] = value.detach().float().contiguous()
-bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
-assert not bad, bad
-save_file(sd, out)
-print(f"{len(sd)} tensors, {sum(v.numel() for v in sd.values())} parameters")
+save([("model.diffusion_model.", model), ("vae.", vae(flux + "vae")),
+      ("text_encoders.clip_l.", clip(flux + "text_encoder")), ("text_encoders.t5xxl.", t5(flux + "text_encoder_2"))],
+     flux_out)
+
+# SD3 (huggingface_guess reads every size from the shapes): hidden 64 * depth, heads = depth; the pooled vector is
+# CLIP-L's and CLIP-G's projections (32 + 32); Forge pads the CLIP context to 4096 wide (sd35.py), T5 off by default.
+sd3 = "backend/huggingface/stabilityai/stable-diffusion-3-medium-diffusers/"
+torch.manual_seed(0)
+depth = 3
+model = MMDiTX(
+    input_size=None, patch_size=2, in_channels=16, out_channels=16, depth=depth, adm_in_channels=64,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 64 * depth}},
+    pos_embed_max_size=8, num_patches=64,
+)
+with torch.no_grad():
+    model.pos_embed.normal_(0, 0.02)
+save([("model.diffusion_model.", model), ("first_stage_model.", vae(sd3 + "vae")),
+      ("text_encoders.clip_l.", clip(sd3 + "text_encoder")), ("text_encoders.clip_g.", clip(sd3 + "text_encoder_2")),
+      ("text_encoders.t5xxl.", t5(sd3 + "text_encoder_3"))], sd3_out)
 """
 
 
@@ -203,11 +256,11 @@ def copy_tree(source: Path, target: Path) -> None:
 def shrink(tree: Path) -> None:
     """Tiny component configs and a huggingface_guess that reads the Flux sizes from the state dict (copy only)."""
     for component, sizes in TINY_CONFIGS.items():
-        path = tree / FLUX_DEV / component / "config.json"
+        path = tree / component / "config.json"
         config = json.loads(path.read_text())
         missing = set(sizes) - set(config)
         if missing:
-            die(f"{path}: no {sorted(missing)}; not the FLUX.1-dev config this script was written against")
+            die(f"{path}: no {sorted(missing)}; not the config this script was written against")
         path.write_text(json.dumps({**config, **sizes}, indent=2))
     detection = tree / "repositories/huggingface_guess/huggingface_guess/detection.py"
     lines = detection.read_text().splitlines()
@@ -229,13 +282,20 @@ def shrink(tree: Path) -> None:
     detection.write_text("\n".join(lines) + "\n")
 
 
-def build_checkpoint(tree: Path, out: Path) -> None:
+def build_checkpoints(tree: Path, models: Path) -> None:
+    """The tiny Flux and SD3 single-file checkpoints, built with Forge's own classes in a subprocess."""
     result = subprocess.run(
-        [sys.executable, "-c", BUILD_WEIGHTS], cwd=tree, input=f"{out}\n", capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", BUILD_WEIGHTS],
+        cwd=tree,
+        input=f"{models / CHECKPOINT} {models / SD3_CHECKPOINT}\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if result.returncode != 0:
-        die(f"building the tiny checkpoint failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    print(f"tiny Flux checkpoint: {result.stdout.strip().splitlines()[-1]}")
+        die(f"building the tiny checkpoints failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    for line in result.stdout.strip().splitlines()[-2:]:
+        print(f"tiny checkpoint {line}")
 
 
 def prepare(forge: Path, hf_guess: Path, extension: Path, work: Path) -> tuple[Path, Path]:
@@ -250,7 +310,7 @@ def prepare(forge: Path, hf_guess: Path, extension: Path, work: Path) -> tuple[P
     shrink(tree)
     models = data / "models/Stable-diffusion"
     models.mkdir(parents=True)
-    build_checkpoint(tree, models / CHECKPOINT)
+    build_checkpoints(tree, models)
     (data / "extensions").mkdir()
     (data / "extensions/sd-ctxrep").symlink_to(extension, target_is_directory=True)
     (data / PROTECTED).mkdir(parents=True)
@@ -631,6 +691,7 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
         with_styles.ctxrep,
     )
     reproduce_checks(session, check)
+    sd3_checks(session, check)
     return session
 
 
@@ -647,31 +708,76 @@ def paste_request(infotext: str, **extra: Any) -> dict[str, Any]:
     return {"infotext": infotext, "styles": [], "batch_size": 1, "n_iter": 1, "send_images": True, **extra}
 
 
+def round_trip(
+    session: Session, check: Checks, case: tuple[str, dict[str, Any], dict[str, Any], int, int], **extra: Any
+) -> tuple[Result, str] | None:
+    """Generate a coupled batch, paste one image's infotext back at batch size 1: the same pixels and a cost note.
+
+    Returns the batch and the pasted infotext, or None when the batch itself failed."""
+    label, values, shape, index, cost = case
+    batch = session.txt2img(
+        f"{label}: {shape['batch_size']}x{shape['n_iter']}", {**shape, **extra, **alwayson([values])}
+    )
+    check(f"{label}: HTTP 200 with {batch.expected} images", batch.ok, batch.error)
+    if not batch.ok:
+        return None
+    pasted = batch.infotexts[index]
+    record = {k: v for k, v in infotext_params(pasted).items() if k.startswith("CtxRep batch") or "earlier" in k}
+    check(f"{label}: image {index + 1}'s infotext records its batch", len(record) == 5, record)
+    again = session.txt2img(f"{label}: image {index + 1} pasted", paste_request(pasted), base=False)
+    check(f"{label}: pasted image {index + 1} gives HTTP 200 with 1 image", again.ok, again.error)
+    same = again.ok and np.array_equal(again.images[0], batch.images[index])
+    check(f"{label}: pasted image {index + 1} is pixel-identical to it", same, again.ctxrep)
+    note = again.ctxrep.get("CtxRep note", "")
+    check(f"{label}: the note says 'regenerated {cost} images to reproduce 1'", f"{cost} images to" in note, note)
+    return batch, pasted
+
+
 def reproduce_checks(session: Session, check: Checks) -> None:
     """6. A pasted image of a coupled batch comes back pixel for pixel; the option off and bad records say why."""
     print("\n== 6. Pasting one image of a coupled batch (issue 15) ==")
-    for label, values, shape, index, cost in REPRODUCE_CASES:
-        batch = session.txt2img(f"{label}: {shape['batch_size']}x{shape['n_iter']}", {**shape, **alwayson([values])})
-        check(f"{label}: HTTP 200 with {batch.expected} images", batch.ok, batch.error)
-        if not batch.ok:
+    for case in REPRODUCE_CASES:
+        done = round_trip(session, check, case)
+        if done is None or case[0] != "repulsion":
             continue
-        pasted = batch.infotexts[index]
-        record = {k: v for k, v in infotext_params(pasted).items() if k.startswith("CtxRep batch") or "earlier" in k}
-        check(f"{label}: image {index + 1}'s infotext records its batch", len(record) == 5, record)
-        again = session.txt2img(f"{label}: image {index + 1} pasted", paste_request(pasted), base=False)
-        check(f"{label}: pasted image {index + 1} gives HTTP 200 with 1 image", again.ok, again.error)
-        same = again.ok and np.array_equal(again.images[0], batch.images[index])
-        check(f"{label}: pasted image {index + 1} is pixel-identical to it", same, again.ctxrep)
-        note = again.ctxrep.get("CtxRep note", "")
-        check(f"{label}: the note says 'regenerated {cost} images to reproduce 1'", f"{cost} images to" in note, note)
-        if label != "repulsion":
-            continue
+        batch, pasted = done
+        index = case[3]
         off = session.txt2img("reproduce off", paste_request(pasted, **alwayson([{"reproduce": False}])), base=False)
         differs = off.ok and not np.array_equal(off.images[0], batch.images[index])
         check("reproduce off: HTTP 200 with 1 image, different from the original", differs, off.error)
         note = off.ctxrep.get("CtxRep note", "")
         check("reproduce off: the note says it ran alone and differs", "is off" in note and "differ" in note, note)
         bad_records(session, check, pasted, off)
+
+
+#: SD3 with true CFG: the prompt and the negative prompt run through the model side by side (cond and uncond rows).
+SD3_CFG = {"cfg_scale": 3.0, "negative_prompt": "blurry"}
+#: Stronger than the Flux cases: the random SD3's images move little at strength 0.3 over the first step only.
+SD3_REPULSION = {"strength": 1.0, "window": 0.5}
+
+
+def sd3_checks(session: Session, check: Checks) -> None:
+    """7. The tiny SD3 checkpoint with true CFG: repulsion changes the batch, a pasted image comes back exactly, and
+    alone (the option off) it differs."""
+    print("\n== 7. SD3 with true CFG (issue 15) ==")
+    status, answer = session.server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": SD3_CHECKPOINT})
+    check("SD3 model selected through /sdapi/v1/options", status == 200, "" if status == 200 else answer)
+    plain = session.txt2img("SD3 plain, CFG 3", SD3_CFG)
+    check("SD3 plain: HTTP 200 with the batch", plain.ok, plain.error)
+    model = plain.params.get("Model", "")
+    check("SD3 plain: the infotext names the SD3 checkpoint", model == Path(SD3_CHECKPOINT).stem, model)
+    case = ("SD3 repulsion", SD3_REPULSION, {"batch_size": 4, "n_iter": 1}, 2, 4)
+    done = round_trip(session, check, case, **SD3_CFG)
+    if done is None:
+        return
+    batch, pasted = done
+    check_enabled(check, "SD3 repulsion", batch, {"CtxRep model": "SD3"})
+    cfg = batch.params.get("CFG scale", "absent")
+    check("SD3 repulsion: true CFG (infotext 'CFG scale: 3.0')", cfg == str(SD3_CFG["cfg_scale"]), cfg)
+    check("SD3 repulsion differs from plain", not batch.same_pixels(plain), batch.diff(plain))
+    off = session.txt2img("SD3 reproduce off", paste_request(pasted, **alwayson([{"reproduce": False}])), base=False)
+    differs = off.ok and not np.array_equal(off.images[0], batch.images[2])
+    check("SD3 reproduce off: 1 image, different from the original", differs, off.error)
 
 
 def bad_records(session: Session, check: Checks, pasted: str, alone: Result) -> None:
