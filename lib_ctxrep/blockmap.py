@@ -1,10 +1,10 @@
 """The block map: each supported architecture described once, as data, and the code that reads a block's output.
 
-Every front end (diffusers, Forge main, Forge Neo) recognises its model here (:func:`recognise`), learns on each call
-the few facts the map cannot know (:class:`CallTokens`: text length and padding, the target's image tokens) and hooks
-the blocks the map names; :func:`repel_block` then finds the contextual tokens in a block's output, has the engine
-repel them and puts them back. Nothing else touches a block's output, so a new model is a new table entry plus the
-front ends' reading of its call.
+Every front end (diffusers, Forge main, Forge Neo, ComfyUI) recognises its model here (:func:`recognise`), learns on
+each call the few facts the map cannot know (:class:`CallTokens`: text length and padding, the target's image tokens)
+and hooks the blocks the map names; :func:`repel_block` then finds the contextual tokens in a block's output, has the
+engine repel them and puts them back. Nothing else touches a block's output, so a new model is a new table entry plus
+the front ends' reading of its call.
 
 Conventions that hold for every entry:
 
@@ -53,7 +53,7 @@ class Architecture:
     """One model family in one host: its classes, its blocks, and what the host does with CFG rows."""
 
     family: str  # what users call it (shown in the infotext and the README)
-    host: str  # "diffusers" or "forge" (Forge main and Forge Neo)
+    host: str  # "diffusers", "forge" (Forge main and Forge Neo) or "comfyui"
     classes: tuple[str, ...]  # class names (matched anywhere in the model's MRO)
     dual: Blocks | None = None
     single: Blocks | None = None
@@ -68,6 +68,11 @@ class Architecture:
     #: Template tokens at the end of the text stream that are never repelled (Krea 2's chat-template suffix, which
     #: follows the prompt's padding).
     text_tail: int = 0
+    #: ComfyUI only: the patch point the blocks are reached through. "replace": ``patches_replace["dit"]
+    #: [("double_block" | "single_block", i)]``, whose ``{"img", "txt"}`` output is read as the tuple (img, txt) and
+    #: a single block's ``{"img"}`` as its one sequence; "post": the ``patches["double_block"]`` list run after each
+    #: block with ``{"img", "txt", "block_index"}`` (Lumina / Z-Image, which has no replace point).
+    comfy_patch: str = "replace"
 
 
 #: Krea 2's chat template ends in this many tokens after the prompt's padding.
@@ -77,6 +82,8 @@ _FLUX_DUAL = Blocks("transformer_blocks")
 _FLUX_SINGLE = Blocks("single_transformer_blocks")
 _FORGE_FLUX_DUAL = Blocks("double_blocks", text_at=1, image_at=0)  # backend/nn/flux.py: returns (img, txt)
 _FORGE_FLUX_SINGLE = Blocks("single_blocks")  # one cat((txt, img), 1) sequence
+# ComfyUI (comfy/ldm/*): the blocks' patch dicts are read as (img, txt), as Forge's ports of them return.
+_COMFY_TEXT_SECOND = {"text_at": 1, "image_at": 0}
 
 ARCHITECTURES: tuple[Architecture, ...] = (
     # ---- diffusers (models/transformers/*.py)
@@ -240,11 +247,46 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         single=Blocks("layers"),
         padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
     ),  # backend/nn/lumina.py: [caption; image] in one sequence (Z-Image and Lumina 2)
+    # ---- ComfyUI (comfy/ldm/*, reached through its block patches; see comfy_patch)
+    Architecture(
+        "Flux.1",
+        "comfyui",
+        ("Flux",),  # comfy/ldm/flux/model.py: Flux.1, Kontext and Flux.2 (model_base.Flux2 runs the same class)
+        Blocks("double_blocks", **_COMFY_TEXT_SECOND),
+        _FORGE_FLUX_SINGLE,
+        references="Kontext and Flux.2 edits: ref_latents appended after the target's image tokens",
+    ),
+    Architecture(
+        "Chroma", "comfyui", ("Chroma",), Blocks("double_blocks", **_COMFY_TEXT_SECOND), _FORGE_FLUX_SINGLE
+    ),  # comfy/ldm/chroma/model.py (ChromaRadiance subclasses it)
+    Architecture(
+        "Qwen-Image",
+        "comfyui",
+        ("QwenImageTransformer2DModel",),
+        Blocks("transformer_blocks", **_COMFY_TEXT_SECOND),
+        references="Edit: ref_latents appended to the image stream (never touched: no single-stream blocks)",
+    ),
+    Architecture(
+        "Z-Image",
+        "comfyui",
+        ("NextDiT",),  # comfy/ldm/lumina/model.py: Z-Image and Lumina 2, [caption; image] in one sequence
+        single=Blocks("layers", **_COMFY_TEXT_SECOND),
+        padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
+        comfy_patch="post",
+    ),
+    Architecture(
+        "SD3",
+        "comfyui",
+        # comfy/ldm/modules/diffusionmodules/mmdit.py; not the bare name MMDiT, which AuraFlow's class also has
+        ("OpenAISignatureMMDITWrapper",),
+        Blocks("joint_blocks", last_has_text=False, **_COMFY_TEXT_SECOND),
+    ),
 )
 
 
 def recognise(model: Any, host: str) -> Architecture | None:
-    """The architecture of ``model`` in ``host`` ("diffusers" or "forge"), or None if it is not supported."""
+    """The architecture of ``model`` in ``host`` ("diffusers", "forge" or "comfyui"), or None if it is not
+    supported."""
     names = {cls.__name__ for cls in type(model).__mro__}
     for arch in ARCHITECTURES:
         if arch.host == host and names.intersection(arch.classes):

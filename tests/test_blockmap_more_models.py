@@ -36,8 +36,7 @@ from lib_ctxrep import RepulsionConfig  # noqa: E402
 from lib_ctxrep.blockmap import target_span  # noqa: E402
 from lib_ctxrep.evaluation import diffusers_tiny as tiny  # noqa: E402
 from lib_ctxrep.integrations.diffusers import apply_contextual_repulsion  # noqa: E402
-
-from .test_blockmap_models import (  # noqa: E402
+from tests.test_blockmap_models import (  # noqa: E402
     PIPELINE,
     STRONG,
     a_batch_of_one_is_unchanged,

@@ -123,30 +123,13 @@ class ForgeRepulsion:
         if self.architecture is None:
             return False
         window = PredictorWindow(getattr(unet.model, "predictor", None))
-        previous: Callable | None = unet.model_options.get("model_function_wrapper")
-        engine = self.engine
 
-        def ctxrep_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
-            def call() -> torch.Tensor:
-                if previous is not None:
-                    return previous(apply_model, args)
-                return apply_model(args["input"], args["timestep"], **args["c"])
-
-            if not engine.config.enabled:
-                return call()
-            sigma = float(args["timestep"].reshape(-1)[0])
-            chunks = tuple(_LABELS.get(int(c), "cond") for c in args["cond_or_uncond"])
-            if not engine.begin_call(window.progress(sigma), chunks):
-                return call()
-            self._tokens = _call_tokens(diffusion_model, args)
+        def enter(args: dict) -> None:
+            self._tokens = call_tokens(diffusion_model, args)
             self._attach(diffusion_model)
-            try:
-                return call()
-            finally:
-                self._detach()
-                engine.end_call()
 
-        unet.set_model_unet_function_wrapper(ctxrep_model_function_wrapper)
+        previous = unet.model_options.get("model_function_wrapper")
+        unet.set_model_unet_function_wrapper(model_call_wrapper(self.engine, window, previous, enter, self._detach))
         return True
 
     def _attach(self, diffusion_model: torch.nn.Module) -> None:
@@ -177,7 +160,42 @@ class ForgeRepulsion:
         self.engine.new_job()
 
 
-def _call_tokens(diffusion_model: Any, args: dict) -> CallTokens:
+def model_call_wrapper(
+    engine: RepulsionEngine,
+    window: PredictorWindow,
+    previous: Callable | None,
+    enter: Callable[[dict], None],
+    leave: Callable[[], None],
+) -> Callable:
+    """A ``model_function_wrapper`` that brackets each in-window model call with ``engine.begin_call`` /
+    ``end_call``, calling ``enter(args)`` before the model (the call's tokens, hooks) and ``leave()`` after it, even
+    when the model raises. Chains ``previous`` (the wrapper another extension installed), never drops it. Forge, Neo
+    and ComfyUI share this calling convention: ``wrapper(apply_model, {"input", "timestep", "c",
+    "cond_or_uncond"})`` with ``timestep`` = sigma."""
+
+    def ctxrep_model_function_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+        def call() -> torch.Tensor:
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        if not engine.config.enabled:
+            return call()
+        sigma = float(args["timestep"].reshape(-1)[0])
+        chunks = tuple(_LABELS.get(int(c), "cond") for c in args["cond_or_uncond"])
+        if not engine.begin_call(window.progress(sigma), chunks):
+            return call()
+        enter(args)
+        try:
+            return call()
+        finally:
+            leave()
+            engine.end_call()
+
+    return ctxrep_model_function_wrapper
+
+
+def call_tokens(diffusion_model: Any, args: dict) -> CallTokens:
     """Text length from the call's ``c_crossattn``; the target's image tokens from the latent (Flux.1 patchifies 2 x 2,
     Neo's Flux.2 Klein 1 x 1); reference tokens (Kontext) follow them and are not repelled. Neo's NextDiT (Z-Image)
     pads the caption to a multiple of its ``pad_tokens_multiple``; the padding is not repelled."""

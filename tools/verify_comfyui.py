@@ -1,0 +1,557 @@
+"""Verify the ComfyUI nodes on a real ComfyUI, on CPU: tiny models of every supported family from ComfyUI's own
+classes, patched through the nodes, sampled with ComfyUI's own ``comfy.sample`` (the KSampler's path).
+
+Usage::
+
+    python tools/verify_comfyui.py /path/to/ComfyUI
+
+The path is a ComfyUI tree (upstream comfyanonymous/ComfyUI, or the pip-installable fork
+hiddenswitch/pip-and-uv-installable-ComfyUI, whose ``comfy`` package this was written against: 0.12.1, upstream
+merged 2026-02). Run it with a Python that has ComfyUI's requirements and a CPU torch; nothing from ComfyUI is copied
+into this repository. The nodes are loaded the way ComfyUI loads a custom node pack: this repository's root
+``__init__.py`` as a package (first, to show that it imports no ``comfy`` module), then ComfyUI itself with ``--cpu``.
+
+Each family is built from ``comfy.supported_models.<Family>(unet_config).get_model({})`` with tiny sizes and weights
+drawn with a fixed seed (ComfyUI's ops leave them uninitialised), wrapped in ``comfy.model_patcher.ModelPatcher`` and
+sampled with ``comfy.sample.sample`` (Euler, "simple", 4 steps, CFG 3, a batch of 4, fixed noise): Flux.1, Flux.1
+Kontext (a reference latent), Chroma, Flux.2 (a reference latent), Qwen-Image, Qwen-Image-Edit (a reference latent),
+Z-Image and SD3. Checks, for each:
+
+1. the node at strength 0, or absent, gives output bit-identical to plain (twice, deterministic);
+2. on (strength 8, window 0.5), the batch changes;
+3. the original model is untouched: no patch or wrapper in its options, the same weights, and plain sampling after the
+   patched one is bit-identical to before;
+4. cond and uncond are repelled separately: one call holds both (a probe wrapper that the node chains, never drops,
+   sees ``cond_or_uncond`` [1, 0] or [0, 1]) and every repulsion group is one branch of 4 rows; with ComfyUI's free
+   memory reported as 0 (``ModelPatcher.get_free_memory``) they come in separate calls, and the result equals the
+   batched one (to 1e-4);
+5. the window on ComfyUI's sigmas: repulsion acts at exactly the steps whose trajectory fraction is below the window
+   (window 0.5 of 4 steps: the first two);
+6. another node's block patch (a replace patch on a block, or a post-block patch) is chained, never dropped;
+7. edit reference tokens are never repelled: an outer probe patch compares the node's output of a single-stream block
+   with the plain block's: the text and the target's tokens move, the reference's not; on Qwen-Image-Edit (dual-
+   stream only) the image stream, reference included, is never changed;
+8. cross-batch memory: a second run of the same patched model differs from a fresh model's first run; its first
+   equals it.
+
+Then SPELL (on Flux.1 and on an unsupported model): a protected LATENT (the plain run's output) is escaped (every
+output lands farther than the shield radius from each protected latent); a LATENT of another channel count or size
+gives a message and the same output as SPELL without it. An unsupported model (AuraFlow) passes the Contextual
+Repulsion node unpatched with one message; SPELL works on it.
+
+Prints one line per check and ends with ``VERIFIED: <n> checks passed`` (exit 0) or the failures (exit 1); exit 2
+when the path is not a ComfyUI tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import importlib.util
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+TOOLS = Path(__file__).resolve().parent
+if str(TOOLS) not in sys.path:
+    sys.path.insert(0, str(TOOLS))
+
+import torch  # noqa: E402
+from forge_verify_common import REPO_ROOT, Checks, die  # noqa: E402
+
+#: The name ComfyUI gives this repository's package (its folder name under custom_nodes/).
+PACKAGE = "ctxrep-nodes"
+CTX = 32  # the text feature width of every tiny model
+BATCH, STEPS, CFG = 4, 4, 3.0
+ON = {"strength": 8.0, "window": 0.5}
+SPELL_RADIUS = 0.5
+
+
+def _flux(**extra: Any) -> dict[str, Any]:
+    return dict(
+        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=CTX, hidden_size=64,
+        mlp_ratio=2.0, num_heads=2, depth=3, depth_single_blocks=2, axes_dim=[8, 12, 12], theta=10000, patch_size=2,
+        qkv_bias=True, guidance_embed=True, txt_ids_dims=[], **extra,
+    )  # fmt: skip
+
+
+def _qwen() -> dict[str, Any]:
+    return dict(
+        image_model="qwen_image", in_channels=64, out_channels=16, num_layers=3, attention_head_dim=32,
+        num_attention_heads=2, joint_attention_dim=CTX, axes_dims_rope=(8, 12, 12), patch_size=2,
+    )  # fmt: skip
+
+
+#: name -> (comfy.supported_models class, unet_config, latent [C, H, W], extra conditioning, reference tokens)
+FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dict], bool]] = {
+    "Flux.1": ("Flux", _flux(), (16, 8, 8), lambda: {"pooled_output": torch.randn(1, 32), "guidance": 3.5}, False),
+    "Flux.1 Kontext": (
+        "Flux",
+        _flux(),
+        (16, 8, 8),
+        lambda: {
+            "pooled_output": torch.randn(1, 32),
+            "guidance": 2.5,
+            "reference_latents": [torch.randn(1, 16, 6, 10)],
+        },
+        True,
+    ),
+    "Chroma": (
+        "Chroma",
+        dict(
+            image_model="chroma",
+            in_channels=64,
+            out_channels=64,
+            context_in_dim=CTX,
+            hidden_size=64,
+            mlp_ratio=2.0,
+            num_heads=2,
+            depth=3,
+            depth_single_blocks=2,
+            axes_dim=[8, 12, 12],
+            theta=10000,
+            patch_size=2,
+            qkv_bias=True,
+            in_dim=64,
+            out_dim=64,
+            hidden_dim=64,
+            n_layers=1,
+            txt_ids_dims=[],
+            vec_in_dim=None,
+        ),  # fmt: skip
+        (16, 8, 8),
+        lambda: {"pooled_output": None},
+        False,
+    ),
+    "Flux.2 (edit)": (
+        "Flux2",
+        dict(
+            image_model="flux2",
+            in_channels=128,
+            out_channels=128,
+            vec_in_dim=None,
+            context_in_dim=CTX,
+            hidden_size=64,
+            mlp_ratio=3.0,
+            num_heads=2,
+            depth=3,
+            depth_single_blocks=2,
+            axes_dim=[8, 8, 8, 8],
+            theta=2000,
+            patch_size=1,
+            qkv_bias=False,
+            guidance_embed=True,
+            txt_ids_dims=[3],
+            global_modulation=True,
+            mlp_silu_act=True,
+            ops_bias=False,
+            default_ref_method="index",
+            ref_index_scale=10.0,
+        ),  # fmt: skip
+        (128, 4, 4),
+        lambda: {"pooled_output": None, "guidance": 4.0, "reference_latents": [torch.randn(1, 128, 3, 5)]},
+        True,
+    ),
+    "Qwen-Image": ("QwenImage", _qwen(), (16, 8, 8), dict, False),
+    "Qwen-Image-Edit": (
+        "QwenImage",
+        _qwen(),
+        (16, 8, 8),
+        lambda: {"reference_latents": [torch.randn(1, 16, 1, 6, 10)]},
+        True,
+    ),
+    "Z-Image": (
+        "ZImage",
+        dict(
+            image_model="lumina2",
+            patch_size=2,
+            in_channels=16,
+            dim=256,
+            cap_feat_dim=CTX,
+            n_layers=3,
+            n_refiner_layers=1,
+            n_heads=8,
+            n_kv_heads=8,
+            axes_dims=[8, 12, 12],
+            axes_lens=[300, 512, 512],
+            qk_norm=True,
+            rope_theta=256.0,
+            ffn_dim_multiplier=(8.0 / 3.0),
+            z_image_modulation=True,
+            time_scale=1000.0,
+            pad_tokens_multiple=32,
+        ),  # fmt: skip
+        (16, 8, 8),
+        dict,
+        False,
+    ),
+    "SD3": (
+        "SD3",
+        dict(
+            in_channels=16,
+            out_channels=16,
+            patch_size=2,
+            depth=3,
+            input_size=None,
+            adm_in_channels=32,
+            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CTX, "out_features": 192}},
+            num_patches=256,
+            pos_embed_max_size=16,
+            pos_embed_scaling_factor=None,
+            qk_norm="rms",
+            x_block_self_attn_layers=[],
+        ),  # fmt: skip
+        (16, 8, 8),
+        lambda: {"pooled_output": torch.randn(1, 32)},
+        False,
+    ),
+}
+UNSUPPORTED = (
+    "AuraFlow",
+    dict(
+        cond_seq_dim=CTX,
+        in_channels=4,
+        out_channels=4,
+        patch_size=2,
+        dim=64,
+        n_layers=2,
+        n_double_layers=1,
+        n_heads=2,
+        global_conddim=64,
+        max_seq=64,
+    ),  # fmt: skip
+    (4, 8, 8),
+    dict,
+    False,
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading: the node pack as ComfyUI loads it, then ComfyUI
+# --------------------------------------------------------------------------------------------------------------------
+def load_node_pack(check: Checks) -> Any:
+    """This repository's root ``__init__.py`` imported as a package, as ComfyUI's custom-node loader does."""
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    comfy = sorted(m for m in sys.modules if m == "comfy" or m.startswith("comfy."))
+    check("the node pack imports without ComfyUI and imports no comfy module", not comfy, comfy[:3] or "")
+    names = set(module.NODE_CLASS_MAPPINGS)
+    check("NODE_CLASS_MAPPINGS has both nodes", names == {"ContextualRepulsion", "SPELLRepellency"}, sorted(names))
+    return module
+
+
+def load_comfy(path: Path) -> Any:
+    """ComfyUI's ``comfy`` package from ``path``, on CPU."""
+    if not (path / "comfy" / "model_patcher.py").is_file() or not (path / "comfy" / "ldm" / "flux").is_dir():
+        die(f"{path} is not a ComfyUI tree (no comfy/model_patcher.py, comfy/ldm/flux)")
+    sys.path.insert(0, str(path))
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    try:
+        for name in ("comfy.model_management", "comfy.model_patcher", "comfy.sample", "comfy.supported_models"):
+            importlib.import_module(name)
+    finally:
+        sys.argv = argv
+    return sys.modules["comfy"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tiny models and sampling
+# --------------------------------------------------------------------------------------------------------------------
+class Family:
+    """One tiny model of a family in ComfyUI, and how to sample it."""
+
+    def __init__(self, comfy: Any, name: str, spec: tuple) -> None:
+        cls, unet_config, latent, extra, references = spec
+        self.comfy, self.name, self.latent, self.extra, self.references = comfy, name, latent, extra, references
+        model = getattr(comfy.supported_models, cls)(dict(unet_config)).get_model({})
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.02)
+            for b in model.diffusion_model.buffers():  # not model_sampling's sigma table
+                if b.is_floating_point() and b.numel():
+                    b.normal_(0, 0.02)
+        model.eval()
+        cpu = torch.device("cpu")
+        self.model = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+    def conds(self, same_length: bool = True) -> tuple[list, list]:
+        torch.manual_seed(1)
+        pos = [[torch.randn(1, 7, CTX), self.extra()]]
+        neg = [[torch.randn(1, 7 if same_length else 5, CTX), self.extra()]]
+        return pos, neg
+
+    def sample(self, model: Any, *, seed: int = 42, same_length: bool = True) -> torch.Tensor:
+        pos, neg = self.conds(same_length)
+        latent = self.comfy.sample.fix_empty_latent_channels(model, torch.zeros(BATCH, *self.latent))
+        noise = self.comfy.sample.prepare_noise(latent, seed)
+        return self.comfy.sample.sample(
+            model, noise, STEPS, CFG, "euler", "simple", pos, neg, latent, seed=seed, disable_pbar=True
+        ).float()
+
+
+@contextlib.contextmanager
+def no_free_memory(comfy: Any) -> Iterator[None]:
+    """ComfyUI sees no free memory, so ``calc_cond_batch`` runs cond and uncond in separate calls."""
+    cls = comfy.model_patcher.ModelPatcher
+    original = cls.get_free_memory
+    cls.get_free_memory = lambda self, *args, **kwargs: 0
+    try:
+        yield
+    finally:
+        cls.get_free_memory = original
+
+
+def probe_wrapper(model: Any, calls: list) -> Any:
+    """A clone with a model-function wrapper that records each call's ``cond_or_uncond`` (another node's wrapper)."""
+    clone = model.clone()
+
+    def other_node_wrapper(apply_model: Callable, args: dict) -> torch.Tensor:
+        calls.append(list(args["cond_or_uncond"]))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    clone.set_model_unet_function_wrapper(other_node_wrapper)
+    return clone
+
+
+def options_clean(model: Any) -> bool:
+    options = model.model_options
+    transformer = options.get("transformer_options", {})
+    return (
+        "model_function_wrapper" not in options
+        and not options.get("sampler_post_cfg_function")
+        and not transformer.get("patches_replace")
+        and not transformer.get("patches")
+    )
+
+
+def differs(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, str]:
+    d = float((a - b).abs().max())
+    return d > 1e-4, f"max |diff| {d:.3g}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checks
+# --------------------------------------------------------------------------------------------------------------------
+def repulsion_node(pack: Any, model: Any, **inputs: Any) -> Any:
+    values = {"strength": 2.85, "window": 0.05, "blocks": "all", "custom_blocks": "", "single_blocks": "all tokens"}
+    values.update({"memory": False, **inputs})
+    return pack.NODE_CLASS_MAPPINGS["ContextualRepulsion"]().patch(model, **values)[0]
+
+
+def check_family(comfy: Any, pack: Any, family: Family, check: Checks) -> None:
+    name, base = family.name, family.model
+    frontend = importlib.import_module(f"{PACKAGE}.lib_ctxrep.integrations.comfyui")
+    config_cls = importlib.import_module(f"{PACKAGE}.lib_ctxrep.config").RepulsionConfig
+    weights = {k: v.clone() for k, v in base.model.state_dict().items()}
+    plain = family.sample(base)
+    check(f"{name}: plain twice is bit-identical", torch.equal(plain, family.sample(base)))
+    off = repulsion_node(pack, base, strength=0.0)
+    check(f"{name}: strength 0 returns the model itself", off is base)
+    patched = repulsion_node(pack, base, **ON)
+    on = family.sample(patched)
+    changed, detail = differs(on, plain)
+    check(f"{name}: on, the batch changes", changed, detail)
+    check(f"{name}: the original model's options hold no patch", options_clean(base))
+    same = all(torch.equal(v, weights[k]) for k, v in base.model.state_dict().items())
+    check(f"{name}: the original model's weights are untouched", same)
+    check(f"{name}: plain after the patched run is bit-identical", torch.equal(family.sample(base), plain))
+
+    calls: list = []
+    repulsion = frontend.ComfyRepulsion(
+        config_cls(step_strength=ON["strength"], window=ON["window"]), record_stats=True
+    )
+    batched = family.sample(repulsion.patch(probe_wrapper(base, calls)))
+    check(f"{name}: the node chains another node's wrapper", len(calls) > 0, f"{len(calls)} calls seen")
+    both = any(sorted(c) == [0, 1] for c in calls)
+    check(f"{name}: cond and uncond come in one call", both, calls[:2])
+    stats = repulsion.engine.stats
+    branches = {s.branch for s in stats}
+    rows = {s.rows for s in stats}
+    check(
+        f"{name}: every repulsion group is one branch of {BATCH} rows",
+        branches == {"cond", "uncond"} and rows == {BATCH},
+        f"branches {sorted(branches)}, rows {sorted(rows)}",
+    )
+    steps = sorted({round(s.progress, 4) for s in stats})
+    check(f"{name}: repulsion acts at the first two steps of 4 (window 0.5)", steps == [0.0, 0.25], steps)
+    calls.clear()
+    with no_free_memory(comfy):
+        split = family.sample(repulsion_node(pack, probe_wrapper(base, calls), **ON))
+    check(f"{name}: with no free memory, cond and uncond come in separate calls", calls and max(map(len, calls)) == 1)
+    close = float((split - batched).abs().max())
+    check(f"{name}: separate calls give the batched result (to 1e-4)", close < 1e-4, f"max |diff| {close:.2g}")
+
+    check_chaining(pack, family, check, plain)
+    if family.references:
+        check_references(pack, family, check)
+    check_memory(pack, family, check)
+
+
+def check_chaining(pack: Any, family: Family, check: Checks, plain: torch.Tensor) -> None:
+    """Another node's block patch stays in place: it runs, and the node's repulsion still acts."""
+    name, base = family.name, family.model
+    seen: list[int] = []
+    other = base.clone()
+    if family.name == "Z-Image":
+
+        def other_post_patch(args: dict) -> dict:
+            seen.append(args["block_index"])
+            return {}
+
+        other.set_model_patch(other_post_patch, "double_block")
+    else:
+
+        def other_replace_patch(args: dict, extra: dict) -> dict:
+            seen.append(0)
+            return extra["original_block"](args)
+
+        other.set_model_patch_replace(other_replace_patch, "dit", "double_block", 0)
+    on = family.sample(repulsion_node(pack, other, **ON))
+    check(f"{name}: another node's block patch still runs", len(seen) > 0, f"{len(seen)} calls")
+    changed, detail = differs(on, plain)
+    check(f"{name}: with it, repulsion still acts", changed, detail)
+
+
+def check_references(pack: Any, family: Family, check: Checks) -> None:
+    """The node's block output against the plain block's: what moved, per token span."""
+    name = family.name
+    patched = repulsion_node(pack, family.model, **ON)
+    key = ("double_block", 0) if family.name == "Qwen-Image-Edit" else ("single_block", 0)
+    ours = patched.model_options["transformer_options"]["patches_replace"]["dit"][key]
+    moved: dict[str, list[float]] = {"text": [], "target": [], "reference": [], "image": []}
+    patch = patched.model.diffusion_model.patch_size
+    tokens = [-(-h // patch) * -(-w // patch) for h, w in [family.latent[-2:]]]
+    tokens += [-(-r.shape[-2] // patch) * -(-r.shape[-1] // patch) for r in family.extra()["reference_latents"]]
+    target, references = tokens[0], sum(tokens[1:])
+
+    def outer_probe(args: dict, extra: dict) -> dict:
+        out, original = ours(args, extra), extra["original_block"](args)
+        if "txt" in out:  # dual-stream: the whole image stream
+            moved["text"].append(float((out["txt"] - original["txt"]).abs().max()))
+            moved["image"].append(float((out["img"] - original["img"]).abs().max()))
+        else:  # one sequence: [text; target; references]
+            delta = (out["img"] - original["img"]).abs()
+            text = delta.shape[1] - target - references
+            moved["text"].append(float(delta[:, :text].max()))
+            moved["target"].append(float(delta[:, text : text + target].max()))
+            moved["reference"].append(float(delta[:, text + target :].max()))
+        return out
+
+    patched.set_model_patch_replace(outer_probe, "dit", *key)
+    family.sample(patched)
+    if family.name == "Qwen-Image-Edit":
+        check(f"{name}: the text stream moves", max(moved["text"]) > 0, moved["text"][:2])
+        check(f"{name}: the image stream (target and reference) never changes", max(moved["image"]) == 0)
+    else:
+        check(f"{name}: text and target tokens move", max(moved["text"]) > 0 and max(moved["target"]) > 0)
+        refs = max(moved["reference"])
+        check(f"{name}: reference tokens never change", refs == 0, f"max |change| {refs:.3g}")
+
+
+def check_memory(pack: Any, family: Family, check: Checks) -> None:
+    """A second queue run of the same patched model is also pushed from the first."""
+    name = family.name
+    remembering = repulsion_node(pack, family.model, memory=True, **ON)
+    first, second = family.sample(remembering, seed=7), family.sample(remembering, seed=8)
+    fresh = repulsion_node(pack, family.model, memory=True, **ON)
+    check(f"{name}: memory: the first run equals a fresh model's", torch.equal(first, family.sample(fresh, seed=7)))
+    fresh = repulsion_node(pack, family.model, memory=True, **ON)
+    changed, detail = differs(second, family.sample(fresh, seed=8))
+    check(f"{name}: memory: the second run is pushed from the first", changed, detail)
+
+
+def check_spell(pack: Any, flux: Family, aura: Family, check: Checks) -> None:
+    spell = pack.NODE_CLASS_MAPPINGS["SPELLRepellency"]()
+    spell_cfg = importlib.import_module(f"{PACKAGE}.lib_ctxrep.spell")
+    plain = flux.sample(flux.model)
+    protected = {"samples": plain.clone()}
+    settings = {"radius": SPELL_RADIUS, "overcompensation": 1.6, "within_batch": False, "earlier_runs": False}
+    shielded = flux.sample(spell.patch(flux.model, protected=protected, **settings)[0])
+    inside = flux.model.model.process_latent_in
+    radius = spell_cfg.SpellConfig(relative_radius=SPELL_RADIUS).absolute_radius(tuple(plain.shape[1:]))
+    ours, theirs = inside(shielded).flatten(1), inside(plain).flatten(1)
+    nearest = float(torch.cdist(ours, theirs).min())
+    check(
+        "SPELL: every output lands outside the shields of the protected LATENT",
+        nearest > radius,
+        f"nearest {nearest:.2f}, radius {radius:.2f}",
+    )
+    alone = flux.sample(spell.patch(flux.model, **settings)[0])
+    for label, samples in (("another channel count", torch.zeros(2, 4, 8, 8)), ("another size", plain[:, :, :4, :4])):
+        with captured_log() as log:
+            result = flux.sample(spell.patch(flux.model, protected={"samples": samples}, **settings)[0])
+        said = " | ".join(log)
+        check(f"SPELL: a protected LATENT of {label} gets a message", "protected" in said, said[:160])
+        check("SPELL: ... and SPELL runs without it", torch.equal(result, alone))
+    check("SPELL: the original model's options hold no patch", options_clean(flux.model))
+
+    with captured_log() as log:
+        same = repulsion_node(pack, aura.model, **ON)
+    said = " | ".join(log)
+    check("an unsupported model (AuraFlow) is returned unpatched", same is aura.model)
+    check("... with one message naming it", len(log) == 1 and "not supported" in said, said[:160])
+    plain_aura = aura.sample(aura.model)
+    pushed = aura.sample(spell.patch(aura.model, radius=4.0, overcompensation=1.6, within_batch=True)[0])
+    changed, detail = differs(pushed, plain_aura)
+    check("SPELL works on the unsupported model (radius 4 pushes)", changed, detail)
+
+
+@contextlib.contextmanager
+def captured_log() -> Iterator[list[str]]:
+    """Messages the library logs (and warns) while the block runs."""
+    import warnings
+
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("lib_ctxrep")
+    logger.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield messages
+        finally:
+            logger.removeHandler(handler)
+            messages.extend(str(w.message) for w in caught)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("comfyui", type=Path, help="a ComfyUI tree (upstream or the pip-installable fork)")
+    parser.add_argument("--family", action="append", help="only these families (default: all)")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    check = Checks()
+    print("== Loading ==")
+    pack = load_node_pack(check)
+    comfy = load_comfy(args.comfyui.expanduser().resolve())
+    torch.set_num_threads(min(4, torch.get_num_threads()))
+    for name, spec in FAMILIES.items():
+        if args.family and name not in args.family:
+            continue
+        print(f"\n== {name} ==")
+        family = Family(comfy, name, spec)
+        print(f"  {type(family.model.model.diffusion_model).__name__}, latent {family.latent}")
+        check_family(comfy, pack, family, check)
+    print("\n== SPELL, and an unsupported model ==")
+    flux, aura = Family(comfy, "Flux.1", FAMILIES["Flux.1"]), Family(comfy, "AuraFlow", UNSUPPORTED)
+    check_spell(pack, flux, aura, check)
+    print(f"\nwall time {time.monotonic() - started:.0f} s")
+    return check.report()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
