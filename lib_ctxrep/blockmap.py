@@ -255,6 +255,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         Blocks("double_blocks", **_COMFY_TEXT_SECOND),
         _FORGE_FLUX_SINGLE,
         references="Kontext and Flux.2 edits: ref_latents appended after the target's image tokens",
+        padding="Flux.2: the zero rows ComfyUI left-pads the text with to 512 are attended, so repelled with it",
     ),
     Architecture(
         "Chroma", "comfyui", ("Chroma",), Blocks("double_blocks", **_COMFY_TEXT_SECOND), _FORGE_FLUX_SINGLE
@@ -272,6 +273,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
         ("NextDiT",),  # comfy/ldm/lumina/model.py: Z-Image and Lumina 2, [caption; image] in one sequence
         single=Blocks("layers", **_COMFY_TEXT_SECOND),
         padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
+        references="edit (omni) calls, whose caption slice holds the references, run unrepelled",
         comfy_patch="post",
     ),
     Architecture(

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
 
-RUNTIME_AND_FRONT_ENDS = [
-    "lib_ctxrep",
-    "lib_ctxrep.blockmap",
-    "lib_ctxrep.config",
-    "lib_ctxrep.engine",
-    "lib_ctxrep.memory",
-    "lib_ctxrep.protected",
-    "lib_ctxrep.repulsion",
-    "lib_ctxrep.schedule",
-    "lib_ctxrep.spell",
-    "lib_ctxrep.vendi",
-    "lib_ctxrep.integrations.diffusers",
-    "lib_ctxrep.integrations.diffusers_spell",
-    "lib_ctxrep.integrations.diffusers_reproduce",
-    "lib_ctxrep.integrations.forge",
-    "lib_ctxrep.integrations.forge_args",
-    "lib_ctxrep.integrations.forge_reproduce",
-]
+import lib_ctxrep
+
+
+def runtime_and_front_ends() -> list[str]:
+    """Every module of the package outside ``lib_ctxrep.evaluation`` (new modules are covered as they come)."""
+    names = [m.name for m in pkgutil.walk_packages(lib_ctxrep.__path__, "lib_ctxrep.")]
+    return ["lib_ctxrep"] + sorted(n for n in names if not n.startswith("lib_ctxrep.evaluation"))
+
+
+RUNTIME_AND_FRONT_ENDS = runtime_and_front_ends()
+
+
+def test_the_layout_check_sees_every_front_end():
+    assert {"lib_ctxrep.integrations.comfyui_nodes", "lib_ctxrep.integrations.forge"} <= set(RUNTIME_AND_FRONT_ENDS)
 
 
 def test_runtime_and_front_ends_import_no_evaluation_code():

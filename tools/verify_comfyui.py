@@ -39,6 +39,14 @@ output lands farther than the shield radius from each protected latent); a LATEN
 gives a message and the same output as SPELL without it. An unsupported model (AuraFlow) passes the Contextual
 Repulsion node unpatched with one message; SPELL works on it.
 
+Last, ComfyUI's own server (``--cpu``, 127.0.0.1, a temporary base directory; ``--no-server`` skips it): a tiny
+Flux.1-dev diffusion model that ``UNETLoader`` recognises from its shapes, this repository linked into
+``custom_nodes/`` as a user installs it, and a stand-in conditioning node next to it (ComfyUI fixes the sizes of its
+text encoders and VAEs, so none loads tiny; the VAE decode is replaced by ``SaveLatent``). The server lists both nodes
+under ``model_patches`` with tooltips; every example workflow uses only nodes it has; the Flux.1-dev example POSTed to
+``/prompt`` runs, changes the batch, and at strength 0 equals the node bypassed bit for bit; out-of-range and invalid
+inputs are refused at queue time.
+
 Prints one line per check and ends with ``VERIFIED: <n> checks passed`` (exit 0) or the failures (exit 1); exit 2
 when the path is not a ComfyUI tree.
 """
@@ -47,11 +55,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib
 import importlib.util
+import json
 import logging
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -528,16 +545,247 @@ def captured_log() -> Iterator[list[str]]:
             messages.extend(str(w.message) for w in caught)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# ComfyUI's server: an example workflow POSTed to /prompt
+# --------------------------------------------------------------------------------------------------------------------
+WORKFLOW = REPO_ROOT / "example_workflows" / "flux_dev_contextual_repulsion.json"
+#: A stand-in text encoder (no tiny text encoder can be loaded: ComfyUI fixes their sizes), installed next to the
+#: node pack in the server's custom_nodes only.
+CONDITIONING_PACK = """
+import torch
+
+
+class VerifyConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 1000})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "make"
+    CATEGORY = "testing"
+
+    def make(self, seed):
+        g = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, 7, 32, generator=g), {"pooled_output": torch.randn(1, 32, generator=g)}]],)
+
+
+NODE_CLASS_MAPPINGS = {"CtxRepVerifyConditioning": VerifyConditioning}
+"""
+
+
+def build_tiny_flux(comfy: Any, path: Path) -> None:
+    """A tiny Flux.1-dev diffusion model that ComfyUI's UNETLoader recognises from its shapes (hidden 128 = one head
+    of sum(axes_dim); model_detection fixes the MLP ratio at 4)."""
+    from safetensors.torch import save_file
+
+    config = dict(_flux(), hidden_size=128, num_heads=1, mlp_ratio=4.0, axes_dim=[16, 56, 56], depth=2)
+    model = comfy.supported_models.Flux(config).get_model({})
+    torch.manual_seed(0)
+    state = {k: torch.randn_like(v) * 0.02 for k, v in model.diffusion_model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+
+
+class Server:
+    """ComfyUI's own server (``--cpu``, 127.0.0.1) on a base directory with the tiny model and the node pack."""
+
+    def __init__(self, comfyui: Path, base: Path, log: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        if (comfyui / "comfy" / "cmd" / "main.py").is_file():  # the pip-installable fork
+            command = [sys.executable, "-c", "from comfy.cmd.main import entrypoint; entrypoint()"]
+        else:
+            command = [sys.executable, str(comfyui / "main.py")]
+        command += ["--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--base-directory", str(base)]
+        command += ["--disable-auto-launch"]
+        env = {**os.environ, "PYTHONPATH": str(comfyui)}
+        self.log = log
+        self.process = subprocess.Popen(command, cwd=base, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                die(f"ComfyUI's server exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError):
+                if self.call("GET", "/object_info/KSampler")[0] == 200:
+                    return
+            time.sleep(1)
+        die(f"ComfyUI's server did not come up in {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def run(self, prompt: dict, timeout: float = 120) -> tuple[int, Any]:
+        """Queue ``prompt``; (200, its history entry) once done, or (status, the error answer)."""
+        status, answer = self.call("POST", "/prompt", {"prompt": prompt})
+        if status != 200:
+            return status, answer
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, history = self.call("GET", f"/history/{answer['prompt_id']}")
+            if status == 200 and history:
+                return 200, next(iter(history.values()))
+            time.sleep(0.2)
+        return 504, "timed out"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def api_prompt(workflow: dict, info: dict) -> dict:
+    """A UI-format workflow as an API prompt: each node's widget values named by its inputs' order in
+    ``/object_info`` (a seed's control_after_generate value skipped), links as [node id, output slot]; bypassed
+    nodes (mode 4) removed, their consumers linked to the bypassed node's matching input."""
+    links = {link[0]: link for link in workflow["links"]}
+    nodes = {str(n["id"]): n for n in workflow["nodes"]}
+    prompt = {}
+    for nid, node in nodes.items():
+        spec = info[node["type"]]["input"]
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values, inputs = list(node.get("widgets_values", [])), {}
+        for name, (kind, *options) in [*spec.get("required", {}).items(), *spec.get("optional", {}).items()]:
+            if name in linked:
+                inputs[name] = [str(linked[name][1]), linked[name][2]]
+            elif values and (kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") or isinstance(kind, list)):
+                inputs[name] = values.pop(0)
+                if options and options[0].get("control_after_generate") and values:
+                    values.pop(0)
+        prompt[nid] = {"class_type": node["type"], "inputs": inputs, "mode": node.get("mode", 0)}
+    for nid in [n for n, node in prompt.items() if node.pop("mode") == 4]:
+        through = next(v for v in prompt[nid]["inputs"].values() if isinstance(v, list))
+        del prompt[nid]
+        for node in prompt.values():
+            for name, value in node["inputs"].items():
+                if isinstance(value, list) and value[0] == nid:
+                    node["inputs"][name] = through
+    return prompt
+
+
+def tiny_prompt(workflow: dict, info: dict, prefix: str, **repulsion: Any) -> dict:
+    """The example workflow on the tiny model: the stand-in conditioning for the text encoder, 64 x 64, 4 steps,
+    a fixed seed, the latents saved (no VAE of a tiny size can be loaded either); ``repulsion`` overrides the
+    Contextual Repulsion node's inputs (``mode=4``: bypassed)."""
+    workflow = copy.deepcopy(workflow)
+    for node in workflow["nodes"]:
+        if node["type"] == "ContextualRepulsion" and "mode" in repulsion:
+            node["mode"] = repulsion.pop("mode")
+    prompt = api_prompt(workflow, info)
+    for nid, node in list(prompt.items()):
+        kind, inputs = node["class_type"], node["inputs"]
+        if kind == "UNETLoader":
+            inputs["unet_name"] = "tiny_flux.safetensors"
+        elif kind == "CLIPTextEncode":
+            prompt[nid] = {"class_type": "CtxRepVerifyConditioning", "inputs": {"seed": int(nid)}}
+        elif kind in ("DualCLIPLoader", "VAELoader", "VAEDecode", "SaveImage"):
+            del prompt[nid]
+        elif kind == "EmptySD3LatentImage":
+            inputs.update(width=64, height=64, batch_size=BATCH)
+        elif kind == "KSampler":
+            inputs.update(seed=42, steps=STEPS)
+            sampler = nid
+        elif kind == "ContextualRepulsion":
+            inputs.update(repulsion)
+    prompt["save"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 0], "filename_prefix": prefix}}
+    return prompt
+
+
+def saved_latent(base: Path, entry: dict) -> torch.Tensor | None:
+    from safetensors.torch import load_file
+
+    for output in entry.get("outputs", {}).values():
+        for item in output.get("latents", []):
+            return load_file(str(base / "output" / item.get("subfolder", "") / item["filename"]))["latent_tensor"]
+    return None
+
+
+def check_server(comfy: Any, comfyui: Path, check: Checks) -> None:
+    """The example workflow through ComfyUI's server: the node is listed, runs, and is refused at queue time."""
+    base = Path(tempfile.mkdtemp(prefix="ctxrep-comfyui-"))
+    try:
+        build_tiny_flux(comfy, base / "models" / "diffusion_models" / "tiny_flux.safetensors")
+        nodes = base / "custom_nodes"
+        (nodes / "ctxrep_verify_conditioning").mkdir(parents=True)
+        (nodes / "ctxrep_verify_conditioning" / "__init__.py").write_text(CONDITIONING_PACK)
+        (nodes / "sd-ctxrep").symlink_to(REPO_ROOT, target_is_directory=True)
+        server = Server(comfyui, base, base / "server.log")
+        try:
+            server.wait_ready()
+            server_checks(server, base, check)
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def server_checks(server: Server, base: Path, check: Checks) -> None:
+    status, info = server.call("GET", "/object_info")
+    ours = {k: info.get(k, {}) for k in ("ContextualRepulsion", "SPELLRepellency")}
+    check(
+        "the server lists both nodes under model_patches",
+        all(v.get("category") == "model_patches" for v in ours.values()),
+    )
+    inputs = [spec for v in ours.values() for group in v.get("input", {}).values() for spec in group.values()]
+    check("every input of both nodes has a tooltip", all(len(s) > 1 and s[1].get("tooltip") for s in inputs))
+    for path in sorted(WORKFLOW.parent.glob("*.json")):
+        example = json.loads(path.read_text())
+        missing = sorted({n["type"] for n in example["nodes"]} - set(info))
+        check(f"every node of {path.name} exists in this ComfyUI", not missing, missing)
+        if not missing:
+            prompt = api_prompt(example, info)
+            widgets = [i for n in prompt.values() if n["class_type"] in ours for i in n["inputs"].items()]
+            unset = [k for n in prompt.values() if n["class_type"] in ours for k in ours[n["class_type"]]["input"]
+                     ["required"] if k not in n["inputs"]]  # fmt: skip
+            check(f"{path.name}: every input of our nodes is set", not unset and widgets, unset)
+    workflow = json.loads(WORKFLOW.read_text())
+    runs = {}
+    for label, repulsion in (("on", {"strength": 8.0}), ("bypassed", {"mode": 4}), ("strength 0", {"strength": 0.0})):
+        status, entry = server.run(tiny_prompt(workflow, info, f"ctxrep/{label}", **repulsion))
+        runs[label] = saved_latent(base, entry) if status == 200 else None
+        check(
+            f"{WORKFLOW.name} ({label}) runs through /prompt", runs[label] is not None, status if status != 200 else ""
+        )
+    if all(v is not None for v in runs.values()):
+        changed, detail = differs(runs["on"].float(), runs["bypassed"].float())
+        check("the workflow's node changes the batch", changed, detail)
+        check("strength 0 is bit-identical to the node bypassed", torch.equal(runs["strength 0"], runs["bypassed"]))
+    for label, repulsion, error in (
+        ("strength 20 (above the range)", {"strength": 20.0}, "value_bigger_than_max"),
+        ("a custom block range 'x'", {"blocks": "custom", "custom_blocks": "x"}, "custom_validation_failed"),
+    ):
+        status, answer = server.call(
+            "POST", "/prompt", {"prompt": tiny_prompt(workflow, info, "ctxrep/bad", **repulsion)}
+        )
+        said = json.dumps(answer)
+        errors = [e for n in (answer or {}).get("node_errors", {}).values() for e in n.get("errors", [])]
+        detail = "; ".join(f"{e.get('type')}: {e.get('details')}" for e in errors) or said[:200]
+        check(f"{label} is refused at queue time ({error})", status == 400 and error in said, detail[:240])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comfyui", type=Path, help="a ComfyUI tree (upstream or the pip-installable fork)")
     parser.add_argument("--family", action="append", help="only these families (default: all)")
+    parser.add_argument("--no-server", action="store_true", help="skip the server round trip (about 1 minute)")
     args = parser.parse_args(argv)
+    comfyui = args.comfyui.expanduser().resolve()
     started = time.monotonic()
     check = Checks()
     print("== Loading ==")
     pack = load_node_pack(check)
-    comfy = load_comfy(args.comfyui.expanduser().resolve())
+    comfy = load_comfy(comfyui)
     torch.set_num_threads(min(4, torch.get_num_threads()))
     for name, spec in FAMILIES.items():
         if args.family and name not in args.family:
@@ -549,6 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== SPELL, and an unsupported model ==")
     flux, aura = Family(comfy, "Flux.1", FAMILIES["Flux.1"]), Family(comfy, "AuraFlow", UNSUPPORTED)
     check_spell(pack, flux, aura, check)
+    if not args.no_server:
+        print("\n== ComfyUI's server: an example workflow through /prompt ==")
+        check_server(comfy, comfyui, check)
     print(f"\nwall time {time.monotonic() - started:.0f} s")
     return check.report()
 

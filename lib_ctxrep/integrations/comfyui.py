@@ -109,7 +109,7 @@ class ComfyRepulsion:
         window = PredictorWindow(getattr(clone.model, "model_sampling", None))
 
         def enter(args: dict) -> None:
-            self._tokens = call_tokens(diffusion_model, args)
+            self._tokens = self._call_tokens(diffusion_model, args)
 
         previous = clone.model_options.get("model_function_wrapper")
         wrapper = model_call_wrapper(self.engine, window, previous, enter, lambda: None)
@@ -126,6 +126,18 @@ class ComfyRepulsion:
             clone.set_model_patch_replace(patch, "dit", kind, index)
         return clone
 
+    def _call_tokens(self, diffusion_model: Any, args: dict) -> CallTokens | None:
+        """The call's token layout; None (the call is left alone, said once) for a Z-Image edit (omni) call, whose
+        "txt" slice also holds the reference images' captions and tokens."""
+        if self.architecture.comfy_patch == "post" and args["c"].get("ref_latents"):
+            self.engine.warn_once(
+                "omni",
+                "[ctxrep] Contextual Repulsion: Z-Image edit (reference images) is not supported yet; those "
+                "generations run unrepelled",
+            )
+            return None
+        return call_tokens(diffusion_model, args)
+
     def _replace_patch(self, name: str, where: Blocks, mode: str, previous: Callable | None) -> Callable:
         """A ``patches_replace["dit"]`` function: runs the block (through ``previous``, another node's patch of the
         same block, when there is one) and repels its output inside the window."""
@@ -133,7 +145,7 @@ class ComfyRepulsion:
 
         def ctxrep_block_patch(args: dict, extra: dict) -> dict:
             out = previous(args, extra) if previous is not None else extra["original_block"](args)
-            if not engine.active:
+            if not engine.active or self._tokens is None:
                 return out
             new = blockmap.repel_block(engine, name, where, _read(where, out), self._tokens, mode)
             return out if new is None else _write(where, out, new)
@@ -147,7 +159,7 @@ class ComfyRepulsion:
 
         def ctxrep_post_block_patch(args: dict) -> dict:
             block = selected.get(args.get("block_index"))
-            if not engine.active or block is None:
+            if not engine.active or block is None or self._tokens is None:
                 return {}
             name, where, mode = block
             new = blockmap.repel_block(engine, name, where, _read(where, args), self._tokens, mode)
