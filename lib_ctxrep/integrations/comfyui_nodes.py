@@ -51,7 +51,17 @@ def _settings(**inputs: Any) -> forge_args.ScriptSettings:
     return forge_args.parse(values)
 
 
-class ContextualRepulsionNode:
+class _ModelPatchNode:
+    """What both nodes share: MODEL in, a patched MODEL out, under ``model_patches``."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "patch"
+    MODEL_INPUT = ("MODEL", {"tooltip": "The model to patch (a clone is patched; this one is not)."})
+
+
+class ContextualRepulsionNode(_ModelPatchNode):
     """Pushes the images of one batch apart (contextual repulsion on the text stream of a diffusion transformer)."""
 
     DESCRIPTION = (
@@ -60,11 +70,7 @@ class ContextualRepulsionNode:
         "style. Flux.1 / Kontext / Flux.2, Chroma, Qwen-Image (+ Edit), Z-Image, SD3 / SD3.5; other models pass "
         "through unpatched."
     )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model, patched; connect it to the KSampler (batch size 2 or more).",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
@@ -72,7 +78,7 @@ class ContextualRepulsionNode:
         low, high, step = ITERATIONS_RANGE
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The diffusion model to patch (a clone is patched; this one is not)."}),
+                "model": cls.MODEL_INPUT,
                 "strength": _float(
                     DEFAULT_STEP_STRENGTH,
                     STEP_STRENGTH_RANGE,
@@ -171,7 +177,7 @@ class ContextualRepulsionNode:
         return (patched,)
 
 
-class SpellNode:
+class SpellNode(_ModelPatchNode):
     """Sparse repellency (SPELL): pushes each image's predicted result out of small shields around the others."""
 
     DESCRIPTION = (
@@ -179,17 +185,13 @@ class SpellNode:
         "of the batch, of an earlier run or of a protected image, it is pushed out; otherwise nothing changes. "
         "Works on every model."
     )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The model with SPELL; connect it to the KSampler.",)
-    FUNCTION = "patch"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model to patch (a clone is patched; this one is not)."}),
+                "model": cls.MODEL_INPUT,
                 "radius": _float(
                     DEFAULT_RELATIVE_RADIUS,
                     SPELL_RADIUS_RANGE,
