@@ -1,7 +1,7 @@
-"""Forge runs this file when the extension is installed or updated.
+"""Forge runs this file when the extension is installed or updated (ComfyUI-Manager runs it too, for the nodes).
 
-Everything lib_ctxrep needs (torch, numpy, gradio) ships with Forge, so on a stock Forge this installs
-nothing. It only reports, in the console, a missing or too old torch.
+Everything lib_ctxrep needs (torch, numpy; gradio for Forge's UI) ships with Forge and with ComfyUI, so this installs
+nothing. It only reports, in the console, a missing torch.
 """
 
 import importlib.util
