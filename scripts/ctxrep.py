@@ -37,6 +37,12 @@ XYZ_FIELDS = {
 #: Settings (Settings > Contextual Repulsion). The root cannot be changed through the API (restrict_api).
 ROOT_OPTION = "ctxrep_protected_root"
 NPROBE_OPTION = "ctxrep_spell_nprobe"
+#: Settings: the most images a rebuild of a pasted image's batch may generate (its batch and the earlier ones).
+REBUILD_MAX_OPTION = "ctxrep_rebuild_max_images"
+REBUILD_MAX_DEFAULT = 32
+#: The batch size slider's maximum (modules/ui.py:318 and :708); a ui-config.json maximum replaces it when the slider
+#: was created (``show`` asks Forge for it).
+BATCH_SIZE_MAX = 8
 #: The largest nprobe in Settings: a quarter of the sqrt(K) = 1000 cells of a million-latent set; searching more cells
 #: approaches the cost of an exact scan.
 NPROBE_MAX = 256
@@ -140,7 +146,19 @@ class ContextualRepulsionScript(scripts.Script):
         return forge_args.TITLE
 
     def show(self, is_img2img: bool) -> Any:
+        tab = "img2img" if is_img2img else "txt2img"
+        if hasattr(self, "on_after_component"):  # the batch size slider, for its (ui-config) maximum
+            self.on_after_component(self._remember_batch_size, elem_id=f"{tab}_batch_size")
         return scripts.AlwaysVisible
+
+    def _remember_batch_size(self, created: Any) -> None:
+        self._batch_size_slider = created.component
+
+    def _max_batch_size(self) -> int:
+        """The largest batch size the UI allows (its slider's maximum), Forge's default when there is no UI."""
+        slider = getattr(self, "_batch_size_slider", None)
+        maximum = forge_reproduce.as_int(getattr(slider, "maximum", None))
+        return maximum if maximum is not None and maximum >= 1 else BATCH_SIZE_MAX
 
     def ui(self, is_img2img: bool) -> list:
         tab = "img2img" if is_img2img else "txt2img"
@@ -182,15 +200,18 @@ class ContextualRepulsionScript(scripts.Script):
     # ---- reproducing one pasted image of a coupled batch ------------------------------------------------------------
     def before_process(self, p: Any, *args: Any) -> None:
         """Before Forge computes seeds and prompts: a pasted image of a coupled batch, at batch size and count 1 with
-        its own seed, becomes its batch again (and the earlier batches its memory needs) (``forge_reproduce``)."""
+        its own seed, becomes its batch again (and the earlier batches its memory needs) (``forge_reproduce``).
+        Nothing is rebuilt when the settings are invalid or both methods are off (process() says so)."""
         p._ctxrep_rebuild = None
         try:
-            values = forge_args.normalise(list(args))
+            values = self._values(p, args)
             if not forge_args.is_enabled(values) or not str(values["pasted_batch"] or "").strip():
                 return
-            reproduce = forge_args.reproduce_requested(values)
+            settings = forge_args.parse(values)
         except forge_args.ArgumentError:
             return  # process() reports invalid arguments
+        if not settings.repulsion and settings.spell is None:
+            return  # process() reports that both methods are off
         try:
             pasted = forge_args.parse_pasted_batch(str(values["pasted_batch"]))
         except forge_args.ArgumentError as error:
@@ -198,13 +219,14 @@ class ContextualRepulsionScript(scripts.Script):
                 message = f"the pasted image's batch cannot be rebuilt: {error}; it runs alone as a plain image"
                 self._report(p, message, info=True)
             return
-        problem = forge_reproduce.rebuild_problem(p, pasted)
+        limit = int(getattr(shared.opts, REBUILD_MAX_OPTION, REBUILD_MAX_DEFAULT))
+        problem = forge_reproduce.rebuild_problem(p, pasted, limit, self._max_batch_size())
         if problem == "":
             return  # not this image any more (another seed, an upscale of a gallery image, ...): nothing to say
         if problem is not None:
             self._report(p, f"{problem}; the pasted image runs alone, so it will differ from the original", info=True)
             return
-        if not reproduce:
+        if not settings.values["reproduce"]:
             self._report(
                 p,
                 f"'Reproduce pasted batch images' is off: the pasted image runs alone, without the "
@@ -216,15 +238,23 @@ class ContextualRepulsionScript(scripts.Script):
         print(f"{PREFIX} rebuilding the pasted image's batch: {pasted.images} images, batch size {pasted.size}")
 
     def postprocess_batch_list(self, p: Any, pp: Any, *args: Any, **kwargs: Any) -> None:
-        """A rebuild keeps only the pasted image: earlier batches give none, the last batch gives image k."""
+        """A rebuild keeps only the pasted image: earlier batches give none, the last batch gives image k; the
+        note says whether it was reproduced (not when a batch was interrupted or skipped)."""
         rebuild = getattr(p, "_ctxrep_rebuild", None)
         if rebuild is None:
             return
         if len(pp.images) != rebuild.pasted.size:
-            self._report(p, f"another script changed the batch to {len(pp.images)} images; all of them are kept")
+            self._report(
+                p,
+                f"another script changed the batch to {len(pp.images)} images; the images of this batch are kept, "
+                "so the pasted image was not reproduced",
+            )
             p._ctxrep_rebuild = None
             return
-        pp.images = rebuild.keep(p, pp.images, kwargs.get("batch_number", 0))
+        number = kwargs.get("batch_number", 0)
+        pp.images = rebuild.keep(p, pp.images, number, _cut_short(final=number >= rebuild.pasted.earlier))
+        if rebuild.cut is not None or rebuild.kept:
+            self._report(p, rebuild.outcome(getattr(p, "enable_hr", False)), info=True)
 
     # ---- per generation -------------------------------------------------------------------------------------------
     def process(self, p: Any, *args: Any) -> None:
@@ -233,24 +263,9 @@ class ContextualRepulsionScript(scripts.Script):
         p._ctxrep_job = None
         p._ctxrep_spell = None
         p._ctxrep_batch = None
-        self._check_rebuild_model(p)
-        try:
-            values = forge_args.normalise(list(args))
-            for name, field in XYZ_FIELDS.items():
-                if hasattr(p, field):
-                    values[name] = getattr(p, field)
-            if getattr(p, "ctxrep_enabled", False):
-                values["enabled"] = True
-            if hasattr(p, XYZ_FIELDS["spell_radius"]):
-                values["spell"] = True
-            if not forge_args.is_enabled(values):
-                return
-            settings = forge_args.parse(values)
-        except forge_args.ArgumentError as error:
-            self._report(p, f"{error}; the generation continues without it")
-            return
-        if not settings.repulsion and settings.spell is None:
-            self._report(p, "both methods are off (contextual repulsion and SPELL); nothing was changed", info=True)
+        settings = self._settings(p, args)
+        self._check_rebuild(p, settings)
+        if settings is None:
             return
         p._ctxrep_settings = settings
         p._ctxrep_batch = forge_reproduce.BatchKeys.start(p)
@@ -262,6 +277,34 @@ class ContextualRepulsionScript(scripts.Script):
         if settings.spell is not None:
             p._ctxrep_spell = ForgeSpell(settings.spell)
             p._ctxrep_protected_tried = False
+
+    @staticmethod
+    def _values(p: Any, args: Any) -> dict[str, Any]:
+        """The normalised script arguments with the X/Y/Z axes' values on ``p`` applied."""
+        values = forge_args.normalise(list(args))
+        for name, field in XYZ_FIELDS.items():
+            if hasattr(p, field):
+                values[name] = getattr(p, field)
+        if getattr(p, "ctxrep_enabled", False):
+            values["enabled"] = True
+        if hasattr(p, XYZ_FIELDS["spell_radius"]):
+            values["spell"] = True
+        return values
+
+    def _settings(self, p: Any, args: Any) -> forge_args.ScriptSettings | None:
+        """The generation's settings; None (and an error or note saying why) when off, invalid or with no method."""
+        try:
+            values = self._values(p, args)
+            if not forge_args.is_enabled(values):
+                return None
+            settings = forge_args.parse(values)
+        except forge_args.ArgumentError as error:
+            self._report(p, f"{error}; the generation continues without it")
+            return None
+        if not settings.repulsion and settings.spell is None:
+            self._report(p, "both methods are off (contextual repulsion and SPELL); nothing was changed", info=True)
+            return None
+        return settings
 
     def before_process_batch(self, p: Any, *args: Any, **kwargs: Any) -> None:
         job = getattr(p, "_ctxrep_job", None)
@@ -363,29 +406,28 @@ class ContextualRepulsionScript(scripts.Script):
             if job is not None:
                 job.close()
             setattr(p, name, None)
+        p._ctxrep_batch = None  # later infotexts of this p (the X/Y/Z grid's) are no batch image's
         rebuild = getattr(p, "_ctxrep_rebuild", None)
         p._ctxrep_rebuild = None
         if rebuild is not None:
+            if not rebuild.kept and rebuild.cut is None:  # stopped between batches: no hook saw it
+                self._report(p, rebuild.outcome(), info=True)
             rebuild.finish(p, processed)
 
-    def _check_rebuild_model(self, p: Any) -> None:
-        """In process(), once Forge has loaded the model: a rebuild on another model than the pasted image's would
-        not give that image, so it goes back to a plain single image."""
+    def _check_rebuild(self, p: Any, settings: forge_args.ScriptSettings | None) -> None:
+        """In process(), once Forge has loaded the model: a rebuild without settings to run (before_process checked
+        the same arguments; another script may change them), or on another model than the pasted image's, would not
+        give that image, so it goes back to a plain single image."""
         rebuild = getattr(p, "_ctxrep_rebuild", None)
-        pasted = None if rebuild is None else rebuild.pasted
-        current = getattr(p, "sd_model_hash", None)
-        if pasted is None:
+        if rebuild is None:
             return
-        if pasted.model_hash is None or not current or current == pasted.model_hash:
-            self._report(
-                p,
-                f"reproducing image {pasted.image + 1} of batch {pasted.number + 1}: regenerated {pasted.images} "
-                "images to reproduce 1",
-                info=True,
-            )
+        pasted, current = rebuild.pasted, getattr(p, "sd_model_hash", None)
+        if settings is not None and (pasted.model_hash is None or not current or current == pasted.model_hash):
             return
         rebuild.cancel(p)
         p._ctxrep_rebuild = None
+        if settings is None:
+            return  # _settings said why
         self._report(
             p,
             f"the pasted image was made with model {pasted.model_hash}, this run uses {current}: its batch was not "
@@ -398,7 +440,9 @@ class ContextualRepulsionScript(scripts.Script):
         print(text)
         key = "CtxRep note" if info else "CtxRep error"
         previous = p.extra_generation_params.get(key)
-        p.extra_generation_params[key] = message if not previous or previous == message else f"{previous}; {message}"
+        if previous and message in previous:
+            return
+        p.extra_generation_params[key] = f"{previous}; {message}" if previous else message
         try:
             (gr.Info if info else gr.Warning)(text)
         except Exception:  # outside a UI event (API calls): the console and the infotext carry the message
@@ -429,6 +473,29 @@ def add_settings() -> None:
             section=section,
         ),
     )
+    shared.opts.add_option(
+        REBUILD_MAX_OPTION,
+        shared.OptionInfo(
+            REBUILD_MAX_DEFAULT,
+            "Reproducing a pasted batch image: the most images its rebuild may generate (its batch and the earlier "
+            "batches its memory needs); above it, the image runs alone",
+            gr.Slider,
+            {"minimum": 1, "maximum": 512, "step": 1},
+            section=section,
+        ),
+    )
+
+
+def _cut_short(final: bool) -> str | None:
+    """Why the batch that just sampled was cut short (Forge's shared.state: interrupt, skip), None when it ran in
+    full; for an earlier batch of a rebuild (``final`` False) also "Stop generating", which ends the job before the
+    pasted image's batch."""
+    state = getattr(shared, "state", None)
+    flags = (("interrupted", "interrupted"), ("skipped", "skipped"), ("stopping_generation", "stopped"))
+    for flag, word in flags[:2] if final else flags:
+        if getattr(state, flag, False):
+            return f"the generation was {word}"
+    return None
 
 
 script_callbacks.on_ui_settings(add_settings)

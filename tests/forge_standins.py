@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import torch
 from einops import rearrange
@@ -389,7 +390,9 @@ def image_noise(seeds: list[int], subseeds: list[int], subseed_strength: float, 
 
 
 class Processing:
-    """The ``StableDiffusionProcessing`` fields process_images reads and writes (modules/processing.py:146-260)."""
+    """The ``StableDiffusionProcessing`` fields process_images reads and writes (modules/processing.py:146-260).
+    ``do_not_save_grid`` is True as in an API call (its ``save_images`` defaults to False, api.py:459); an img2img
+    job is one with ``init_images`` (StableDiffusionProcessingImg2Img)."""
 
     def __init__(self, sd_model, script_args: list, **kw) -> None:
         self.sd_model, self.script_args = sd_model, script_args
@@ -399,6 +402,8 @@ class Processing:
         self.sd_model_hash = None
         self.extra_generation_params: dict = {}
         self.override_settings: dict = {}
+        self.override_settings_restore_afterwards = True
+        self.do_not_save_grid = True
         self.is_hr_pass = False
         self.firstpass_image = None  # a dataclass field (processing.py:169); txt2img_upscale is set only by txt2img.py
         self.__dict__.update(kw)
@@ -410,21 +415,41 @@ class Processing:
 
 
 def get_fixed_seed(seed) -> int:
-    """``get_fixed_seed`` (processing.py:638-650): a string becomes an int, -1 a random seed."""
-    seed = int(float(seed)) if isinstance(seed, str) else seed
-    return int(torch.randint(0, 2**32 - 1, ()).item()) if seed is None or seed == -1 else seed
+    """``get_fixed_seed`` (processing.py:638-650): "" and None are -1, a string an int (-1 when it is none), -1 a
+    random seed."""
+    if seed == "" or seed is None:
+        seed = -1
+    elif isinstance(seed, str):
+        try:
+            seed = int(seed)
+        except ValueError:
+            seed = -1
+    return int(torch.randint(0, 4294967294, ()).item()) if seed == -1 else seed
+
+
+def _opts():
+    """The stand-in ``modules.shared.opts`` (tests/forge_modules), which Forge's processing.py reads as ``opts``."""
+    from modules import shared
+
+    return shared.opts
 
 
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
                     use_main_prompt=False, index=None, all_negative_prompts=None) -> dict:  # fmt: skip
-    """``create_infotext`` (processing.py:668-796) as the dict Forge joins into the last infotext line: "Seed" is
-    ``all_seeds[index]``, "Variation seed" only with a variation strength, "Size" WxH, then
-    ``p.extra_generation_params``; a list value becomes ``value[index]``, a callable is called with the function's
-    locals, None drops the key, and a value that raises is reported and dropped (:782-790)."""
+    """``create_infotext`` (processing.py:668-796) as the dict Forge joins into the last infotext line: the index is
+    0 for the grid (``use_main_prompt``) or ``position_in_batch + iteration * p.batch_size`` when not given
+    (:713-716); "Seed" is ``all_seeds[index]``, "Model hash" only with ``opts.add_model_hash_to_info`` (:752),
+    "Variation seed" only with a variation strength, "Size" WxH, then ``p.extra_generation_params``; a list value
+    becomes ``value[index]``, a callable is called with the function's locals, None drops the key, and a value that
+    raises is reported and dropped (:782-790)."""
+    if use_main_prompt:
+        index = 0
+    elif index is None:
+        index = position_in_batch + iteration * p.batch_size
     generation_params = {
         "Seed": p.all_seeds[0] if use_main_prompt else all_seeds[index],
         "Size": f"{p.width}x{p.height}",
-        "Model hash": p.sd_model_hash,
+        "Model hash": p.sd_model_hash if _opts().add_model_hash_to_info else None,
         "Variation seed": (
             None if p.subseed_strength == 0 else (p.all_subseeds[0] if use_main_prompt else all_subseeds[index])
         ),
@@ -442,20 +467,27 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     return {k: v for k, v in generation_params.items() if v is not None}
 
 
+#: infotext_utils.py:20 ``re_imagesize``.
+RE_IMAGESIZE = re.compile(r"^(\d+)x(\d+)$")
+
+
 def parse_generation_parameters(infotext: dict) -> dict:
-    """What ``parse_generation_parameters`` (modules/infotext_utils.py:245-330) gives back for an infotext line:
-    every value as text, "Size: WxH" split into "Size-1" and "Size-2" (:311-314)."""
+    """What ``parse_generation_parameters`` (modules/infotext_utils.py:251-330) gives back for an infotext line
+    (here the dict :func:`create_infotext` returns, so no quoting): every value as text, and every "NxM" value, not
+    only "Size", split into "<key>-1" and "<key>-2" (:311-314)."""
     params = {}
     for key, value in infotext.items():
-        if key == "Size":
-            params["Size-1"], params["Size-2"] = str(value).split("x")
+        match = RE_IMAGESIZE.match(str(value))
+        if match is not None:
+            params[f"{key}-1"], params[f"{key}-2"] = match.group(1), match.group(2)
         else:
             params[key] = str(value)
     return params
 
 
 class Processed:
-    """``Processed.__init__`` (processing.py:519-571): the result's seed and lists default to the job's."""
+    """``Processed.__init__`` (processing.py:519-571): the result's seed and lists default to the job's;
+    ``infotext(p, index)`` (:612-613) is the params.txt / no-image infotext."""
 
     def __init__(self, p, images_list, seed=-1, info="", subseed=None, index_of_first_image=0, infotexts=None):
         self.images, self.seed, self.subseed, self.info = images_list, seed, subseed, info
@@ -464,6 +496,12 @@ class Processed:
         self.all_prompts, self.all_negative_prompts = p.all_prompts, p.all_negative_prompts
         self.all_seeds, self.all_subseeds = p.all_seeds, p.all_subseeds
         self.infotexts = infotexts or [info] * len(images_list)
+
+    def infotext(self, p, index: int) -> dict:
+        position, iteration = index % self.batch_size, index // self.batch_size
+        return create_infotext(
+            p, self.all_prompts, self.all_seeds, self.all_subseeds, [], iteration=iteration, position_in_batch=position
+        )
 
 
 class PostprocessBatchListArgs:
@@ -474,15 +512,37 @@ class PostprocessBatchListArgs:
 
 
 def process_images(p: Processing, sample) -> Processed:
-    """``process_images`` + ``process_images_inner`` (processing.py:815-1157) in Forge's order: before_process (:817);
-    the fixed seeds, prompts and the job's seed lists (:870-899); process (:906); per batch n (:924): the
-    forge_objects reset (:937), the batch slices (:938-941), before_process_batch (:946), ``p.sample`` (:991), which
-    calls process_before_every_sampling, then post_sample (:998-1001), the prompts re-sliced (:1024-1025, seeds
-    not), postprocess_batch_list (:1027-1029), one infotext per image left (:1031-1097); Processed with the job's
-    first seed (:1144-1152); postprocess (:1155). ``sample(p, noise)`` is the sampler; images are its samples.
-    Records every sampled row in ``p.sampled`` (what the run cost)."""
-    runner = p.scripts
-    runner.before_process(p)
+    """``process_images`` (processing.py:815-848): before_process (:817), the options in ``p.override_settings``
+    applied through the API's set_config (:820-829) and restored afterwards unless
+    ``p.override_settings_restore_afterwards`` is False (:846-847), around :func:`process_images_inner`."""
+    from modules import shared
+
+    p.scripts.before_process(p)
+    opts = shared.opts
+    stored = {k: opts.data[k] for k in p.override_settings if k in opts.data}  # (Forge's get_default is unreachable)
+    try:
+        for key, value in p.override_settings.items():
+            if key in opts.data_labels:
+                opts.set(key, value, is_api=True)
+        return process_images_inner(p, sample)
+    finally:
+        if p.override_settings_restore_afterwards:
+            for key, value in stored.items():
+                opts.set(key, value)
+
+
+def process_images_inner(p: Processing, sample) -> Processed:
+    """``process_images_inner`` (processing.py:851-1157) in Forge's order: the fixed seeds, prompts and the job's
+    seed lists (:870-899); process (:906); per batch n (:924): "Skip" cleared and "Interrupt" / "Stop generating"
+    ending the job (:927-931), the forge_objects reset (:937), the batch slices (:938-941), before_process_batch
+    (:946), process_batch (:960), params.txt's infotext for n == 0 (:966-973), ``p.sample`` (:991), which calls
+    process_before_every_sampling, then post_sample (:998-1001), then :func:`_finish_batch`; the no-image
+    infotext (:1117-1118), the grid (:1122-1137), Processed with the job's first seed (:1144-1152); postprocess
+    (:1155). ``sample(p, noise)`` is the sampler; images are its samples. Records every sampled row in
+    ``p.sampled`` (what the run cost) and params.txt's infotext in ``p.params_txt``."""
+    from modules import shared
+
+    runner, state = p.scripts, shared.state
     seed, subseed = get_fixed_seed(p.seed), get_fixed_seed(p.subseed)
     p.setup_prompts()
     p.all_seeds = [int(seed) + (x if p.subseed_strength == 0 else 0) for x in range(len(p.all_prompts))]
@@ -492,6 +552,9 @@ def process_images(p: Processing, sample) -> Processed:
     original = p.sd_model.forge_objects.unet
     for n in range(p.n_iter):
         p.iteration = n
+        state.skipped = False
+        if state.interrupted or state.stopping_generation:
+            break
         p.sd_model.forge_objects.unet = original
         batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
         p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
@@ -499,25 +562,53 @@ def process_images(p: Processing, sample) -> Processed:
         runner.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
         if len(p.prompts) == 0:
             break
-        x = image_noise(p.seeds, p.subseeds, p.subseed_strength)
-        samples = sample(p, x)  # p.sample: process_before_every_sampling runs inside it
+        runner.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        if n == 0:
+            p.params_txt = Processed(p, []).infotext(p, 0)
+        samples = sample(p, image_noise(p.seeds, p.subseeds, p.subseed_strength))  # process_before_every_sampling
         p.sampled += len(samples)
-        runner.post_sample(p, _post_sample_args(samples))
-        p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
-        batch_params = PostprocessBatchListArgs(list(samples))
-        runner.postprocess_batch_list(p, batch_params, batch_number=n)
-        for i, image in enumerate(batch_params.images):
-            p.batch_index = i
-            infotexts.append(create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
-                                             all_negative_prompts=p.negative_prompts))  # fmt: skip
-            output_images.append(image)
+        ps = _post_sample_args(samples)
+        runner.post_sample(p, ps)
+        _finish_batch(p, ps.samples, n, infotexts, output_images)
     if not infotexts:
-        infotexts.append(create_infotext(p, p.all_prompts, p.all_seeds, p.all_subseeds, index=0))
+        infotexts.append(Processed(p, []).infotext(p, 0))
+    index_of_first_image = 0
+    wanted = len(output_images) >= 2 or not shared.opts.grid_only_if_multiple
+    if shared.opts.return_grid and not p.do_not_save_grid and wanted:
+        infotexts.insert(0, create_infotext(p, p.prompts, p.seeds, p.subseeds, use_main_prompt=True,
+                                            all_negative_prompts=p.negative_prompts))  # fmt: skip
+        output_images.insert(0, torch.stack(output_images).mean(0))  # the grid: a stand-in image
+        index_of_first_image = 1
     res = Processed(p, output_images, seed=p.all_seeds[0], info=infotexts[0], subseed=p.all_subseeds[0],
-                    infotexts=infotexts)  # fmt: skip
-    runner.postprocess(p, res)
+                    index_of_first_image=index_of_first_image, infotexts=infotexts)  # fmt: skip
+    p.scripts.postprocess(p, res)
     p.sd_model.forge_objects.unet = original
     return res
+
+
+def _finish_batch(p: Processing, samples, n: int, infotexts: list, output_images: list) -> None:
+    """The end of batch n (processing.py:1022-1097): postprocess_batch (:1022), the prompts re-sliced (:1024-1025,
+    seeds not), postprocess_batch_list (:1027-1029), then per image left: postprocess_image with the index
+    ``i + p.iteration * p.batch_size`` (:1054-1055) and its infotext (:1031-1032, :1094-1097)."""
+    runner, batch = p.scripts, slice(n * p.batch_size, (n + 1) * p.batch_size)
+    runner.postprocess_batch(p, images=samples, batch_number=n)
+    p.prompts, p.negative_prompts = p.all_prompts[batch], p.all_negative_prompts[batch]
+    batch_params = PostprocessBatchListArgs(list(samples))
+    runner.postprocess_batch_list(p, batch_params, batch_number=n)
+    for i, image in enumerate(batch_params.images):
+        p.batch_index = i
+        pp = _postprocess_image_args(image, i + p.iteration * p.batch_size)
+        runner.postprocess_image(p, pp)
+        infotexts.append(create_infotext(p, p.prompts, p.seeds, p.subseeds, index=i,
+                                         all_negative_prompts=p.negative_prompts))  # fmt: skip
+        output_images.append(pp.image)
+
+
+def _postprocess_image_args(image, index: int):
+    """``scripts.PostprocessImageArgs(image, index)`` (processing.py:1054)."""
+    from modules.scripts import PostprocessImageArgs
+
+    return PostprocessImageArgs(image, index)
 
 
 def _post_sample_args(samples):

@@ -3,7 +3,9 @@ pipelines built from tiny configs: bit-identical regeneration from a record, and
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -56,11 +58,20 @@ def sd3_rows(batch: int, seeds: tuple[int, ...]) -> dict:
     )
 
 
+#: The base of the tests' random draws: fixed, so a run is repeatable; CTXREP_TEST_SEED=<int> draws other seeds.
+TEST_SEED = int(os.environ.get("CTXREP_TEST_SEED", "20250815"))
+_DRAWS: dict[str, itertools.count] = {}
+
+
 def fresh_job(batch_count: int, batch_size: int) -> tuple[tuple[tuple[int, ...], ...], random.Random, str]:
-    """Fresh random seeds for a job (Forge's "seed + i"), a generator for picking members, the draw for messages."""
-    rng = random.Random()
+    """Random seeds for a job (Forge's "seed + i"), a generator for picking members, the draw for messages; drawn
+    from ``TEST_SEED``, the test's name and the call's number in the test, so every run (and ``-k`` selection)
+    repeats, and two jobs of one test differ."""
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+    draw = next(_DRAWS.setdefault(test, itertools.count()))
+    rng = random.Random(f"{TEST_SEED}-{test}-{draw}")
     first = rng.randrange(2**32)
-    return seed_batches(first, batch_size, batch_count), rng, f"first seed {first}"
+    return seed_batches(first, batch_size, batch_count), rng, f"first seed {first} (CTXREP_TEST_SEED={TEST_SEED})"
 
 
 def stored(record: BatchRecord) -> BatchRecord:

@@ -38,6 +38,11 @@ from .diffusers_spell import SpellHandle, apply_spell, attached_spell
 #: What ``to_dict`` writes under "kind" and "version"; ``from_dict`` refuses anything else.
 RECORD_KIND = "lib_ctxrep.BatchRecord"
 RECORD_VERSION = 1
+#: The keys of ``to_dict``'s plain data, exactly.
+RECORD_KEYS = frozenset(
+    ("kind", "version", "batches", "batch", "index", "seed", "repulsion", "spell", "protected_size")
+    + ("generator_device",)
+)
 #: ``torch.Generator.manual_seed`` takes seeds below 2**64; negative seeds are refused as ambiguous.
 SEED_LIMIT = 2**64
 #: The call arguments these functions set themselves.
@@ -47,17 +52,21 @@ _RESERVED = ("generator", "latents")
 PerBatch = Callable[[int, tuple[int, ...]], Mapping[str, Any]]
 
 
+def _checked_seed(seed: Any, where: str) -> int:
+    """``seed`` when it is a seed these functions take (an integer in [0, 2**64)), else a ValueError naming
+    ``where``: the one check of every seed of a job."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{where}: seeds must be integers in [0, 2**64), got {seed!r}")
+    return int(seed)
+
+
 def seed_batches(first_seed: int, batch_size: int, batch_count: int) -> tuple[tuple[int, ...], ...]:
     """The seeds of a job by Forge's convention: image i of the job (batch by batch) gets ``first_seed + i``."""
-    for name, value, low in (
-        ("first_seed", first_seed, 0),
-        ("batch_size", batch_size, 1),
-        ("batch_count", batch_count, 1),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"seed_batches: {name} must be an integer >= {low}, got {value!r}")
-    if first_seed + batch_size * batch_count > SEED_LIMIT:
-        raise ValueError(f"seed_batches: seeds would pass {SEED_LIMIT - 1}, the largest torch seed")
+    for name, value in (("batch_size", batch_size), ("batch_count", batch_count)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"seed_batches: {name} must be an integer >= 1, got {value!r}")
+    _checked_seed(first_seed, "seed_batches: first_seed")
+    _checked_seed(first_seed + batch_size * batch_count - 1, "seed_batches: the job's last seed")
     return tuple(
         tuple(range(first_seed + b * batch_size, first_seed + (b + 1) * batch_size)) for b in range(batch_count)
     )
@@ -76,10 +85,7 @@ def _seeds(value: Any) -> tuple[tuple[int, ...], ...]:
     for b, batch in enumerate(value):
         if isinstance(batch, (str, bytes)) or not isinstance(batch, Sequence) or not batch:
             raise ValueError(f"BatchRecord.batches[{b}] must be a non-empty sequence of seeds, got {batch!r}")
-        for seed in batch:
-            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
-                raise ValueError(f"BatchRecord.batches[{b}]: seeds must be integers in [0, 2**64), got {seed!r}")
-        batches.append(tuple(int(s) for s in batch))
+        batches.append(tuple(_checked_seed(seed, f"BatchRecord.batches[{b}]") for seed in batch))
     return tuple(batches)
 
 
@@ -165,7 +171,7 @@ class BatchRecord:
         """The record :meth:`to_dict` wrote; a ValueError naming what is missing, unknown or inconsistent."""
         if not isinstance(data, Mapping):
             raise ValueError(f"BatchRecord.from_dict: expected the dict that to_dict wrote, got {type(data).__name__}")
-        expected = set(cls(batches=((0,),), batch=0, index=0).to_dict())
+        expected = set(RECORD_KEYS)
         missing, unknown = sorted(expected - set(data)), sorted(set(data) - expected)
         if missing or unknown:
             raise ValueError(f"BatchRecord.from_dict: missing key(s) {missing}, unknown key(s) {unknown}; a record "

@@ -303,17 +303,28 @@ def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
 # ---- reproducing one image of a coupled batch ----------------------------------------------------------------------
 #: Infotext keys that say which batch an image of a coupled generation belonged to. Positions are 1-based (the
 #: third image of the batch: "CtxRep batch image: 3"). Never the bare "Batch size" (a Forge paste field) and never an
-#: "NxM" value (Forge's parser splits those into two keys).
+#: "NxM" value (Forge's parser splits those into two keys). "source" is written only for img2img jobs
+#: ("CtxRep batch source: img2img"); a record without it is a txt2img batch.
 BATCH_KEYS = {
     "size": "CtxRep batch size",
     "image": "CtxRep batch image",
     "number": "CtxRep batch number",
     "seed": "CtxRep batch seed",
     "earlier": "CtxRep earlier batches",
+    "source": "CtxRep batch source",
 }
+#: The "source" value of an img2img batch (txt2img writes none).
+IMG2IMG_SOURCE = "img2img"
 #: Forge's own infotext keys the record also keeps, to check the run against the pasted image ("Size" is split by
 #: Forge's parser into "Size-1" (width) and "Size-2" (height)).
 IMAGE_KEYS = ("Seed", "Variation seed", "Variation seed strength", "Size-1", "Size-2", "Model hash")
+
+
+def batch_first_seed(seed: int, index: int, subseed_strength: float) -> int:
+    """The first seed of the images before and including one with ``seed`` at ``index`` (0-based) of a Forge job:
+    image g gets ``first + g`` without a variation strength, and every image gets the same seed with one
+    (modules/processing.py process_images_inner: ``seed + (x if p.subseed_strength == 0 else 0)``)."""
+    return seed - index if subseed_strength == 0 else seed
 
 
 @dataclass(frozen=True)
@@ -322,7 +333,8 @@ class PastedBatch:
 
     ``size`` images per batch; the image is number ``image`` (0-based) of batch ``number`` (0-based) of its
     generation, whose earliest ``earlier`` batches before it must be regenerated too (cross-batch memory, SPELL);
-    ``seed`` / ``subseed`` are the image's own seeds, ``subseed_strength`` its variation strength.
+    ``seed`` / ``subseed`` are the image's own seeds, ``subseed_strength`` its variation strength; ``img2img``:
+    the batch was made in img2img (it had init images).
     """
 
     size: int
@@ -336,6 +348,7 @@ class PastedBatch:
     width: int | None = None
     height: int | None = None
     model_hash: str | None = None
+    img2img: bool = False
 
     @property
     def images(self) -> int:
@@ -350,9 +363,10 @@ class PastedBatch:
     def first_seeds(self) -> tuple[int, int | None]:
         """The rebuilt job's seed and variation seed: Forge gives image g of a job ``seed + g`` (variation strength
         0) or ``seed`` and ``subseed + g`` (modules/processing.py process_images_inner)."""
-        if self.subseed_strength == 0:
-            return self.seed - self.position, self.subseed
-        return self.seed, None if self.subseed is None else self.subseed - self.position
+        seed = batch_first_seed(self.seed, self.position, self.subseed_strength)
+        if self.subseed_strength == 0 or self.subseed is None:
+            return seed, self.subseed
+        return seed, self.subseed - self.position
 
 
 def pasted_batch_record(params: dict[str, Any]) -> str:
@@ -364,16 +378,39 @@ def pasted_batch_record(params: dict[str, Any]) -> str:
     return json.dumps({key: str(params[key]) for key in keys if key in params}, sort_keys=True)
 
 
-def _record_int(record: dict[str, Any], key: str, low: int, high: float = float("inf")) -> int:
+def _record_int(record: dict[str, Any], key: str, low: int | None, high: int | None = None) -> int:
+    """The whole number under ``key`` of a pasted record, from ``low`` to ``high`` (None: unbounded)."""
     if key not in record:
         raise ArgumentError(f"the pasted infotext has no '{key}'")
     try:
         value = float(record[key])
     except (TypeError, ValueError):
         raise ArgumentError(f"'{key}: {record[key]}' is not a number") from None
-    if not value.is_integer() or not low <= value <= high:
-        raise ArgumentError(f"'{key}: {record[key]}' must be a whole number from {low} to {high}")
+    in_range = (low is None or value >= low) and (high is None or value <= high)
+    if not value.is_integer() or not in_range:
+        if high is not None:
+            bounds = f"a whole number from {low} to {high}"
+        else:
+            bounds = "a whole number" if low is None else f"a whole number >= {low}"
+        raise ArgumentError(f"'{key}: {record[key]}' must be {bounds}")
     return int(value)
+
+
+def _record_source(record: dict[str, Any]) -> bool:
+    """Whether a pasted record is of an img2img batch (no "source" key: txt2img, as written before it existed)."""
+    source = str(record.get(BATCH_KEYS["source"], "txt2img")).strip()
+    if source not in ("txt2img", IMG2IMG_SOURCE):
+        raise ArgumentError(f"'{BATCH_KEYS['source']}: {source}' must be {IMG2IMG_SOURCE} (or absent: txt2img)")
+    return source == IMG2IMG_SOURCE
+
+
+def _record_strength(record: dict[str, Any]) -> float:
+    """The pasted image's variation strength (absent: 0)."""
+    value = record.get("Variation seed strength", 0.0)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ArgumentError(f"'Variation seed strength: {value}' is not a number") from None
 
 
 def parse_pasted_batch(text: str) -> PastedBatch:
@@ -390,30 +427,42 @@ def parse_pasted_batch(text: str) -> PastedBatch:
     earlier = _record_int(record, BATCH_KEYS["earlier"], 0, number)
     if earlier not in (0, number):
         raise ArgumentError(f"'{BATCH_KEYS['earlier']}: {earlier}' must be 0 or {number} (the batches before it)")
-    seed = _record_int(record, "Seed", -(2**63))
-    batch_seed = _record_int(record, BATCH_KEYS["seed"], -(2**63))
-    strength = _as_float("Variation seed strength", record.get("Variation seed strength", 0.0))
-    subseed = _record_int(record, "Variation seed", -(2**63)) if strength != 0 else None
-    if batch_seed != (seed - image if strength == 0 else seed):
+    seed = _record_int(record, "Seed", None)
+    batch_seed = _record_int(record, BATCH_KEYS["seed"], None)
+    strength = _record_strength(record)
+    subseed = _record_int(record, "Variation seed", None) if strength != 0 else None
+    if batch_seed != batch_first_seed(seed, image, strength):
         raise ArgumentError(
             f"'{BATCH_KEYS['seed']}: {batch_seed}' does not match 'Seed: {seed}' of image {image + 1} (edited?)"
         )
     width = _record_int(record, "Size-1", 1) if "Size-1" in record else None
     height = _record_int(record, "Size-2", 1) if "Size-2" in record else None
     model_hash = str(record["Model hash"]) if "Model hash" in record else None
-    return PastedBatch(size, image, number, earlier, batch_seed, seed, subseed, strength, width, height, model_hash)
+    img2img = _record_source(record)
+    return PastedBatch(
+        size, image, number, earlier, batch_seed, seed, subseed, strength, width, height, model_hash, img2img
+    )
 
 
 def batch_infotext(
-    size: int, position: int, first_batch: int, cross_batch: bool, seed: int, subseed_strength: float
-) -> dict[str, int] | None:
+    size: int,
+    position: int,
+    first_batch: int,
+    cross_batch: bool,
+    seed: int,
+    subseed_strength: float,
+    img2img: bool = False,
+) -> dict[str, Any] | None:
     """The batch keys of one image: ``position`` in its job (``batch * size + image``), the job starting at batch
-    ``first_batch`` of its generation (0 except in a rebuild without memory), ``seed`` the image's own seed; None
-    when the image was coupled to no other (a batch of 1 without cross-batch coupling)."""
+    ``first_batch`` of its generation (0 except in a rebuild without memory), ``seed`` the image's own seed,
+    ``img2img`` whether the job had init images; None when the image was coupled to no other (a batch of 1 without
+    cross-batch coupling)."""
     image, number = position % size, position // size + first_batch
     earlier = number if cross_batch else 0
     if size == 1 and earlier == 0:
         return None
-    values = {"size": size, "image": image + 1, "number": number + 1}
-    values.update(seed=seed - image if subseed_strength == 0 else seed, earlier=earlier)
+    values: dict[str, Any] = {"size": size, "image": image + 1, "number": number + 1}
+    values.update(seed=batch_first_seed(seed, image, subseed_strength), earlier=earlier)
+    if img2img:
+        values["source"] = IMG2IMG_SOURCE
     return {BATCH_KEYS[name]: value for name, value in values.items()}

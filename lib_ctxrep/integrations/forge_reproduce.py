@@ -20,6 +20,8 @@ JOB_LISTS = (
 )  # fmt: skip
 #: Forge's per-batch lists (processing.py's batch loop); an earlier batch of a rebuild empties them.
 BATCH_LISTS = ("prompts", "negative_prompts", "seeds", "subseeds")
+#: The job lists ``Processed`` copies from ``p`` (processing.py Processed.__init__), set again after a rebuild.
+RESULT_LISTS = ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds")
 
 
 def as_int(value: Any) -> int | None:
@@ -42,37 +44,85 @@ def is_single(p: Any) -> bool:
     return as_int(getattr(p, "batch_size", 1)) == 1 and as_int(getattr(p, "n_iter", 1)) == 1
 
 
-def rebuild_problem(p: Any, pasted: forge_args.PastedBatch) -> str | None:
-    """None when ``p`` is the pasted image alone and its batch can be rebuilt; "" when ``p`` is no longer that image
-    (another seed, an upscale of a gallery image, a video model): nothing to say; otherwise why it is not rebuilt."""
-    if getattr(p, "txt2img_upscale", False) or getattr(p, "firstpass_image", None) is not None:
-        return ""
-    if getattr(getattr(p, "sd_model", None), "is_wan", False):  # Forge Neo: the batch is a video's frames
-        return ""
+def is_img2img(p: Any) -> bool:
+    """Whether ``p`` is an img2img / inpaint job (Forge's StableDiffusionProcessingImg2Img has init images)."""
+    return bool(getattr(p, "init_images", None))
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _same_image_problem(p: Any, pasted: forge_args.PastedBatch) -> str | None:
+    """rebuild_problem's checks that ``p`` still is the pasted image: "" when it is not (nothing to say), a note
+    when it is but its batch would not give it (another variation strength, tab, size), else None."""
     if own_seed_or_none(p) != pasted.seed:
         return ""
-    if pasted.subseed_strength != 0 and (
-        as_int(getattr(p, "subseed", None)) != pasted.subseed
-        or float(getattr(p, "subseed_strength", 0)) != pasted.subseed_strength
-    ):
-        return ""
-    if not is_single(p):
-        if p.batch_size == pasted.size and pasted.image == 0 and pasted.earlier == 0:
-            return ""  # the run starts with the pasted batch itself
-        return "batch size or batch count is not 1, so the pasted image's batch was not rebuilt (set both to 1)"
+    strength = _float_or_none(getattr(p, "subseed_strength", 0))
+    if strength != pasted.subseed_strength:
+        return (
+            f"the variation strength differs from the pasted image's ({strength} vs {pasted.subseed_strength}), "
+            "so its batch was not rebuilt"
+        )
+    if pasted.subseed_strength != 0 and as_int(getattr(p, "subseed", None)) != pasted.subseed:
+        return ""  # another variation seed: another image
+    if is_img2img(p) != pasted.img2img:
+        made, this = ("img2img", "txt2img") if pasted.img2img else ("txt2img", "img2img")
+        return f"the pasted image was made in {made}, this run is {this}, so its batch was not rebuilt"
+    return None
+
+
+def _size_problem(p: Any, pasted: forge_args.PastedBatch, max_images: int, max_batch_size: int) -> str | None:
+    """rebuild_problem's checks of what the rebuild would cost and whether Forge could have made that batch."""
+    if pasted.size > max_batch_size:
+        return (
+            f"the pasted image's batch size {pasted.size} is above the batch size maximum ({max_batch_size}), "
+            "so its batch was not rebuilt"
+        )
+    if pasted.images > max_images:
+        return (
+            f"rebuilding would generate {pasted.images} images; the limit is {max_images} (Settings > "
+            "Contextual Repulsion), so its batch was not rebuilt"
+        )
+    if -1 in pasted.first_seeds():
+        return "the rebuilt batch would start at seed -1, which Forge makes random, so its batch was not rebuilt"
     size = (as_int(getattr(p, "width", None)), as_int(getattr(p, "height", None)))
     if pasted.width is not None and size != (pasted.width, pasted.height):
         return f"the pasted image is {pasted.width} by {pasted.height}, this run is {size[0]} by {size[1]}"
     return None
 
 
+def rebuild_problem(p: Any, pasted: forge_args.PastedBatch, max_images: int, max_batch_size: int) -> str | None:
+    """None when ``p`` is the pasted image alone and its batch can be rebuilt; "" when ``p`` is no longer that image
+    (another seed, an upscale of a gallery image, a video model): nothing to say; otherwise why it is not rebuilt.
+    ``max_images``: the most images a rebuild may generate; ``max_batch_size``: the largest batch size allowed."""
+    if getattr(p, "txt2img_upscale", False) or getattr(p, "firstpass_image", None) is not None:
+        return ""
+    if getattr(getattr(p, "sd_model", None), "is_wan", False):  # Forge Neo: the batch is a video's frames
+        return ""
+    problem = _same_image_problem(p, pasted)
+    if problem is not None:
+        return problem
+    if not is_single(p):
+        if p.batch_size == pasted.size and pasted.image == 0 and pasted.earlier == 0:
+            return ""  # the run starts with the pasted batch itself
+        return "batch size or batch count is not 1, so the pasted image's batch was not rebuilt (set both to 1)"
+    return _size_problem(p, pasted, max_images, max_batch_size)
+
+
 class Rebuild:
     """A pasted image regenerated with its batch: ``start`` (before_process) enlarges the job, ``keep``
     (postprocess_batch_list) drops every other image, ``finish`` (postprocess) gives ``p`` and the result back the
-    shape of a single image; ``cancel`` (process) undoes ``start``."""
+    shape of a single image; ``cancel`` (process) undoes ``start``. ``outcome`` says whether the image was
+    reproduced: not when a batch was cut short (``keep``'s ``cut``) or the pasted image's batch never ran."""
 
     def __init__(self, pasted: forge_args.PastedBatch, seed: Any, subseed: Any) -> None:
         self.pasted, self.seed, self.subseed = pasted, seed, subseed
+        self.kept = False  # the pasted image's batch went through keep()
+        self.cut: str | None = None  # why a batch of the rebuild was cut short ("interrupted", "skipped", ...)
 
     @classmethod
     def start(cls, p: Any, pasted: forge_args.PastedBatch) -> Rebuild:
@@ -89,12 +139,16 @@ class Rebuild:
         }
         return rebuild
 
-    def keep(self, p: Any, images: list, batch_number: int) -> list:
-        """The images of batch ``batch_number`` to give back: none of an earlier batch, the pasted one of the last."""
+    def keep(self, p: Any, images: list, batch_number: int, cut: str | None = None) -> list:
+        """The images of batch ``batch_number`` to give back: none of an earlier batch, the pasted one of the last.
+        ``cut``: why this batch was cut short (an interrupt or skip while it sampled), None when it ran in full."""
+        if cut is not None and self.cut is None:
+            self.cut = f"{cut} during batch {batch_number + 1} of the {self.pasted.earlier + 1} rebuilt batch(es)"
         if batch_number < self.pasted.earlier:
             for name in BATCH_LISTS:
                 setattr(p, name, [])
             return []
+        self.kept = True
         k, first = self.pasted.image, batch_number * self.pasted.size
         for name in BATCH_LISTS:
             setattr(p, name, [getattr(p, name)[k]])
@@ -102,7 +156,20 @@ class Rebuild:
             values = getattr(p, name, None)
             if isinstance(values, list) and len(values) > first + k:
                 values[first], values[first + k] = values[first + k], values[first]
+                values[0] = values[first]  # the grid's infotext (use_main_prompt) reads index 0
         return [images[k]]
+
+    def outcome(self, hires: bool = False) -> str:
+        """The note on the result: what was regenerated, or why the pasted image could not be reproduced."""
+        pasted = self.pasted
+        if self.cut is not None or not self.kept:
+            why = self.cut or "the generation stopped before the pasted image's batch"
+            return f"{why}, so image {pasted.image + 1} of batch {pasted.number + 1} could not be reproduced"
+        each = " (each with its hires pass)" if hires and pasted.images > 1 else ""
+        return (
+            f"reproducing image {pasted.image + 1} of batch {pasted.number + 1}: regenerated {pasted.images} "
+            f"images to reproduce 1{each}"
+        )
 
     def _single(self, p: Any, index: int) -> None:
         for name in JOB_LISTS:
@@ -117,10 +184,11 @@ class Rebuild:
 
     def finish(self, p: Any, processed: Any) -> None:
         """``p`` and the result as a single-image run of the pasted image (X/Y/Z and the API read them)."""
-        self._single(p, self.pasted.earlier * self.pasted.size)  # keep() moved the image there
+        # keep() moved the image to its batch's first position; a job stopped before that batch left it in place
+        self._single(p, self.pasted.earlier * self.pasted.size if self.kept else self.pasted.position)
         if processed is None:
             return
-        for name in ("all_prompts", "all_negative_prompts", "all_seeds", "all_subseeds"):
+        for name in RESULT_LISTS:
             setattr(processed, name, list(getattr(p, name)))
         processed.seed, processed.subseed, processed.batch_size = p.all_seeds[0], p.all_subseeds[0], 1
 
@@ -128,10 +196,11 @@ class Rebuild:
 class BatchKeys:
     """What the batch infotext keys of a job are computed from: batch ``size``, the job's first variation seed
     ``base`` (image g of the job has variation seed ``base + g``, whatever the variation strength), the batch the job
-    starts at, and whether the images were coupled (within the batch, across batches)."""
+    starts at, whether it is an img2img job, and whether the images were coupled (within the batch, across
+    batches)."""
 
-    def __init__(self, size: int, base: int, first_batch: int = 0) -> None:
-        self.size, self.base, self.first_batch = size, base, first_batch
+    def __init__(self, size: int, base: int, first_batch: int = 0, img2img: bool = False) -> None:
+        self.size, self.base, self.first_batch, self.img2img = size, base, first_batch, img2img
         self.coupled = self.cross_batch = False
 
     @classmethod
@@ -142,14 +211,14 @@ class BatchKeys:
             return None
         rebuild = getattr(p, "_ctxrep_rebuild", None)
         first = 0 if rebuild is None else rebuild.pasted.number - rebuild.pasted.earlier
-        return cls(int(p.batch_size), int(subseeds[0]), first)
+        return cls(int(p.batch_size), int(subseeds[0]), first, is_img2img(p))
 
-    def values(self, seed: int, subseed: int, strength: float) -> dict[str, int] | None:
+    def values(self, seed: int, subseed: int, strength: float) -> dict[str, Any] | None:
         """The batch keys of the image with these seeds; None when it was coupled to no other image."""
         if not self.coupled:
             return None
         return forge_args.batch_infotext(
-            self.size, subseed - self.base, self.first_batch, self.cross_batch, seed, strength
+            self.size, subseed - self.base, self.first_batch, self.cross_batch, seed, strength, self.img2img
         )
 
 
@@ -166,9 +235,6 @@ def batch_key(key: str) -> Callable[..., Any]:
             values = record.values(int(all_seeds[index]), int(all_subseeds[index]), float(p.subseed_strength))
         except (TypeError, ValueError, IndexError):
             return None
-        return None if values is None else values[key]
+        return None if values is None else values.get(key)
 
     return value
-
-
-# ---- Settings ------------------------------------------------------------------------------------------------------

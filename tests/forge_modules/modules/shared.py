@@ -1,7 +1,8 @@
-"""Stand-in of Forge ``modules/shared.py`` (``opts``, ``OptionInfo``), mirroring ``modules/options.py``:
+"""Stand-in of Forge ``modules/shared.py`` (``opts``, ``OptionInfo``, ``state``), mirroring ``modules/options.py``:
 ``OptionInfo(default, label, component, component_args, onchange, section, ..., restrict_api=False, ...)`` and
 ``Options.add_option`` / attribute reads that fall back to the default / ``set(key, value, is_api)``, which ignores
-``restrict_api`` options when called from the API (``/sdapi/v1/options`` and ``override_settings``)."""
+``restrict_api`` options when called from the API (``/sdapi/v1/options`` and ``override_settings``); ``state``
+mirrors the flags of ``modules/shared_state.py`` State (:17-19) that the generation loop reads."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ class Options:
             return self.data_labels[item].default
         raise AttributeError(item)
 
+    def get_default(self, key: str) -> Any:
+        """``Options.get_default`` (options.py:173-180): the registered default, None for an unknown key."""
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
+
     def set(self, key: str, value: Any, is_api: bool = False, run_callbacks: bool = True) -> bool:
         option = self.data_labels[key]
         if self.data.get(key) == value or option.do_not_save or (is_api and option.restrict_api):
@@ -47,4 +53,22 @@ class Options:
         return True
 
 
+class State:
+    """``shared_state.State``'s flags: "Interrupt" (``interrupt``), "Skip" (``skip``) and "Stop generating"
+    (``stop_generating``) set them (shared_state.py:84-92)."""
+
+    skipped = False
+    interrupted = False
+    stopping_generation = False
+
+
 opts = Options()
+state = State()
+#: Forge's own options the stand-ins read (modules/shared_options.py:45, :55, :313, :365), with Forge's defaults.
+for _key, _default in (
+    ("grid_only_if_multiple", True),
+    ("save_images_before_highres_fix", False),
+    ("return_grid", True),
+    ("add_model_hash_to_info", True),
+):
+    opts.add_option(_key, OptionInfo(_default))
