@@ -62,3 +62,8 @@ def test_example_workflow_links_are_consistent(path: Path):
         assert nodes[source]["outputs"][slot]["type"] == kind
         assert link_id in nodes[source]["outputs"][slot]["links"]
         assert nodes[target]["inputs"][target_slot]["link"] == link_id
+
+
+def test_the_test_run_loads_no_second_copy_of_the_library_through_the_root_package():
+    copies = [m for m in sys.modules if m.endswith(".lib_ctxrep") or ".lib_ctxrep." in m]
+    assert not copies, f"the root __init__.py loaded the library again: {copies[:3]}"

@@ -210,9 +210,11 @@ class ComfySpell:
         def ctxrep_spell_outer_sample(executor: Callable, *args: Any, **kwargs: Any) -> Any:
             self._last_x0 = None
             try:
-                return executor(*args, **kwargs)
-            finally:
-                self._end_batch()
+                out = executor(*args, **kwargs)
+            finally:  # an interrupted or failed run leaves no half-way prediction to be remembered
+                last, self._last_x0 = self._last_x0, None
+            self._end_batch(last)
+            return out
 
         clone.set_model_sampler_post_cfg_function(ctxrep_spell_post_cfg)
         if hasattr(clone, "add_wrapper_with_key"):
@@ -221,8 +223,7 @@ class ComfySpell:
             logger.warning("[ctxrep] SPELL: this ComfyUI has no sampling wrappers; earlier runs are not remembered")
         return clone
 
-    def _end_batch(self) -> None:
-        last, self._last_x0 = self._last_x0, None
+    def _end_batch(self, last: torch.Tensor | None) -> None:
         if last is None:
             return
         self.last_stats = self.engine.end_batch(last)
