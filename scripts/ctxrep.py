@@ -56,14 +56,6 @@ INTRO = (
     "predicted image comes too close to another sample, an earlier batch or a protected image is pushed "
     "away."
 )
-#: Slider ranges (minimum, maximum, step). Strength: up to about 5x the default push per step; window: a share of
-#: the steps; iterations: up to twice the paper's M = 50; SPELL's radius: a share of the typical distance between two
-#: latents; overcompensation: from the shield's exact boundary (1) to about twice the paper's 1.6.
-STEP_STRENGTH_RANGE = (0.0, 15.0, 0.05)
-WINDOW_RANGE = (0.01, 1.0, 0.01)
-ITERATIONS_RANGE = (1, 100, 1)
-SPELL_RADIUS_RANGE = (0.01, 1.0, 0.01)
-OVERCOMPENSATION_RANGE = (1.0, 3.0, 0.1)
 
 
 def _slider(bounds: tuple[float, float, float], **kwargs: Any) -> Any:
@@ -77,9 +69,9 @@ def _repulsion_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[st
     repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
     with gr.Row():
         step_strength = _slider(
-            STEP_STRENGTH_RANGE, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
+            forge_args.STEP_STRENGTH_RANGE, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
         )
-        window = _slider(WINDOW_RANGE, value=d["window"], label="Window", elem_id=eid("window"))
+        window = _slider(forge_args.WINDOW_RANGE, value=d["window"], label="Window", elem_id=eid("window"))
     with gr.Row():
         blocks = gr.Dropdown(list(forge_args.BLOCK_PRESETS), value=d["blocks"], label="Blocks", elem_id=eid("blocks"))
         custom_blocks = gr.Textbox(
@@ -108,7 +100,7 @@ def _advanced_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str
         )  # fmt: skip
         eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))
         iterations = _slider(
-            ITERATIONS_RANGE, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
+            forge_args.ITERATIONS_RANGE, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
         )
     return {"strength": strength, "eta": eta, "iterations": iterations}
 
@@ -118,10 +110,13 @@ def _spell_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, A
     with gr.Row():
         spell = gr.Checkbox(value=d["spell"], label="SPELL", elem_id=eid("spell"))
         spell_radius = _slider(
-            SPELL_RADIUS_RANGE, value=d["spell_radius"], label="Shield radius (relative)", elem_id=eid("spell_radius")
+            forge_args.SPELL_RADIUS_RANGE,
+            value=d["spell_radius"],
+            label="Shield radius (relative)",
+            elem_id=eid("spell_radius"),
         )
         spell_overcompensation = _slider(
-            OVERCOMPENSATION_RANGE, value=d["spell_overcompensation"], label="Overcompensation",
+            forge_args.OVERCOMPENSATION_RANGE, value=d["spell_overcompensation"], label="Overcompensation",
             elem_id=eid("spell_overcompensation"),
         )  # fmt: skip
     spell_protected = gr.Textbox(

@@ -155,7 +155,7 @@ class ComfyRepulsion:
     def _post_patch(self, hooked: list[tuple[str, Any, Blocks, str]]) -> Callable:
         """A ``patches["double_block"]`` function (run after every block): repels the text of the selected ones."""
         engine = self.engine
-        selected = {int(name.split(".")[1]): (name, where, mode) for name, _, where, mode in hooked}
+        selected = {_block_key(name)[1]: (name, where, mode) for name, _, where, mode in hooked}
 
         def ctxrep_post_block_patch(args: dict) -> dict:
             block = selected.get(args.get("block_index"))
@@ -184,7 +184,7 @@ def protected_latents(model: Any, latent: dict | None) -> tuple[ReferenceSet | N
             f"{channels} (another model's latents?); SPELL runs without a protected set"
         )
     latents = model.model.process_latent_in(samples.float())
-    return ReferenceSet(latents.reshape(latents.shape[0], *latents.shape[1:])), ""
+    return ReferenceSet(latents), ""
 
 
 class ComfySpell:

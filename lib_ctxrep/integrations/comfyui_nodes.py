@@ -20,12 +20,8 @@ from .comfyui import ComfyRepulsion, ComfySpell, protected_latents, unsupported_
 logger = logging.getLogger("lib_ctxrep")
 
 CATEGORY = "model_patches"
-#: (minimum, maximum, step), as the Forge accordion's sliders.
-STEP_STRENGTH_RANGE = (0.0, 15.0, 0.05)
-WINDOW_RANGE = (0.01, 1.0, 0.01)
-ITERATIONS_RANGE = (1, 100, 1)
-SPELL_RADIUS_RANGE = (0.01, 4.0, 0.01)
-OVERCOMPENSATION_RANGE = (1.0, 3.0, 0.1)
+#: Wider than the Forge slider (which the Forge API may exceed): a widget is the only way in here.
+SPELL_RADIUS_RANGE = (forge_args.SPELL_RADIUS_RANGE[0], 4.0, forge_args.SPELL_RADIUS_RANGE[2])
 
 
 def _float(default: float, bounds: tuple[float, float, float], tooltip: str) -> tuple[str, dict[str, Any]]:
@@ -75,20 +71,20 @@ class ContextualRepulsionNode(_ModelPatchNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
         presets, modes = list(forge_args.BLOCK_PRESETS), list(forge_args.SINGLE_MODES)
-        low, high, step = ITERATIONS_RANGE
+        low, high, step = forge_args.ITERATIONS_RANGE
         return {
             "required": {
                 "model": cls.MODEL_INPUT,
                 "strength": _float(
                     DEFAULT_STEP_STRENGTH,
-                    STEP_STRENGTH_RANGE,
+                    forge_args.STEP_STRENGTH_RANGE,
                     "How far each image's text tokens turn away from the others in one step, summed over the "
                     "repelled blocks; means the same on every model. 2.85 is moderate; raise it for more variety, "
                     "lower it if images drift from the prompt. 0: no effect.",
                 ),
                 "window": _float(
                     DEFAULT_WINDOW,
-                    WINDOW_RANGE,
+                    forge_args.WINDOW_RANGE,
                     "Fraction of the trajectory, from pure noise, during which it acts: 0.05 = the first step of 20 "
                     "(the paper's setting). The first step is always included.",
                 ),
@@ -200,7 +196,7 @@ class SpellNode(_ModelPatchNode):
                 ),
                 "overcompensation": _float(
                     DEFAULT_OVERCOMPENSATION,
-                    OVERCOMPENSATION_RANGE,
+                    forge_args.OVERCOMPENSATION_RANGE,
                     "How far past the shield's edge a push goes: 1 lands on the edge; the paper's 1.6 leaves it "
                     "sooner.",
                 ),

@@ -16,6 +16,16 @@ from ..spell import DEFAULT_OVERCOMPENSATION, DEFAULT_RELATIVE_RADIUS, SpellConf
 
 TITLE = "Contextual Repulsion"
 
+#: The controls' ranges (minimum, maximum, step), the Forge sliders' and the ComfyUI inputs'. Strength: up to about 5x
+#: the default push per step; window: a share of the steps; iterations: up to twice the paper's M = 50; SPELL's radius:
+#: a share of the typical distance between two latents; overcompensation: from the shield's exact boundary (1) to about
+#: twice the paper's 1.6.
+STEP_STRENGTH_RANGE = (0.0, 15.0, 0.05)
+WINDOW_RANGE = (0.01, 1.0, 0.01)
+ITERATIONS_RANGE = (1, 100, 1)
+SPELL_RADIUS_RANGE = (0.01, 1.0, 0.01)
+OVERCOMPENSATION_RANGE = (1.0, 3.0, 0.1)
+
 #: UI choices of the block preset, and what each means in RepulsionConfig.blocks.
 BLOCK_PRESETS = {"all": "all", "middle third": "middle", "first third": "first", "last third": "last", "custom": None}
 #: UI choices of the Flux single-block mode.
