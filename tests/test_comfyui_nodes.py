@@ -276,6 +276,15 @@ def test_every_repulsion_group_is_one_branch_of_the_batch():
     assert {s.rows for s in repulsion.engine.stats} == {B}
 
 
+@pytest.mark.parametrize(
+    ("blocks", "repelled"), [("first", {"single.0"}), ("last", {"single.2"}), ((1, 3), {"single.1", "single.2"})]
+)
+def test_z_image_post_block_patch_repels_only_the_selected_layers(blocks, repelled):
+    repulsion, patched = recorded(RepulsionConfig(step_strength=8.0, window=0.5, blocks=blocks), zimage())
+    sample(patched)
+    assert {s.block for s in repulsion.engine.stats} == repelled
+
+
 @pytest.mark.parametrize("family", MODELS)
 @pytest.mark.parametrize(("window", "steps"), [(0.05, 1), (0.5, 2), (0.3, 2), (1.0, 4)])
 def test_repulsion_acts_only_at_the_steps_inside_the_window_of_the_sigma_table(family, window, steps):
