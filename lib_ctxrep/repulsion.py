@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .vendi import entropy_and_gradient, gradient_weights
+from .vendi import NULL_EIG, entropy_and_gradient
 
 
 @dataclass
@@ -44,15 +44,21 @@ class FlowResult:
     finite: bool  #: False when the input Gram or the result was not finite (the update must then be skipped)
 
 
+@dataclass
+class Flow:
+    """One repulsion problem of a hooked block: the rows that move and the fixed memory rows that push them."""
+
+    parts: list[torch.Tensor]  #: the moving rows, one tensor [B, ...] per part of the feature vector
+    memory: list[torch.Tensor] | None = None  #: fixed rows, one tensor [Mm, ...] per part (None: no memory)
+
+
+#: Elements (all rows together) of the working copy that :func:`centred_gram` upcasts and centres at a time: 16 MiB
+#: in float32, so the copy stays a fraction of a single block's stream and, on a GPU, mostly inside the L2 cache.
+GRAM_CHUNK = 1 << 22
+
+
 def _rows_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1)
-
-
-def _as_tokens(x: torch.Tensor) -> torch.Tensor:
-    """View [R, ...] as [R, T, C] with the last dimension as C (a strided view, no copy, for [R, N, D] streams)."""
-    if x.ndim >= 3:
-        return x.reshape(x.shape[0], -1, x.shape[-1])
-    return x.reshape(x.shape[0], 1, -1)
 
 
 @contextlib.contextmanager
@@ -69,37 +75,92 @@ def _full_fp32_matmul(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def gram_matrix(parts: list[torch.Tensor]) -> torch.Tensor:
-    """Float64 Gram matrix sum_k X_k X_k^T of row blocks ``parts`` (each [R, ...], any float dtype, same device).
+def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The Gram matrix of rows Z = [x_0; x_1 - x_0; ...] on the rows' device, float64 [R, R], for the rows
+    X = [current; memory] whose feature vector is the concatenation of ``rows`` (each [B, P_k], any float dtype) and
+    ``memory`` (each [Mm, P_k]). :func:`uncentre_gram` turns it into X X^T on the host.
 
-    Computed as a batched product over tokens (one R x R product per token, summed in float64), which keeps the
-    huge reduction dimension parallel on a GPU and the accumulation error small. float64 rows are multiplied in
-    float64; others in float32, with fp16/bf16 upcast a slice of tokens at a time (at most one copy of the input).
+    Near-identical samples (cos 0.999, the usual case at the first step) differ by a few percent of their norm, so
+    X X^T accumulated in float32 would lose 1 - cos in its rounding; the differences x_i - x_0 are exact in float32
+    for fp16/bf16 rows and carry 1 - cos at full relative precision. One pass over the rows: each chunk of
+    ``GRAM_CHUNK`` elements is copied into a float32 (float64 for float64 rows) buffer, centred on row 0 in place
+    and multiplied by its transpose (float32 accumulation, summed over chunks in float64).
     """
-    total: torch.Tensor | None = None
-    for x in parts:
-        tokens = _as_tokens(x)
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        step = tokens.shape[1]
-        if x.element_size() < torch.finfo(work).bits // 8:
-            step = max(1, math.ceil(step * x.element_size() / (torch.finfo(work).bits // 8)))
-        with _full_fp32_matmul(x.device):
-            for start in range(0, tokens.shape[1], step):
-                chunk = tokens[:, start : start + step].to(work).transpose(0, 1)  # [T, R, C]
-                g = torch.bmm(chunk, chunk.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
-                total = g if total is None else total + g
-    assert total is not None
+    b = rows[0].shape[0]
+    r = b + (memory[0].shape[0] if memory is not None else 0)
+    work = torch.float64 if any(x.dtype == torch.float64 for x in rows) else torch.float32
+    device = rows[0].device
+    widest = max(x.shape[1] for x in rows)
+    cols = max(1, min(widest, GRAM_CHUNK // r))
+    buffer = torch.empty((r, cols), dtype=work, device=device)
+    total = torch.zeros((r, r), dtype=torch.float64, device=device)
+    with _full_fp32_matmul(device):
+        for k, x in enumerate(rows):
+            fixed = memory[k] if memory is not None else None
+            for start in range(0, x.shape[1], cols):
+                stop = min(start + cols, x.shape[1])
+                z = buffer[:, : stop - start]
+                z[:b].copy_(x[:, start:stop])
+                if fixed is not None:
+                    z[b:].copy_(fixed[:, start:stop])
+                z[1:] -= z[0]
+                total += torch.mm(z, z.T)
     return total
 
 
-def combine_rows(delta: torch.Tensor, x: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-    """New current rows = ``current`` + ``delta`` @ ``x``, for [B, R] update coefficients and rows ``x`` = [current;
-    memory] ([R, P]), as one fused product with float32 (or float64) accumulation.
+def uncentre_gram(centred: np.ndarray) -> np.ndarray:
+    """X X^T (float64, host) from the centred Gram matrix of :func:`centred_gram` ([R, R] or a stack [..., R, R]):
+    x_i = z_i + z_0 for i >= 1."""
+    r = centred.shape[-1]
+    lift = np.eye(r)
+    lift[1:, 0] = 1.0
+    with np.errstate(all="ignore"):  # non-finite rows stay non-finite; coefficient_flows leaves them unchanged
+        return lift @ centred @ lift.T
+
+
+def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """The one device-to-host transfer of a hooked block: ``tensors`` (small float64 tensors on one device) as numpy
+    arrays of the same shapes, copied in one go (one synchronisation with the device)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
+    host = flat.cpu().numpy()
+    out, start = [], 0
+    for t in tensors:
+        out.append(host[start : start + t.numel()].reshape(t.shape))
+        start += t.numel()
+    return out
+
+
+def combine_rows(delta: torch.Tensor, current: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+    """New current rows = ``current`` + ``delta`` @ [``current``; ``memory``] for [B, R] update coefficients and
+    rows [B, P] (and [Mm, P]): one product with float32 (or float64) accumulation, and a second for the memory rows
+    (no concatenated copy of the rows).
 
     ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is given in the stream dtype: for fp16/bf16 its rounding is
     a relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype.
     """
-    return torch.addmm(current, delta, x)
+    b = current.shape[0]
+    out = torch.addmm(current, delta[:, :b], current)
+    if memory is not None:
+        out.addmm_(delta[:, b:], memory)
+    return out
+
+
+def _eigh_function():
+    """numpy's batched symmetric eigensolver without the per-call checks of ``numpy.linalg.eigh`` (which cost more
+    than the 4 x 4 solve itself); ``numpy.linalg.eigh`` where numpy lays out its internals otherwise."""
+    try:
+        from numpy.linalg import _umath_linalg
+
+        solve = _umath_linalg.eigh_lo
+        lam, vecs = solve(np.array([[2.0, 1.0], [1.0, 2.0]]))
+        if np.allclose(lam, [1.0, 3.0]) and np.allclose(np.abs(vecs), np.sqrt(0.5)):
+            return solve
+    except (ImportError, AttributeError, TypeError, ValueError):
+        pass
+    return np.linalg.eigh
+
+
+_eigh = _eigh_function()
 
 
 def coefficient_flow(
@@ -117,59 +178,97 @@ def coefficient_flow(
     parameterisation) and ``strength`` (angular: eta_i = strength * ||c_i||^2) must be given.
     Returns the [B, R] matrix T with new current rows = T @ [current rows; memory rows].
     """
+    return coefficient_flows(
+        np.asarray(gram, dtype=np.float64)[None],
+        n_current,
+        iterations,
+        eta=eta,
+        strength=strength,
+        want_entropy=want_entropy,
+    )[0]
+
+
+def coefficient_flows(
+    grams: np.ndarray,
+    n_current: int,
+    iterations: int,
+    *,
+    eta: float | None = None,
+    strength: float | None = None,
+    want_entropy: bool = False,
+) -> list[FlowResult]:
+    """:func:`coefficient_flow` for a stack of J groups of the same size at once (``grams`` [J, R, R]): every inner
+    step is one batched eigendecomposition and a few batched products for all groups together."""
     if (eta is None) == (strength is None):
         raise ValueError("coefficient_flow: give exactly one of eta or strength")
-    gram = np.asarray(gram, dtype=np.float64)
-    r = gram.shape[0]
+    grams = np.asarray(grams, dtype=np.float64)
+    count, r = grams.shape[0], grams.shape[-1]
     b = n_current
-    coef = np.eye(b, r)
-    if not np.isfinite(gram).all():
-        return FlowResult(coef, math.nan, math.nan, False)
-    diag = np.diagonal(gram)
-    if (diag <= 0.0).any():
-        # A zero row has no direction: there is nothing to repel from or towards. Leave the group unchanged.
-        return FlowResult(coef, math.nan, math.nan, True)
-    basis = np.eye(r)  # rows of Y over X: current rows move, memory rows (the last R - B) stay
-    gy = gram
+    finite = np.isfinite(grams).all(axis=(1, 2))
+    diag = np.diagonal(grams, axis1=1, axis2=2)
+    # A zero row has no direction: there is nothing to repel from or towards, so such a group stays as it is.
+    movable = finite & (diag > 0.0).all(axis=1)
+    results = [FlowResult(np.eye(b, r), math.nan, math.nan, bool(ok)) for ok in finite]
+    if not movable.any():
+        return results
+    live = grams[movable]
     step = (eta if eta is not None else strength) / iterations
-    finite = True
+    with np.errstate(all="ignore"):  # a failed eigensolve gives NaN, caught by the finiteness check below
+        coef, kernel = _flow(live if count > 1 else live[0], b, iterations, step, raw_eta=eta is not None)
+    coef, kernel = coef.reshape(-1, b, r), kernel.reshape(-1, r, r)
+    for j, index in enumerate(np.flatnonzero(movable)):
+        if not (np.isfinite(coef[j]).all() and np.isfinite(kernel[j]).all()):
+            results[index] = FlowResult(np.eye(b, r), math.nan, math.nan, False)
+            continue
+        before = after = math.nan
+        if want_entropy:
+            before = entropy_and_gradient(_cosine_from_gram(live[j, :b, :b]))[0]
+            after = entropy_and_gradient(_cosine_from_gram(kernel[j, :b, :b]))[0]
+        results[index] = FlowResult(coef[j], before, after, True)
+    return results
+
+
+def _flow(gram: np.ndarray, b: int, iterations: int, step: float, *, raw_eta: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The M Euler steps for ``gram`` ([R, R], or a stack [J, R, R]) of rows with positive norms: the coefficients
+    [..., b, R] of the new current rows and the final cosine kernel [..., R, R].
+
+    The steps run on the rows' directions: with u_i = c_i / n_i, K = U U^T and g = log(K) as a function of the kernel
+    (its eigendecomposition, null directions dropped), the step is u_i += a_i (sum_k g_ik u_k - s_i u_i) with
+    s_i = sum_k g_ik K_ik (which makes it orthogonal to u_i), a_i = -2 step / R for the angular strength and
+    -2 step / (R n_i^2) for a raw eta. Each step is then renormalised, and the norms n_i are carried along.
+    """
+    r = gram.shape[-1]
+    lead = gram.shape[:-2]
+    n0 = np.sqrt(gram.reshape(*lead, -1)[..., :: r + 1])
+    kernel = gram / (n0[..., :, None] * n0[..., None, :])
+    basis = np.broadcast_to(np.eye(r), gram.shape).copy()  # unit rows now, over the unit rows at the start
+    norms = n0.copy()
+    update = basis.copy()  # rows >= b (memory) stay the identity
+    moving = update[..., :b, :]
+    update_diag = update.reshape(*lead, -1)[..., : b * (r + 1) : r + 1]
+    update_t = np.swapaxes(update, -1, -2)
+    null, shift, scale = NULL_EIG * r, 1.0 - math.log(r), -2.0 * step / r
     for _ in range(iterations):
-        w = _euler_step_weights(gy, b, step, raw_eta=eta is not None)
-        if w is None:  # a non-finite kernel
-            finite = False
-            break
-        basis[:b] += w @ basis
-        gy = basis @ gram @ basis.T
-    coef = basis[:b]
-    finite = finite and bool(np.isfinite(coef).all() and np.isfinite(gy).all())
-    if not finite:
-        return FlowResult(np.eye(b, r), math.nan, math.nan, False)
-    before = after = math.nan
-    if want_entropy:
-        before = entropy_and_gradient(_cosine_from_gram(gram[:b, :b]))[0]
-        after = entropy_and_gradient(_cosine_from_gram(gy[:b, :b]))[0]
-    return FlowResult(coef, before, after, finite)
-
-
-def _euler_step_weights(gy: np.ndarray, b: int, step: float, *, raw_eta: bool) -> np.ndarray | None:
-    """One Euler step's update of the first ``b`` rows as weights over all R rows, for the rows' Gram matrix ``gy``:
-    c_i += sum_k w_ik y_k, with ``step`` = eta / M (``raw_eta``) or strength / M (scaled by ||c_i||^2). None when
-    the kernel's eigendecomposition fails (a non-finite kernel)."""
-    r = gy.shape[0]
-    sq = np.diagonal(gy)
-    inv = 1.0 / np.sqrt(sq)
-    kernel = gy * inv[:, None] * inv
-    try:
-        lam, vecs = np.linalg.eigh(kernel)
-    except np.linalg.LinAlgError:
-        return None
-    idx = np.arange(b)
-    g = (vecs[:b] * gradient_weights(lam / r, drop_null=True)) @ vecs.T  # = -R * dH/dK, current rows only
-    # dH/dc_i = sum_k w_ik y_k with w_ik = 2 G_ik / (n_i n_k) (k != i), w_ii = -2 sum_{k != i} G_ik K_ik / n_i^2
-    w = g * (inv[:b, None] * (-2.0 / r) * inv)
-    w[idx, idx] = ((g * kernel[:b]).sum(axis=1) - g[idx, idx]) * (2.0 / r) * inv[:b] ** 2
-    w *= step if raw_eta else (step * sq[:b])[:, None]  # eta_i = strength * ||c_i||^2
-    return w
+        lam, vecs = _eigh(kernel)
+        smallest = lam[..., 0]
+        if (smallest if smallest.ndim == 0 else smallest.min()) > null:
+            # dH/dK = -(log(K/R) + I) / R: the constant part adds nothing to a step orthogonal to u_i, so log(K) does
+            weights = np.log(lam)
+        else:
+            weights = np.where(lam > null, np.log(np.maximum(lam, null)) + shift, 0.0)
+        if not raw_eta:
+            weights *= scale
+        np.matmul(vecs[..., :b, :] * weights[..., None, :], np.swapaxes(vecs, -1, -2), out=moving)
+        if raw_eta:
+            moving *= (scale / (norms[..., :b] * norms[..., :b]))[..., None]
+        update_diag += 1.0 - (moving * kernel[..., :b, :]).sum(-1)
+        unnormalised = update @ kernel @ update_t
+        inv = 1.0 / np.sqrt(unnormalised.reshape(*lead, -1)[..., :: r + 1])
+        column = inv[..., :, None]
+        kernel = unnormalised * (column * inv[..., None, :])
+        basis = (update @ basis) * column
+        norms /= inv
+    return norms[..., :b, None] * basis[..., :b, :] / n0[..., None, :], kernel
 
 
 def _cosine_from_gram(gram: np.ndarray) -> np.ndarray:
@@ -177,6 +276,85 @@ def _cosine_from_gram(gram: np.ndarray) -> np.ndarray:
     kernel = gram * inv[:, None] * inv[None, :]
     np.fill_diagonal(kernel, 1.0)
     return kernel
+
+
+def repel_flows(
+    flows: list[Flow],
+    iterations: int,
+    *,
+    eta: float | None = None,
+    strength: float | None = None,
+    want_entropy: bool = False,
+) -> list[tuple[list[torch.Tensor], FlowResult]]:
+    """Repel every flow of a hooked block with one device-to-host transfer (:func:`to_host`) for all of them.
+
+    Each flow's rows are repelled within the flow, against its memory rows; groups of the same size share their
+    inner loop (:func:`coefficient_flows`). Returns per flow the new parts (same shapes and dtypes; the inputs
+    themselves when the update is not finite, with ``result.finite`` False) and the flow result.
+    """
+    if (eta is None) == (strength is None):
+        raise ValueError("repel_flows: give exactly one of eta or strength")
+    if not flows:
+        return []
+    with torch.no_grad():  # the B x B coefficients are constants: no backprop through the kernel's eigenvectors
+        rows = [[_rows_2d(p) for p in f.parts] for f in flows]
+        fixed = [
+            None
+            if f.memory is None
+            else [_rows_2d(m).to(device=x.device, dtype=x.dtype) for m, x in zip(f.memory, r, strict=True)]
+            for f, r in zip(flows, rows, strict=True)
+        ]
+        centred = to_host([centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)])
+    grams = [uncentre_gram(c) for c in centred]
+    results: list[FlowResult | None] = [None] * len(flows)
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(flows):
+        shapes.setdefault((grams[i].shape[0], f.parts[0].shape[0]), []).append(i)
+    for (_, b), members in shapes.items():
+        solved = coefficient_flows(
+            np.stack([grams[i] for i in members]),
+            b,
+            iterations,
+            eta=eta,
+            strength=strength,
+            want_entropy=want_entropy,
+        )
+        for i, result in zip(members, solved, strict=True):
+            results[i] = result
+    deltas = _upload_deltas(flows, results)
+    out = []
+    for f, r, m, result, delta in zip(flows, rows, fixed, results, deltas, strict=True):
+        if delta is None:
+            out.append((list(f.parts), result))
+            continue
+        with torch.no_grad():
+            new = [
+                combine_rows(delta, x, None if m is None else m[k]).reshape(p.shape)
+                for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
+            ]
+        out.append((new, result))
+    return out
+
+
+def _upload_deltas(flows: list[Flow], results: list[FlowResult]) -> list[torch.Tensor | None]:
+    """The finite flows' update coefficients T - [I 0] on their devices in their stream dtypes, sent in one copy."""
+    live = [i for i, res in enumerate(results) if res.finite]
+    if not live:
+        return [None] * len(flows)
+    exact = any(flows[i].parts[0].dtype == torch.float64 for i in live)
+    host = np.concatenate(
+        [(results[i].coefficients - np.eye(*results[i].coefficients.shape)).reshape(-1) for i in live]
+    ).astype(np.float64 if exact else np.float32)
+    sent = torch.from_numpy(host).to(flows[live[0]].parts[0].device)
+    out: list[torch.Tensor | None] = [None] * len(flows)
+    start = 0
+    for i in live:
+        shape = results[i].coefficients.shape
+        part = flows[i].parts[0]
+        size = shape[0] * shape[1]
+        out[i] = sent[start : start + size].reshape(shape).to(device=part.device, dtype=part.dtype)
+        start += size
+    return out
 
 
 def repel_parts(
@@ -194,23 +372,8 @@ def repel_parts(
     Returns the new parts (same shapes and dtypes; the inputs themselves when nothing changes) and the flow result.
     A non-finite update is not applied (the inputs are returned and ``result.finite`` is False).
     """
-    b = parts[0].shape[0]
-    rows = currents = [_rows_2d(p) for p in parts]
-    if memory is not None:
-        rows = [
-            torch.cat([x, _rows_2d(m).to(device=x.device, dtype=x.dtype)]) for x, m in zip(rows, memory, strict=True)
-        ]
-    with torch.no_grad():  # the B x B coefficients are constants: no backprop through the kernel's eigenvectors
-        gram = gram_matrix(rows).cpu().numpy()
-    result = coefficient_flow(gram, b, iterations, eta=eta, strength=strength, want_entropy=want_entropy)
-    if not result.finite:
-        return list(parts), result
-    delta = result.coefficients - np.eye(b, result.coefficients.shape[1])
-    if parts[0].dtype != torch.float64:
-        delta = delta.astype(np.float32)
-    coef = torch.from_numpy(delta).to(device=parts[0].device, dtype=parts[0].dtype)
-    new_parts = [combine_rows(coef, x, c).reshape(p.shape) for x, c, p in zip(rows, currents, parts, strict=True)]
-    return new_parts, result
+    (out,) = repel_flows([Flow(parts, memory)], iterations, eta=eta, strength=strength, want_entropy=want_entropy)
+    return out
 
 
 def _validate_repel_args(features: torch.Tensor, iterations: int) -> None:

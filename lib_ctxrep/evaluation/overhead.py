@@ -25,7 +25,7 @@ import torch
 
 from ..config import RepulsionConfig
 from ..engine import RepulsionEngine
-from ..repulsion import combine_rows, gram_matrix
+from ..repulsion import centred_gram, combine_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VARIANTS = ("plain", "hooked", "hooked_late")
@@ -226,7 +226,7 @@ def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str
         return wrapper
 
     passes = {}
-    rep.gram_matrix, rep.combine_rows = counted("gram", gram_matrix), counted("combine", combine_rows)
+    rep.centred_gram, rep.combine_rows = counted("gram", centred_gram), counted("combine", combine_rows)
     try:
         for m in (1, config.iterations):
             engine = RepulsionEngine(replace(config, iterations=m))
@@ -235,7 +235,7 @@ def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str
             engine.process("probe", [x])
             passes[m] = dict(counts)
     finally:
-        rep.gram_matrix, rep.combine_rows = gram_matrix, combine_rows
+        rep.centred_gram, rep.combine_rows = centred_gram, combine_rows
     return passes
 
 
