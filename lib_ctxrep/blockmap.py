@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .engine import Run
+
 TEXT_FIRST = "text-image"
 IMAGE_FIRST = "image-text"
 
@@ -406,10 +408,17 @@ def _runs(spans: list[tuple[Span, ...]]) -> Iterable[tuple[int, int, tuple[Span,
             first = c
 
 
-def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTokens, mode: str = "text") -> Any:
+def repel_block(
+    engine: Any, name: str, where: Blocks, output: Any, call: CallTokens, mode: str = "text", inputs: Any = None
+) -> Any:
     """Repel the contextual tokens of one block's ``output`` through ``engine`` (a RepulsionEngine inside an active
     call); returns the output to use instead, or None when nothing changes. ``mode``: "text" (the text tokens) or
-    "all" (text and the target's image tokens; single-stream blocks only)."""
+    "all" (text and the target's image tokens; single-stream blocks only).
+
+    ``inputs``: the block call's arguments (tensors, or tuples, lists and dicts of them), when the front end has
+    them. The repelled tokens are then written into the output's own tensors unless one of them shares memory with
+    an input (a block that returns its input, or updates it in place) or needs gradients; otherwise, and without
+    ``inputs``, into one copy of each changed tensor. A group that covers a whole tensor replaces it (no copy)."""
     tensors = _streams(where, output, mode)
     if tensors is None:
         return None
@@ -424,7 +433,8 @@ def repel_block(engine: Any, name: str, where: Blocks, output: Any, call: CallTo
     if joint:
         image_tokens = call.image_len if call.image_len is not None else length - call.text_len
     spans = [_spans(where, call, c, joint, image_tokens, mode) for c in range(chunks)]
-    new_tensors = _repel_runs(engine, name, tensors, spans, joint, rows // chunks)
+    writable = inputs is not None and _writable(tensors, inputs)
+    new_tensors = _repel_runs(engine, name, tensors, spans, joint, rows // chunks, writable)
     if new_tensors is None:
         return None
     return _with_streams(output, where, new_tensors)
@@ -466,30 +476,67 @@ def _repel_runs(
     spans: list[tuple[Span, ...]],
     joint: bool,
     per_chunk: int,
+    writable: bool,
 ) -> list[torch.Tensor] | None:
-    """Repel the spans of each run of chunks that share them (one engine call per run) and write the result into
-    copies of ``tensors``; None when the engine changed nothing."""
+    """Repel the spans of each run of chunks that share them (one engine call for all runs) and write the changed
+    groups into ``tensors`` (``writable``) or into copies of them; None when the engine changed nothing."""
     chunks = len(spans)
-    new_tensors = list(tensors)
-    changed = False
+    runs, places = [], []
     for first, stop, run in _runs(spans):
         pieces = [(0 if joint else k, a, b) for k, (a, b) in enumerate(run) if b > a]
         if not pieces:
             continue
         r0, r1 = first * per_chunk, stop * per_chunk
-        parts = [tensors[t][r0:r1, a:b] for t, a, b in pieces]
         whole = (first, stop) == (0, chunks)
-        new = engine.process(
-            name, parts, memory_parts=1 if len(parts) > 1 else None, chunk_range=None if whole else (first, stop)
-        )
-        if new is None:
-            continue
-        for (t, a, b), part in zip(pieces, new, strict=True):
-            if new_tensors[t] is tensors[t]:
-                new_tensors[t] = tensors[t].clone()
-            new_tensors[t][r0:r1, a:b] = part
-        changed = True
+        parts = [tensors[t][r0:r1, a:b] for t, a, b in pieces]
+        runs.append(Run(parts, 1 if len(parts) > 1 else None, None if whole else (first, stop)))
+        places.append((r0, pieces))
+    changes = engine.process_runs(name, runs) if runs else []
+    new_tensors = list(tensors)
+    changed = False
+    for (r0, pieces), groups in zip(places, changes, strict=True):
+        for start, new in groups:
+            rows = new[0].shape[0]
+            for (t, a, b), part in zip(pieces, new, strict=True):
+                target = tensors[t]
+                if r0 + start == 0 and rows == target.shape[0] and (a, b) == (0, target.shape[1]):
+                    new_tensors[t] = part  # the group is the whole tensor: its new rows are the new tensor
+                    continue
+                if new_tensors[t] is target and not writable:
+                    new_tensors[t] = target.clone()
+                new_tensors[t][r0 + start : r0 + start + rows, a:b] = part
+            changed = True
     return new_tensors if changed else None
+
+
+def _writable(tensors: list[torch.Tensor], inputs: Any) -> bool:
+    """Whether the block's output ``tensors`` may be written in place: none needs gradients, none has overlapping
+    elements (an expanded view), and none shares memory with a tensor among ``inputs``."""
+    if any(t.requires_grad or not _non_overlapping(t) for t in tensors):
+        return False
+    taken = {t.untyped_storage().data_ptr() for t in _input_tensors(inputs)}
+    return not any(t.untyped_storage().data_ptr() in taken for t in tensors)
+
+
+def _input_tensors(value: Any) -> Iterable[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _input_tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _input_tensors(item)
+
+
+def _non_overlapping(t: torch.Tensor) -> bool:
+    """Whether every element of ``t`` has its own memory (no stride-0 or otherwise overlapping dimension)."""
+    reach = 1
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride(), strict=True) if s > 1):
+        if stride < reach:
+            return False
+        reach = stride * size
+    return True
 
 
 def _with_streams(output: Any, where: Blocks, new_tensors: list[torch.Tensor]) -> Any:

@@ -22,7 +22,7 @@ import torch
 
 from .config import RepulsionConfig, as_config
 from .memory import ContextMemory
-from .repulsion import repel_parts
+from .repulsion import Flow, FlowResult, repel_flows
 from .schedule import is_active
 
 logger = logging.getLogger("lib_ctxrep")
@@ -141,21 +141,81 @@ class RepulsionEngine:
         ``chunk_range``: ``parts`` hold only the rows of chunks ``[first, stop)`` of the call (for a call whose chunks
         have their tokens in different places, e.g. a negative prompt of another length batched with the prompt).
         """
+        (changes,) = self.process_runs(block, [Run(parts, memory_parts, chunk_range)])
+        return _put_back(parts, changes)
+
+    def process_runs(self, block: str, runs: list[Run]) -> list[list[tuple[int, list[torch.Tensor]]]]:
+        """Repel several runs of one block's rows at once (see :meth:`process` for each run's fields): every group of
+        every run is solved with one device-to-host transfer in all. Returns per run the groups that changed, as
+        (first row within the run, new parts); an empty list when nothing changes."""
         if not self._active:
-            return None
-        layout = self._groups(parts[0].shape[0], chunk_range)
-        if layout is None:
-            return None
-        size, groups = layout
-        kept = len(parts) if memory_parts is None or self.config.memory_image else memory_parts
-        replaced: dict[int, list[torch.Tensor]] = {}
-        for group in groups:
-            rows = [p[group.start : group.start + size] for p in parts]
-            key = (block, round(self._progress, _KEY_DECIMALS), group.label, group.occurrence, group.index)
-            new = self._repel_group(block, group.label, key, rows, kept)
+            return [[] for _ in runs]
+        cfg = self.config
+        plans: list[_Plan] = []
+        flows: list[Flow] = []
+        for index, run in enumerate(runs):
+            layout = self._groups(run.parts[0].shape[0], run.chunk_range)
+            if layout is None:
+                continue
+            size, groups = layout
+            kept = len(run.parts) if run.memory_parts is None or cfg.memory_image else run.memory_parts
+            for group in groups:
+                rows = [p[group.start : group.start + size] for p in run.parts]
+                key = (block, round(self._progress, _KEY_DECIMALS), group.label, group.occurrence, group.index)
+                remembered = self._remembered(block, key, rows[:kept])
+                if size < 2 and remembered is None:
+                    if cfg.memory:
+                        self.memory.stage(key, rows[:kept])
+                    continue
+                moving = rows if remembered is None else rows[:kept]
+                within = len(moving) < len(rows) and size >= 2  # the parts the memory does not hold, in the batch
+                plans.append(_Plan(index, group, key, rows, kept, remembered, len(flows), within))
+                flows.append(Flow(moving, remembered))
+                if within:
+                    flows.append(Flow(rows))
+        if not flows:
+            return [[] for _ in runs]
+        strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
+        solved = repel_flows(flows, cfg.iterations, eta=cfg.eta, strength=strength, want_entropy=self.record_stats)
+        changes: list[list[tuple[int, list[torch.Tensor]]]] = [[] for _ in runs]
+        for plan in plans:
+            new = self._finish_group(block, plan, solved)
             if new is not None:
-                replaced[group.start] = new
-        return _put_back(parts, replaced, size)
+                changes[plan.run].append((plan.group.start, new))
+        return changes
+
+    def _finish_group(
+        self, block: str, plan: _Plan, solved: list[tuple[list[torch.Tensor], FlowResult]]
+    ) -> list[torch.Tensor] | None:
+        """One group's new rows from its solved flows (staged in the memory, recorded in the stats); None when its
+        update is not finite (warned once; the group stays as it is)."""
+        new, result = solved[plan.flow]
+        if not result.finite:
+            self._warn_nonfinite(block)
+            return None
+        new = [*new, *plan.rows[len(new) :]]
+        if plan.within:
+            inner, inner_result = solved[plan.flow + 1]
+            if inner_result.finite:
+                new = [*new[: plan.kept], *inner[plan.kept :]]
+            else:
+                self._warn_nonfinite(block)
+        if self.config.memory:
+            self.memory.stage(plan.key, new[: plan.kept])
+        if self.record_stats:
+            memory_rows = 0 if plan.remembered is None else plan.remembered[0].shape[0]
+            self.stats.append(
+                BlockStat(
+                    block,
+                    self._progress,
+                    plan.group.label,
+                    plan.rows[0].shape[0],
+                    memory_rows,
+                    math.exp(result.entropy_before),
+                    math.exp(result.entropy_after),
+                )
+            )
+        return new
 
     def _groups(self, rows: int, chunk_range: tuple[int, int] | None) -> tuple[int, list[_Group]] | None:
         """The repulsion groups of a call's ``rows`` rows (those of chunks ``chunk_range``): the group size and, for
@@ -184,51 +244,6 @@ class RepulsionEngine:
             groups += [_Group(start, label, occurrence, gi) for gi, start in enumerate(starts)]
         return size, groups
 
-    def _repel_group(
-        self, block: str, label: str, key: tuple, rows: list[torch.Tensor], kept: int
-    ) -> list[torch.Tensor] | None:
-        """Repel one group's ``rows`` (one tensor per part) against each other and the memory for ``key`` (which
-        holds the first ``kept`` parts) and stage the result; the new rows, or None when the group stays as it is."""
-        cfg = self.config
-        size = rows[0].shape[0]
-        remembered = self._remembered(block, key, rows[:kept])
-        moving = rows if remembered is None else rows[:kept]
-        if size < 2 and remembered is None:
-            if cfg.memory:
-                self.memory.stage(key, rows[:kept])
-            return None
-        strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
-        new, result = repel_parts(
-            moving,
-            cfg.iterations,
-            eta=cfg.eta,
-            strength=strength,
-            memory=remembered,
-            want_entropy=self.record_stats,
-        )
-        if not result.finite:
-            self._warn_nonfinite(block)
-            return None
-        new = [*new, *rows[len(new) :]]
-        if len(moving) < len(rows) and size >= 2:
-            new = self._repel_unremembered_within_batch(block, rows, new, kept, strength)
-        if cfg.memory:
-            self.memory.stage(key, new[:kept])
-        if self.record_stats:
-            memory_rows = 0 if remembered is None else remembered[0].shape[0]
-            self.stats.append(
-                BlockStat(
-                    block,
-                    self._progress,
-                    label,
-                    size,
-                    memory_rows,
-                    math.exp(result.entropy_before),
-                    math.exp(result.entropy_after),
-                )
-            )
-        return new
-
     def _remembered(self, block: str, key: tuple, rows: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The memory's rows for ``key`` when they have the shapes of ``rows`` (the remembered parts); None when the
         memory is off or empty for it, or holds another shape (warned once: the memory starts again at this shape)."""
@@ -242,23 +257,6 @@ class RepulsionEngine:
             )
             return None
         return remembered
-
-    def _repel_unremembered_within_batch(
-        self,
-        block: str,
-        rows: list[torch.Tensor],
-        new: list[torch.Tensor],
-        kept: int,
-        strength: float | None,
-    ) -> list[torch.Tensor]:
-        """``new`` with the parts the memory does not hold (after the first ``kept``) repelled within the batch,
-        exactly as without memory; ``new`` unchanged when that update is not finite (warned once)."""
-        cfg = self.config
-        within, inner = repel_parts(rows, cfg.iterations, eta=cfg.eta, strength=strength)
-        if not inner.finite:
-            self._warn_nonfinite(block)
-            return new
-        return [*new[:kept], *within[kept:]]
 
     def _warn_nonfinite(self, block: str) -> None:
         self.warn_once(
@@ -277,20 +275,40 @@ class _Group(NamedTuple):
     index: int
 
 
-def _put_back(
-    parts: list[torch.Tensor], replaced: dict[int, list[torch.Tensor]], size: int
-) -> list[torch.Tensor] | None:
-    """``parts`` with the groups of ``size`` rows in ``replaced`` (new rows per part, by first row) put in their
-    place; None when no group changed."""
-    if not replaced:
+class Run(NamedTuple):
+    """One engine call's share of a block: parts of the same rows, and how to read them (see
+    :meth:`RepulsionEngine.process`)."""
+
+    parts: list[torch.Tensor]
+    memory_parts: int | None = None
+    chunk_range: tuple[int, int] | None = None
+
+
+class _Plan(NamedTuple):
+    """A group's place in a block's batched solve: its run, group, memory key and rows, how many parts the memory
+    keeps, the remembered rows, the index of its flow, and whether a second flow repels the other parts within the
+    batch."""
+
+    run: int
+    group: _Group
+    key: tuple
+    rows: list[torch.Tensor]
+    kept: int
+    remembered: list[torch.Tensor] | None
+    flow: int
+    within: bool
+
+
+def _put_back(parts: list[torch.Tensor], changes: list[tuple[int, list[torch.Tensor]]]) -> list[torch.Tensor] | None:
+    """``parts`` with the changed groups (first row, new rows per part) put in their place; None when no group
+    changed."""
+    if not changes:
         return None
     rows = parts[0].shape[0]
-    if len(replaced) == 1 and size == rows:
-        return replaced[0]
-    out = []
-    for k, part in enumerate(parts):
-        pieces = []
-        for start in range(0, rows, size):
-            pieces.append(replaced[start][k] if start in replaced else part[start : start + size])
-        out.append(torch.cat(pieces, dim=0))
+    if len(changes) == 1 and changes[0][0] == 0 and changes[0][1][0].shape[0] == rows:
+        return changes[0][1]
+    out = [p.clone() for p in parts]
+    for start, new in changes:
+        for target, part in zip(out, new, strict=True):
+            target[start : start + part.shape[0]] = part
     return out

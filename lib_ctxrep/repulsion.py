@@ -296,8 +296,8 @@ def repel_flows(
         raise ValueError("repel_flows: give exactly one of eta or strength")
     if not flows:
         return []
+    rows = [[_rows_2d(p) for p in f.parts] for f in flows]
     with torch.no_grad():  # the B x B coefficients are constants: no backprop through the kernel's eigenvectors
-        rows = [[_rows_2d(p) for p in f.parts] for f in flows]
         fixed = [
             None
             if f.memory is None
@@ -327,11 +327,10 @@ def repel_flows(
         if delta is None:
             out.append((list(f.parts), result))
             continue
-        with torch.no_grad():
-            new = [
-                combine_rows(delta, x, None if m is None else m[k]).reshape(p.shape)
-                for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
-            ]
+        new = [  # differentiable in the rows (training through a repelled block): the coefficients are constants
+            combine_rows(delta, x, None if m is None else m[k]).reshape(p.shape)
+            for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
+        ]
         out.append((new, result))
     return out
 

@@ -147,7 +147,7 @@ class ComfyRepulsion:
             out = previous(args, extra) if previous is not None else extra["original_block"](args)
             if not engine.active or self._tokens is None:
                 return out
-            new = blockmap.repel_block(engine, name, where, _read(where, out), self._tokens, mode)
+            new = blockmap.repel_block(engine, name, where, _read(where, out), self._tokens, mode, inputs=args)
             return out if new is None else _write(where, out, new)
 
         return ctxrep_block_patch

@@ -322,7 +322,7 @@ def apply_contextual_repulsion(
     hooked = blockmap.hooked_blocks(arch, transformer, config)
     engine.repelled_blocks = len(hooked)
     for name, block, where, mode in hooked:
-        hooks.append(block.register_forward_hook(calls.block_hook(name, where, mode)))
+        hooks.append(block.register_forward_hook(calls.block_hook(name, where, mode), with_kwargs=True))
     setattr(transformer, _ATTR, handle)
     return handle
 
@@ -447,9 +447,9 @@ class _TransformerCalls:
         """The forward hook of block ``name``: its output repelled through the block map while a call is active."""
         engine = self.engine
 
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not engine.active:
                 return None
-            return blockmap.repel_block(engine, name, where, output, self.tokens, mode)
+            return blockmap.repel_block(engine, name, where, output, self.tokens, mode, inputs=(args, kwargs))
 
         return hook

@@ -137,15 +137,15 @@ class ForgeRepulsion:
         hooked = blockmap.hooked_blocks(self.architecture, diffusion_model, self.config)
         self.engine.repelled_blocks = len(hooked)
         for name, block, where, mode in hooked:
-            self._hooks.append(block.register_forward_hook(self._hook(name, where, mode)))
+            self._hooks.append(block.register_forward_hook(self._hook(name, where, mode), with_kwargs=True))
 
     def _hook(self, name: str, where: blockmap.Blocks, mode: str) -> Callable:
         engine = self.engine
 
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        def hook(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
             if not engine.active:
                 return None
-            return blockmap.repel_block(engine, name, where, output, self._tokens, mode)
+            return blockmap.repel_block(engine, name, where, output, self._tokens, mode, inputs=(args, kwargs))
 
         return hook
 
