@@ -80,6 +80,13 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
     assert "ratio inside the window" in out and "ratio outside the window" in out
     assert "[overhead]" in out and "[bench]" not in out
     assert "M=1 -> 1 Gram + 1 combination, M=3 -> 1 Gram + 1 combination" in out
+    assert "per hooked block: 1.00 device-to-host transfers (2 in a hooked forward of 2 blocks)" in out
+    for rows in (2, 4):  # the run's batch, and B = 4
+        assert re.search(
+            rf"host inner loop, B={rows}: [\d.]+ us per iteration at M=8, [\d.]+ us per iteration at M=50", out
+        )
+    assert re.search(r"stream \[2, 8, 128\] float32: Gram [\d.]+ ms .* combination [\d.]+ ms", out)
+    assert re.search(r"stream \[2, 12, 128\] float32: Gram", out)  # the single block's whole sequence
     assert "SPELL search, 3000 latents x 8: exact" in out and "ms per query" in out
     stages = ["building a Flux transformer", "warm-up", "peak memory", "timing, round 1/1", "cost per block"]
     at = [out.index(f"[overhead] ... {stage}") for stage in stages]  # a line as each stage starts, in order

@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from .. import repulsion as rep
 from ..config import RepulsionConfig
 from ..engine import RepulsionEngine
-from ..repulsion import centred_gram, combine_rows
+from ..repulsion import centred_gram, coefficient_flow, combine_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VARIANTS = ("plain", "hooked", "hooked_late")
@@ -214,8 +215,6 @@ def time_per_block(config: RepulsionConfig, x: torch.Tensor, device: torch.devic
 def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str, int]]:
     """Gram matrices and row combinations over [B, N, D] that one block's repulsion computes, at M = 1 and at the
     configured M (the same: the inner iterations run on the B x B kernel)."""
-    import lib_ctxrep.repulsion as rep
-
     counts = {"gram": 0, "combine": 0}
 
     def counted(name: str, fn: Callable) -> Callable:
@@ -237,6 +236,109 @@ def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str
     finally:
         rep.centred_gram, rep.combine_rows = centred_gram, combine_rows
     return passes
+
+
+def count_transfers(model: Any, config: RepulsionConfig, inputs: dict) -> tuple[int, int]:
+    """Device-to-host transfers (calls of :func:`lib_ctxrep.repulsion.to_host`) in one hooked forward inside the
+    window, and the number of hooked blocks."""
+    from ..integrations.diffusers import apply_contextual_repulsion
+
+    counts = {"transfers": 0}
+    original = rep.to_host
+
+    def counted(tensors):
+        counts["transfers"] += 1
+        return original(tensors)
+
+    rep.to_host = counted
+    try:
+        with apply_contextual_repulsion(model, config) as handle:
+            model(**inputs)
+            blocks = handle.engine.repelled_blocks
+    finally:
+        rep.to_host = original
+    return counts["transfers"], blocks
+
+
+def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> float:
+    """Median host time (microseconds) of one inner iteration for a group of ``batch`` near-identical rows (the
+    first step's case: cosine about 0.99), timed over a whole ``iterations``-step loop."""
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(1, 4096, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
+        batch, 4096, generator=g, dtype=torch.float64
+    )
+    gram = (rows @ rows.T).numpy()
+    coefficient_flow(gram, batch, iterations, strength=0.3)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        coefficient_flow(gram, batch, iterations, strength=0.3)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) / iterations * 1e6
+
+
+@dataclass
+class StreamCost:
+    """The measured time and the bytes moved, against the floor, of the Gram matrix and the combination over one
+    block's repelled rows [B, P]."""
+
+    shape: tuple[int, ...]
+    gram_s: float
+    combine_s: float
+    floor_gram: int  #: one read of the rows
+    gram_bytes: int  #: this implementation: a float32 copy (read, write), centring (read, write), product (read)
+    floor_combine: int  #: one read and one write of the rows
+    combine_bytes: int  #: this implementation: the product reads the rows twice (added term, factor), writes once
+
+
+def stream_cost(x: torch.Tensor, device: torch.device, repeats: int = 5) -> StreamCost:
+    """Time :func:`centred_gram` and :func:`combine_rows` on the rows ``x`` [B, ...] (median of ``repeats``)."""
+    rows = x.reshape(x.shape[0], -1)
+    b, p, item = rows.shape[0], rows.shape[1], rows.element_size()
+    work = 8 if rows.dtype == torch.float64 else 4
+    delta = torch.full((b, b), 1e-3, device=device, dtype=rows.dtype)
+    centred_gram([rows])
+    combine_rows(delta, rows)
+    gram_s = statistics.median(_time(partial(centred_gram, [rows]), device) for _ in range(repeats))
+    combine_s = statistics.median(_time(partial(combine_rows, delta, rows), device) for _ in range(repeats))
+    elements = b * p
+    return StreamCost(
+        tuple(x.shape),
+        gram_s,
+        combine_s,
+        elements * item,
+        elements * (item + 4 * work),
+        2 * elements * item,
+        3 * elements * item,
+    )
+
+
+def print_block_costs(
+    args: argparse.Namespace,
+    transfers: tuple[int, int],
+    loop_us: dict[tuple[int, int], float],
+    streams: list[StreamCost],
+) -> None:
+    """Per hooked block: transfers, host time per inner iteration, and the Gram and combination against the floor."""
+    count, blocks = transfers
+    print(
+        f"[overhead] per hooked block: {count / max(blocks, 1):.2f} device-to-host transfers ({count} in a hooked "
+        f"forward of {blocks} blocks); inner loop on the host (numpy, float64)"
+    )
+    for batch in sorted({rows for rows, _ in loop_us}):
+        print(
+            f"[overhead] host inner loop, B={batch}: "
+            + ", ".join(f"{us:.1f} us per iteration at M={m}" for (rows, m), us in loop_us.items() if rows == batch)
+        )
+    for cost in streams:
+        mb = 1e6
+        print(
+            f"[overhead] stream {list(cost.shape)} {args.dtype}: Gram {cost.gram_s * 1e3:.2f} ms "
+            f"({cost.gram_bytes / mb:.0f} MB moved, floor {cost.floor_gram / mb:.0f} MB: "
+            f"{cost.gram_bytes / cost.floor_gram:.1f}x; {cost.floor_gram / cost.gram_s / 1e9:.1f} GB/s of rows), "
+            f"combination {cost.combine_s * 1e3:.2f} ms ({cost.combine_bytes / mb:.0f} MB moved, floor "
+            f"{cost.floor_combine / mb:.0f} MB: {cost.combine_bytes / cost.floor_combine:.1f}x)"
+        )
 
 
 def _scaled(value: float | None, by: float) -> float | None:
@@ -316,7 +418,14 @@ def run(args: argparse.Namespace) -> dict:
         x = torch.randn(b, n, d, device=device, dtype=dtype)
         per_block = time_per_block(config, x, device)
         passes = count_passes(config, x)
+        _stage("transfers per hooked block, host inner loop, Gram and combination per stream")
+        transfers = count_transfers(model, config, active)
+        loop_us = {(rows, m): host_loop_us(rows, m) for rows in sorted({4, b}) for m in (8, 50)}
+        streams = [stream_cost(x, device)]
+        if args.single and args.single_mode == "all":
+            streams.append(stream_cost(torch.randn(b, n + img, d, device=device, dtype=dtype), device))
     numbers = report(args, times, per_block)
+    print_block_costs(args, transfers, loop_us, streams)
     m = args.iterations
     print(
         f"[overhead] passes over [B, N, D] per block: M=1 -> {passes[1]['gram']} Gram + {passes[1]['combine']} "
@@ -325,7 +434,13 @@ def run(args: argparse.Namespace) -> dict:
     print_peaks(peaks, b * n * d * itemsize, device)
     search = spell_search(args.spell_set, args.spell_dim, nprobe=args.nprobe) if args.spell_set > 0 else None
     return dict(
-        numbers, passes=(passes[1], passes[m]), times={k: t.best for k, t in times.items()}, spell_search=search
+        numbers,
+        passes=(passes[1], passes[m]),
+        times={k: t.best for k, t in times.items()},
+        spell_search=search,
+        transfers=transfers,
+        host_loop_us=loop_us,
+        streams=streams,
     )
 
 
