@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,8 +89,12 @@ def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = N
     X X^T accumulated in float32 would lose 1 - cos in its rounding; the differences x_i - x_0 are exact in float32
     for fp16/bf16 rows and carry 1 - cos at full relative precision. One pass over the rows: each chunk of
     ``GRAM_CHUNK`` elements is copied into a float32 (float64 for float64 rows) buffer, centred on row 0 in place
-    and multiplied by its transpose (float32 accumulation, summed over chunks in float64).
+    and multiplied by its transpose (float32 accumulation, summed over chunks in float64). Where the Triton kernels
+    run (:mod:`lib_ctxrep.kernels`), one read of the rows in their own dtype.
     """
+    kernels = _kernels_for(rows, memory)
+    if kernels is not None:
+        return kernels.centred_gram(rows, memory)
     b = rows[0].shape[0]
     r = b + (memory[0].shape[0] if memory is not None else 0)
     work = torch.float64 if any(x.dtype == torch.float64 for x in rows) else torch.float32
@@ -133,15 +139,44 @@ def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
     return out
 
 
+_KERNELS: list = []  # the Triton kernels module (or None), loaded on first use
+
+
+def _kernels_for(rows: list[torch.Tensor], memory: list[torch.Tensor] | None) -> Any:
+    """:mod:`lib_ctxrep.kernels` when its Triton kernels handle these rows, else None (the torch versions run).
+
+    ``CTXREP_KERNELS``: ``torch`` never uses them, ``triton`` also on CPU tensors under ``TRITON_INTERPRET=1``, and
+    by default they run on CUDA tensors where Triton 3 is importable."""
+    choice = os.environ.get("CTXREP_KERNELS", "").lower()
+    if choice == "torch" or (choice != "triton" and not rows[0].is_cuda):
+        return None
+    if not _KERNELS:
+        try:
+            import triton
+
+            from . import kernels
+
+            _KERNELS.append(kernels if int(triton.__version__.split(".")[0]) >= 3 else None)
+        except (ImportError, ValueError):
+            _KERNELS.append(None)
+    module = _KERNELS[0]
+    return module if module is not None and module.available(rows, memory) else None
+
+
 def combine_rows(delta: torch.Tensor, current: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
     """New current rows = ``current`` + ``delta`` @ [``current``; ``memory``] for [B, R] update coefficients and
     rows [B, P] (and [Mm, P]): one product with float32 (or float64) accumulation, and a second for the memory rows
     (no concatenated copy of the rows).
 
-    ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is given in the stream dtype: for fp16/bf16 its rounding is
-    a relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype.
+    ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is rounded to the stream dtype: for fp16/bf16 that is a
+    relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype. Where the Triton
+    kernels run (:mod:`lib_ctxrep.kernels`), the rows are read once and written once and ``delta`` stays float32.
     """
+    kernels = _kernels_for([current], None if memory is None else [memory])
+    if kernels is not None:
+        return kernels.combine_rows(delta, current, memory)
     b = current.shape[0]
+    delta = delta.to(current.dtype)
     out = torch.addmm(current, delta[:, :b], current)
     if memory is not None:
         out.addmm_(delta[:, b:], memory)
@@ -339,7 +374,8 @@ def repel_flows(
 
 
 def _upload_deltas(flows: list[Flow], results: list[FlowResult]) -> list[torch.Tensor | None]:
-    """The finite flows' update coefficients T - [I 0] on their devices in their stream dtypes, sent in one copy."""
+    """The finite flows' update coefficients T - [I 0] on their devices (float32; float64 for float64 rows), sent in
+    one copy."""
     live = [i for i, res in enumerate(results) if res.finite]
     if not live:
         return [None] * len(flows)
@@ -354,7 +390,7 @@ def _upload_deltas(flows: list[Flow], results: list[FlowResult]) -> list[torch.T
         shape = results[i].coefficients.shape
         part = flows[i].parts[0]
         size = shape[0] * shape[1]
-        out[i] = sent[start : start + size].reshape(shape).to(device=part.device, dtype=part.dtype)
+        out[i] = sent[start : start + size].reshape(shape).to(device=part.device)
         start += size
     return out
 

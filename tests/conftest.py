@@ -7,7 +7,15 @@ skipped silently.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
+
+import torch
+
+if not torch.cuda.is_available():
+    # Triton's kernels (lib_ctxrep.kernels, tests/test_kernels.py) then run on CPU tensors in its interpreter; it
+    # must be set before anything imports Triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 FORGE_ENV = (
     "python3 -m venv .venv-forge && .venv-forge/bin/python -m pip install -r requirements-test-forge.txt -e . "
@@ -31,6 +39,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
             kinds["forge"] += 1
         elif "has no" in reason and "diffusers" in reason:
             kinds["diffusers"] += 1
+        elif "Triton" in reason:
+            kinds["triton"] += 1
         else:
             kinds["other"] += 1
     if kinds["forge"]:
@@ -42,4 +52,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.write_line(
             f"[tests] {kinds['diffusers']} tests of model classes this diffusers lacks were skipped; "
             f"they run with current diffusers: {CURRENT_ENV}"
+        )
+    if kinds["triton"]:
+        terminalreporter.write_line(
+            f"[tests] {kinds['triton']} test file of the Triton kernels was skipped (Triton is not installed); it "
+            f"runs (in Triton's CPU interpreter) with current diffusers' requirements: {CURRENT_ENV}"
         )
