@@ -85,8 +85,9 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
         assert re.search(
             rf"host inner loop, B={rows}: [\d.]+ us per iteration at M=8, [\d.]+ us per iteration at M=50", out
         )
-    assert re.search(r"stream \[2, 8, 128\] float32: Gram [\d.]+ ms .* combination [\d.]+ ms", out)
-    assert re.search(r"stream \[2, 12, 128\] float32: Gram", out)  # the single block's whole sequence
+    assert "inner loop on the host (numpy, float64); Gram and combination in the forward: torch" in out
+    assert re.search(r"stream \[2, 8, 128\] float32, torch: Gram [\d.]+ ms .* combination [\d.]+ ms", out)
+    assert re.search(r"stream \[2, 12, 128\] float32, torch: Gram", out)  # the single block's whole sequence
     assert "SPELL search, 3000 latents x 8: exact" in out and "ms per query" in out
     stages = ["building a Flux transformer", "warm-up", "peak memory", "timing, round 1/1", "cost per block"]
     at = [out.index(f"[overhead] ... {stage}") for stage in stages]  # a line as each stage starts, in order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pkgutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import lib_ctxrep
 def runtime_and_front_ends() -> list[str]:
     """Every module of the package outside ``lib_ctxrep.evaluation`` (new modules are covered as they come)."""
     names = [m.name for m in pkgutil.walk_packages(lib_ctxrep.__path__, "lib_ctxrep.")]
+    if importlib.util.find_spec("triton") is None:  # the kernels' module needs Triton (an optional dependency)
+        names.remove("lib_ctxrep.kernels")
     return ["lib_ctxrep"] + sorted(n for n in names if not n.startswith("lib_ctxrep.evaluation"))
 
 

@@ -14,6 +14,7 @@ as "below measurement noise" when it does not exceed it, never as a negative fig
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -280,37 +281,55 @@ def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> float:
 @dataclass
 class StreamCost:
     """The measured time and the bytes moved, against the floor, of the Gram matrix and the combination over one
-    block's repelled rows [B, P]."""
+    block's repelled rows [B, P], for one implementation ("torch", or "triton": :mod:`lib_ctxrep.kernels`)."""
 
+    path: str
     shape: tuple[int, ...]
     gram_s: float
     combine_s: float
     floor_gram: int  #: one read of the rows
-    gram_bytes: int  #: this implementation: a float32 copy (read, write), centring (read, write), product (read)
+    gram_bytes: int  #: torch: a float32 copy (read, write), centring (read, write), product (read); triton: one read
     floor_combine: int  #: one read and one write of the rows
-    combine_bytes: int  #: this implementation: the product reads the rows twice (added term, factor), writes once
+    combine_bytes: int  #: torch: the product reads the rows twice (added term, factor) and writes; triton: the floor
 
 
-def stream_cost(x: torch.Tensor, device: torch.device, repeats: int = 5) -> StreamCost:
-    """Time :func:`centred_gram` and :func:`combine_rows` on the rows ``x`` [B, ...] (median of ``repeats``)."""
+def stream_costs(x: torch.Tensor, device: torch.device, repeats: int = 5) -> list[StreamCost]:
+    """Time :func:`centred_gram` and :func:`combine_rows` on the rows ``x`` [B, ...] (median of ``repeats``) with
+    the torch versions, and with the Triton kernels where they run for these rows (CUDA with Triton 3)."""
     rows = x.reshape(x.shape[0], -1)
     b, p, item = rows.shape[0], rows.shape[1], rows.element_size()
     work = 8 if rows.dtype == torch.float64 else 4
-    delta = torch.full((b, b), 1e-3, device=device, dtype=rows.dtype)
-    centred_gram([rows])
-    combine_rows(delta, rows)
-    gram_s = statistics.median(_time(partial(centred_gram, [rows]), device) for _ in range(repeats))
-    combine_s = statistics.median(_time(partial(combine_rows, delta, rows), device) for _ in range(repeats))
+    delta = torch.full((b, b), 1e-3, device=device, dtype=torch.float32)
     elements = b * p
-    return StreamCost(
-        tuple(x.shape),
-        gram_s,
-        combine_s,
-        elements * item,
-        elements * (item + 4 * work),
-        2 * elements * item,
-        3 * elements * item,
-    )
+    paths = ["torch"] + (["triton"] if rep._kernels_for([rows], None) is not None else [])
+    costs = []
+    previous = os.environ.get("CTXREP_KERNELS")
+    try:
+        for path in paths:
+            os.environ["CTXREP_KERNELS"] = path
+            centred_gram([rows])
+            combine_rows(delta, rows)
+            gram_s = statistics.median(_time(partial(centred_gram, [rows]), device) for _ in range(repeats))
+            combine_s = statistics.median(_time(partial(combine_rows, delta, rows), device) for _ in range(repeats))
+            torch_path = path == "torch"
+            costs.append(
+                StreamCost(
+                    path,
+                    tuple(x.shape),
+                    gram_s,
+                    combine_s,
+                    elements * item,
+                    elements * (item + 4 * work) if torch_path else elements * item,
+                    2 * elements * item,
+                    3 * elements * item if torch_path else 2 * elements * item,
+                )
+            )
+    finally:
+        if previous is None:
+            os.environ.pop("CTXREP_KERNELS", None)
+        else:
+            os.environ["CTXREP_KERNELS"] = previous
+    return costs
 
 
 def print_block_costs(
@@ -323,7 +342,8 @@ def print_block_costs(
     count, blocks = transfers
     print(
         f"[overhead] per hooked block: {count / max(blocks, 1):.2f} device-to-host transfers ({count} in a hooked "
-        f"forward of {blocks} blocks); inner loop on the host (numpy, float64)"
+        f"forward of {blocks} blocks); inner loop on the host (numpy, float64); Gram and combination in the forward: "
+        f"{'triton' if any(c.path == 'triton' for c in streams) else 'torch'}"
     )
     for batch in sorted({rows for rows, _ in loop_us}):
         print(
@@ -333,7 +353,7 @@ def print_block_costs(
     for cost in streams:
         mb = 1e6
         print(
-            f"[overhead] stream {list(cost.shape)} {args.dtype}: Gram {cost.gram_s * 1e3:.2f} ms "
+            f"[overhead] stream {list(cost.shape)} {args.dtype}, {cost.path}: Gram {cost.gram_s * 1e3:.2f} ms "
             f"({cost.gram_bytes / mb:.0f} MB moved, floor {cost.floor_gram / mb:.0f} MB: "
             f"{cost.gram_bytes / cost.floor_gram:.1f}x; {cost.floor_gram / cost.gram_s / 1e9:.1f} GB/s of rows), "
             f"combination {cost.combine_s * 1e3:.2f} ms ({cost.combine_bytes / mb:.0f} MB moved, floor "
@@ -421,9 +441,9 @@ def run(args: argparse.Namespace) -> dict:
         _stage("transfers per hooked block, host inner loop, Gram and combination per stream")
         transfers = count_transfers(model, config, active)
         loop_us = {(rows, m): host_loop_us(rows, m) for rows in sorted({4, b}) for m in (8, 50)}
-        streams = [stream_cost(x, device)]
+        streams = stream_costs(x, device)
         if args.single and args.single_mode == "all":
-            streams.append(stream_cost(torch.randn(b, n + img, d, device=device, dtype=dtype), device))
+            streams += stream_costs(torch.randn(b, n + img, d, device=device, dtype=dtype), device)
     numbers = report(args, times, per_block)
     print_block_costs(args, transfers, loop_us, streams)
     m = args.iterations
