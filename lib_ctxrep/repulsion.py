@@ -25,6 +25,7 @@ never move; R = B + (memory rows) is the kernel's size.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -201,6 +202,32 @@ def _eigh_function():
 _eigh = _eigh_function()
 
 
+_HOST_LOOP: list = []  # ["numba", compiled flow] or ["numpy"], chosen on first use
+
+
+def host_loop() -> str:
+    """Which inner loop runs on the host: "numba" (:mod:`lib_ctxrep.hostloop`, where numba is installed; about ten
+    times faster) or "numpy". ``CTXREP_HOST_LOOP=numpy`` forces numpy. Chosen once per process, so that a job's
+    batches all run the same arithmetic; the first call loads the compiled loop from numba's cache (about a second;
+    compiling it, once per installation, takes several)."""
+    if os.environ.get("CTXREP_HOST_LOOP", "").lower() == "numpy":
+        return "numpy"
+    if not _HOST_LOOP:
+        try:
+            from . import hostloop
+
+            eye = np.eye(2)[None]
+            hostloop.flow(eye, 2, 1, 0.1, False, NULL_EIG, 0.0)  # compile (or load) both variants now
+            hostloop.flow(eye, 2, 1, 0.1, True, NULL_EIG, 0.0)
+            _HOST_LOOP.extend(["numba", hostloop.flow])
+        except Exception as error:  # noqa: BLE001 (numba missing, or unable to compile here: numpy runs instead)
+            logging.getLogger("lib_ctxrep").info(
+                "[ctxrep] the compiled inner loop is not used (%s); numpy runs", error
+            )
+            _HOST_LOOP.append("numpy")
+    return _HOST_LOOP[0]
+
+
 def coefficient_flow(
     gram: np.ndarray,
     n_current: int,
@@ -251,8 +278,12 @@ def coefficient_flows(
         return results
     live = grams[movable]
     step = (eta if eta is not None else strength) / iterations
+    compiled = host_loop() == "numba"
     with np.errstate(all="ignore"):  # a failed eigensolve gives NaN, caught by the finiteness check below
-        coef, kernel = _flow(live if count > 1 else live[0], b, iterations, step, raw_eta=eta is not None)
+        if compiled:
+            coef, kernel = _HOST_LOOP[1](live, b, iterations, step, eta is not None, NULL_EIG * r, 1.0 - math.log(r))
+        else:
+            coef, kernel = _flow(live if count > 1 else live[0], b, iterations, step, raw_eta=eta is not None)
     coef, kernel = coef.reshape(-1, b, r), kernel.reshape(-1, r, r)
     for j, index in enumerate(np.flatnonzero(movable)):
         if not (np.isfinite(coef[j]).all() and np.isfinite(kernel[j]).all()):
