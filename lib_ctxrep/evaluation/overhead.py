@@ -14,6 +14,7 @@ as "below measurement noise" when it does not exceed it, never as a negative fig
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -261,21 +262,40 @@ def count_transfers(model: Any, config: RepulsionConfig, inputs: dict) -> tuple[
     return counts["transfers"], blocks
 
 
-def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> float:
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """Set the environment variable ``name`` to ``value`` for the block (the library's switches of implementation)."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> dict[str, float]:
     """Median host time (microseconds) of one inner iteration for a group of ``batch`` near-identical rows (the
-    first step's case: cosine about 0.99), timed over a whole ``iterations``-step loop."""
+    first step's case: cosine about 0.99), timed over a whole ``iterations``-step loop: for the loop the library
+    uses ("numba" where installed) and for numpy."""
     g = torch.Generator().manual_seed(0)
     rows = torch.randn(1, 4096, generator=g, dtype=torch.float64) + 0.1 * torch.randn(
         batch, 4096, generator=g, dtype=torch.float64
     )
     gram = (rows @ rows.T).numpy()
-    coefficient_flow(gram, batch, iterations, strength=0.3)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        coefficient_flow(gram, batch, iterations, strength=0.3)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) / iterations * 1e6
+    out = {}
+    for loop in sorted({rep.host_loop(), "numpy"}):
+        with _environment("CTXREP_HOST_LOOP", loop):
+            coefficient_flow(gram, batch, iterations, strength=0.3)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                coefficient_flow(gram, batch, iterations, strength=0.3)
+                times.append(time.perf_counter() - start)
+        out[loop] = statistics.median(times) / iterations * 1e6
+    return out
 
 
 @dataclass
@@ -303,53 +323,53 @@ def stream_costs(x: torch.Tensor, device: torch.device, repeats: int = 5) -> lis
     elements = b * p
     paths = ["torch"] + (["triton"] if rep._kernels_for([rows], None) is not None else [])
     costs = []
-    previous = os.environ.get("CTXREP_KERNELS")
-    try:
-        for path in paths:
-            os.environ["CTXREP_KERNELS"] = path
+    for path in paths:
+        with _environment("CTXREP_KERNELS", path):
             centred_gram([rows])
             combine_rows(delta, rows)
             gram_s = statistics.median(_time(partial(centred_gram, [rows]), device) for _ in range(repeats))
             combine_s = statistics.median(_time(partial(combine_rows, delta, rows), device) for _ in range(repeats))
-            torch_path = path == "torch"
-            costs.append(
-                StreamCost(
-                    path,
-                    tuple(x.shape),
-                    gram_s,
-                    combine_s,
-                    elements * item,
-                    elements * (item + 4 * work) if torch_path else elements * item,
-                    2 * elements * item,
-                    3 * elements * item if torch_path else 2 * elements * item,
-                )
+        torch_path = path == "torch"
+        costs.append(
+            StreamCost(
+                path,
+                tuple(x.shape),
+                gram_s,
+                combine_s,
+                elements * item,
+                elements * (item + 4 * work) if torch_path else elements * item,
+                2 * elements * item,
+                3 * elements * item if torch_path else 2 * elements * item,
             )
-    finally:
-        if previous is None:
-            os.environ.pop("CTXREP_KERNELS", None)
-        else:
-            os.environ["CTXREP_KERNELS"] = previous
+        )
     return costs
 
 
 def print_block_costs(
     args: argparse.Namespace,
     transfers: tuple[int, int],
-    loop_us: dict[tuple[int, int], float],
+    loop_us: dict[tuple[int, int], dict[str, float]],
     streams: list[StreamCost],
 ) -> None:
     """Per hooked block: transfers, host time per inner iteration, and the Gram and combination against the floor."""
     count, blocks = transfers
     print(
         f"[overhead] per hooked block: {count / max(blocks, 1):.2f} device-to-host transfers ({count} in a hooked "
-        f"forward of {blocks} blocks); inner loop on the host (numpy, float64); Gram and combination in the forward: "
+        f"forward of {blocks} blocks); inner loop on the host ({rep.host_loop()}, float64); Gram and combination in "
+        "the forward: "
         f"{'triton' if any(c.path == 'triton' for c in streams) else 'torch'}"
     )
+    loops = sorted({loop for per_loop in loop_us.values() for loop in per_loop})
     for batch in sorted({rows for rows, _ in loop_us}):
-        print(
-            f"[overhead] host inner loop, B={batch}: "
-            + ", ".join(f"{us:.1f} us per iteration at M={m}" for (rows, m), us in loop_us.items() if rows == batch)
-        )
+        for loop in loops:
+            print(
+                f"[overhead] host inner loop ({loop}), B={batch}: "
+                + ", ".join(
+                    f"{per_loop[loop]:.1f} us per iteration at M={m}"
+                    for (rows, m), per_loop in loop_us.items()
+                    if rows == batch
+                )
+            )
     for cost in streams:
         mb = 1e6
         print(
