@@ -13,8 +13,9 @@ import lib_ctxrep
 def runtime_and_front_ends() -> list[str]:
     """Every module of the package outside ``lib_ctxrep.evaluation`` (new modules are covered as they come)."""
     names = [m.name for m in pkgutil.walk_packages(lib_ctxrep.__path__, "lib_ctxrep.")]
-    if importlib.util.find_spec("triton") is None:  # the kernels' module needs Triton (an optional dependency)
-        names.remove("lib_ctxrep.kernels")
+    for module, needs in (("lib_ctxrep.kernels", "triton"), ("lib_ctxrep.hostloop", "numba")):
+        if importlib.util.find_spec(needs) is None:  # an optional dependency of that module is not installed
+            names.remove(module)
     return ["lib_ctxrep"] + sorted(n for n in names if not n.startswith("lib_ctxrep.evaluation"))
 
 
