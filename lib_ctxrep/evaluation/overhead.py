@@ -450,6 +450,7 @@ def run(args: argparse.Namespace) -> dict:
     config = RepulsionConfig(iterations=args.iterations, window=0.05, single_blocks=args.single_mode)
     itemsize = torch.tensor([], dtype=dtype).element_size()
     print_floor(args, model, itemsize)
+    _stage(f"loading the host inner loop ({rep.host_loop()}) before anything is measured")
     active = flux_inputs(b, n, img, 1.0, device, dtype)
     inactive = flux_inputs(b, n, img, 0.5, device, dtype)
     with torch.inference_mode():
