@@ -41,6 +41,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
             kinds["diffusers"] += 1
         elif "Triton" in reason:
             kinds["triton"] += 1
+        elif "numba" in reason:
+            kinds["numba"] += 1
         else:
             kinds["other"] += 1
     if kinds["forge"]:
@@ -57,4 +59,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.write_line(
             f"[tests] {kinds['triton']} test file of the Triton kernels was skipped (Triton is not installed); it "
             f"runs (in Triton's CPU interpreter) with current diffusers' requirements: {CURRENT_ENV}"
+        )
+    if kinds["numba"]:
+        terminalreporter.write_line(
+            f"[tests] {kinds['numba']} test file of the compiled inner loop was skipped (numba is not installed; the "
+            f"numpy loop ran instead); it runs with current diffusers' requirements: {CURRENT_ENV}"
         )
