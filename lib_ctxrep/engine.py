@@ -5,7 +5,9 @@ Hosts (diffusers, Forge) turn their calls into the same few inputs:
 - once per model call, :meth:`RepulsionEngine.begin_call` with the call's ``progress`` (see ``schedule``) and its
   row layout (a branch label per equal, contiguous chunk of rows);
 - after each selected block, :meth:`RepulsionEngine.process` with the block's name and its contextual tokens
-  (one or more parts, each [rows, ...], which together make one sample's feature vector).
+  (one or more parts, each [rows, ...], which together make one sample's feature vector), or
+  :meth:`RepulsionEngine.process_runs` with several such runs of one block (e.g. chunks whose text lengths differ):
+  all of a block's groups are solved with one device-to-host transfer.
 
 ``process`` returns the new parts, or None when nothing changes (outside the window, disabled, a B = 1 chunk without
 memory): the host then leaves its output untouched, so an inactive hook costs a Python attribute check.
