@@ -95,7 +95,10 @@ def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = N
     """
     kernels = _kernels_for(rows, memory)
     if kernels is not None:
-        return kernels.centred_gram(rows, memory)
+        try:
+            return kernels.centred_gram(rows, memory)
+        except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
+            _kernels_failed(error)
     b = rows[0].shape[0]
     r = b + (memory[0].shape[0] if memory is not None else 0)
     work = torch.float64 if any(x.dtype == torch.float64 for x in rows) else torch.float32
@@ -164,6 +167,14 @@ def _kernels_for(rows: list[torch.Tensor], memory: list[torch.Tensor] | None) ->
     return module if module is not None and module.available(rows, memory) else None
 
 
+def _kernels_failed(error: Exception) -> None:
+    """A kernel could not run (e.g. this Triton cannot compile it): the torch versions run from now on, said once."""
+    _KERNELS[:] = [None]
+    logging.getLogger("lib_ctxrep").warning(
+        "[ctxrep] the Triton kernels failed (%s: %s); the torch versions run instead", type(error).__name__, error
+    )
+
+
 def combine_rows(delta: torch.Tensor, current: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
     """New current rows = ``current`` + ``delta`` @ [``current``; ``memory``] for [B, R] update coefficients and
     rows [B, P] (and [Mm, P]): one product with float32 (or float64) accumulation, and a second for the memory rows
@@ -175,7 +186,10 @@ def combine_rows(delta: torch.Tensor, current: torch.Tensor, memory: torch.Tenso
     """
     kernels = _kernels_for([current], None if memory is None else [memory])
     if kernels is not None:
-        return kernels.combine_rows(delta, current, memory)
+        try:
+            return kernels.combine_rows(delta, current, memory)
+        except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
+            _kernels_failed(error)
     b = current.shape[0]
     delta = delta.to(current.dtype)
     out = torch.addmm(current, delta[:, :b], current)

@@ -118,3 +118,22 @@ def test_engine_repels_the_same_with_kernels_and_with_torch(monkeypatch):
     ulp = torch.finfo(torch.bfloat16).eps * results["torch"].abs().max().item()  # the kernel rounds once, torch twice
     torch.testing.assert_close(results["triton"], results["torch"], rtol=0, atol=ulp)
     assert not torch.equal(results["triton"], parts[0])
+
+
+def test_a_kernel_that_fails_leaves_the_torch_versions_running_and_says_so(use_kernels, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot compile")
+
+    monkeypatch.setattr(kernels, "centred_gram", broken)
+    monkeypatch.setattr(repulsion, "_KERNELS", [])  # a fresh process: the kernels are loaded again
+    x = rows_of(4, 64, seed=9, dtype=torch.float32).reshape(4, 4, 16)
+    monkeypatch.setenv("CTXREP_KERNELS", "torch")
+    want = repulsion.repel_angular(x, 0.3, 5)
+    monkeypatch.setenv("CTXREP_KERNELS", "triton")
+    with caplog.at_level("WARNING", logger="lib_ctxrep"):
+        got = repulsion.repel_angular(x, 0.3, 5)
+        again = repulsion.repel_angular(x, 0.3, 5)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(again, want, rtol=0, atol=0)
+    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+    assert "the Triton kernels failed (RuntimeError: cannot compile)" in caplog.records[0].message
