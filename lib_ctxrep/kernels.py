@@ -50,6 +50,12 @@ def _padded(count: int) -> int:
     return 16 if count <= 16 else 32  # tl.dot needs tiles of at least 16 rows
 
 
+def _block(pad: int, dtype: torch.dtype) -> int:
+    """Columns of a tile: half of :data:`BLOCK` for 32 float32 rows, whose tiles would otherwise need 160 KiB of
+    shared memory (more than GPUs before the A100 have)."""
+    return BLOCK // 2 if pad * torch.finfo(dtype).bits > 16 * 32 else BLOCK
+
+
 @triton.jit
 def _gram_kernel(
     x_ptr, m_ptr, part_ptr, b, r, cols, stride_x, stride_m, tiles_per_program,
@@ -108,13 +114,14 @@ def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = N
     for k, x in enumerate(rows):
         fixed = memory[k] if memory is not None else x
         cols = x.shape[1]
-        tiles = triton.cdiv(cols, BLOCK)
+        block = _block(pad, x.dtype)
+        tiles = triton.cdiv(cols, block)
         programs = min(triton.cdiv(tiles, GRAM_TILES), GRAM_PROGRAMS)
         per_program = triton.cdiv(tiles, programs)
         programs = triton.cdiv(tiles, per_program)
         part = torch.empty((programs, pad, pad), dtype=torch.float32, device=x.device)
         _gram_kernel[(programs,)](
-            x, fixed, part, b, r, cols, x.stride(0), fixed.stride(0), per_program, R_PAD=pad, BLOCK=BLOCK
+            x, fixed, part, b, r, cols, x.stride(0), fixed.stride(0), per_program, R_PAD=pad, BLOCK=block
         )
         partials.append(part.sum(dim=0, dtype=torch.float64))
     total = partials[0] if len(partials) == 1 else torch.stack(partials).sum(dim=0)
@@ -134,8 +141,9 @@ def combine_rows(
     padded[:b, :r] = delta
     out = torch.empty_like(current, memory_format=torch.contiguous_format) if out is None else out
     fixed = memory if memory is not None else current
-    _combine_kernel[(triton.cdiv(cols, BLOCK),)](
+    block = _block(pad, current.dtype)
+    _combine_kernel[(triton.cdiv(cols, block),)](
         current, fixed, padded, out, b, r, cols, current.stride(0), fixed.stride(0), out.stride(0),
-        R_PAD=pad, BLOCK=BLOCK,
+        R_PAD=pad, BLOCK=block,
     )  # fmt: skip
     return out

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +140,14 @@ def test_a_kernel_that_fails_leaves_the_torch_versions_running_and_says_so(use_k
     torch.testing.assert_close(again, want, rtol=0, atol=0)
     assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
     assert "the Triton kernels failed (RuntimeError: cannot compile)" in caplog.records[0].message
+
+
+def test_kernels_compile_for_the_a100_to_rtx_40_and_the_h100_without_a_gpu():
+    # Triton's own compiler and ptxas, for sm_86 (the least shared memory) and sm_90 (Hopper code generation)
+    tool = Path(__file__).parent.parent / "tools" / "compile_kernels.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, str(tool), "--targets", "86", "90"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "compile_kernels: all compiled" in done.stdout

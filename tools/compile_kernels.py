@@ -1,0 +1,78 @@
+"""Compile lib_ctxrep's Triton kernels for NVIDIA GPUs without a GPU: every kernel, stream dtype and tile height the
+library launches, for the A100 (sm_80), the RTX 30 series (sm_86), the RTX 40 series and L40 (sm_89) and the
+H100/H200 (sm_90), with Triton's own compiler and ptxas. Fails when a kernel does not compile or needs more shared
+memory than the GPU has (the library would then fall back to its torch versions, with a warning).
+
+    python tools/compile_kernels.py [--targets 80 86 89 90]   (needs Triton 3; tests/test_kernels.py runs 86 and 90)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from lib_ctxrep import kernels  # noqa: E402
+
+#: Shared memory a block may use, per compute capability (CUDA's programming guide, "maximum shared memory per block").
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+STREAM_POINTERS = {"x_ptr", "m_ptr", "out_ptr"}
+FLOAT_POINTERS = {"part_ptr", "d_ptr"}
+
+
+def signature(kernel, dtype: torch.dtype) -> dict[str, str]:
+    """The kernel's parameters typed as the library launches them."""
+    types = {}
+    for name in kernel.arg_names:
+        if name in STREAM_POINTERS:
+            types[name] = "*" + TRITON_TYPES[dtype]
+        elif name in FLOAT_POINTERS:
+            types[name] = "*fp32"
+        elif name.isupper():
+            types[name] = "constexpr"
+        else:
+            types[name] = "i32"
+    return types
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, nargs="+", choices=sorted(SHARED_LIMIT), default=sorted(SHARED_LIMIT))
+    targets = parser.parse_args().targets
+    failures = 0
+    for capability in targets:
+        limit = SHARED_LIMIT[capability]
+        for dtype in kernels._DTYPES:
+            for rows in (16, 32):
+                pad = kernels._padded(rows)
+                block = kernels._block(pad, dtype)
+                for kernel in (kernels._gram_kernel, kernels._combine_kernel):
+                    name = kernel.fn.__name__
+                    try:
+                        source = ASTSource(kernel, signature(kernel, dtype), constexprs={"R_PAD": pad, "BLOCK": block})
+                        shared = triton.compile(source, target=GPUTarget("cuda", capability, 32)).metadata.shared
+                    except Exception as error:  # noqa: BLE001 (reported, then the run fails)
+                        print(f"FAIL sm_{capability} {name} {TRITON_TYPES[dtype]} rows<={pad}: {error}")
+                        failures += 1
+                        continue
+                    ok = shared <= limit
+                    failures += not ok
+                    print(
+                        f"{'ok  ' if ok else 'FAIL'} sm_{capability} {name} {TRITON_TYPES[dtype]} rows<={pad} "
+                        f"block {block}: {shared / 1024:.0f} KiB shared (limit {limit / 1024:.0f})"
+                    )
+    print(f"compile_kernels: {'all compiled' if not failures else f'{failures} failed'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
