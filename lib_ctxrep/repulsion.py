@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .vendi import NULL_EIG, entropy_and_gradient
+from .vendi import NULL_EIG, entropy_and_gradient, gradient_weights
 
 
 @dataclass
@@ -330,7 +330,7 @@ def _flow(gram: np.ndarray, b: int, iterations: int, step: float, *, raw_eta: bo
     moving = update[..., :b, :]
     update_diag = update.reshape(*lead, -1)[..., : b * (r + 1) : r + 1]
     update_t = np.swapaxes(update, -1, -2)
-    null, shift, scale = NULL_EIG * r, 1.0 - math.log(r), -2.0 * step / r
+    null, scale = NULL_EIG * r, -2.0 * step / r
     for _ in range(iterations):
         lam, vecs = _eigh(kernel)
         smallest = lam[..., 0]
@@ -338,7 +338,7 @@ def _flow(gram: np.ndarray, b: int, iterations: int, step: float, *, raw_eta: bo
             # dH/dK = -(log(K/R) + I) / R: the constant part adds nothing to a step orthogonal to u_i, so log(K) does
             weights = np.log(lam)
         else:
-            weights = np.where(lam > null, np.log(np.maximum(lam, null)) + shift, 0.0)
+            weights = gradient_weights(lam / r, drop_null=True)
         if not raw_eta:
             weights *= scale
         np.matmul(vecs[..., :b, :] * weights[..., None, :], np.swapaxes(vecs, -1, -2), out=moving)
