@@ -174,7 +174,7 @@ class RepulsionEngine:
                 plans.append(_Plan(index, group, key, rows, kept, remembered, len(flows), within))
                 flows.append(Flow(moving, remembered))
                 if within:
-                    flows.append(Flow(rows))
+                    flows.append(Flow(rows, combine_from=kept))  # the remembered parts come from the first flow
         if not flows:
             return [[] for _ in runs]
         strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)

@@ -53,6 +53,8 @@ class Flow:
 
     parts: list[torch.Tensor]  #: the moving rows, one tensor [B, ...] per part of the feature vector
     memory: list[torch.Tensor] | None = None  #: fixed rows, one tensor [Mm, ...] per part (None: no memory)
+    #: Parts before this one count in the kernel but are returned as they are (their new rows are not wanted).
+    combine_from: int = 0
 
 
 #: Elements (all rows together) of the working copy that :func:`centred_gram` upcasts and centres at a time: 16 MiB
@@ -411,7 +413,7 @@ def repel_flows(
             out.append((list(f.parts), result))
             continue
         new = [  # differentiable in the rows (training through a repelled block): the coefficients are constants
-            combine_rows(delta, x, None if m is None else m[k]).reshape(p.shape)
+            p if k < f.combine_from else combine_rows(delta, x, None if m is None else m[k]).reshape(p.shape)
             for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
         ]
         out.append((new, result))
