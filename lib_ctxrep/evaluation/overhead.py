@@ -214,29 +214,39 @@ def time_per_block(config: RepulsionConfig, x: torch.Tensor, device: torch.devic
     return per_block
 
 
-def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str, int]]:
-    """Gram matrices and row combinations over [B, N, D] that one block's repulsion computes, at M = 1 and at the
-    configured M (the same: the inner iterations run on the B x B kernel)."""
-    counts = {"gram": 0, "combine": 0}
+@contextlib.contextmanager
+def _counting(*names: str):
+    """Count the calls of these functions of :mod:`lib_ctxrep.repulsion` inside the block (the library calls them
+    through the module); yields the counts by name."""
+    counts = dict.fromkeys(names, 0)
+    originals = {name: getattr(rep, name) for name in names}
 
-    def counted(name: str, fn: Callable) -> Callable:
+    def counted(name: str) -> Callable:
         def wrapper(*a, **k):
             counts[name] += 1
-            return fn(*a, **k)
+            return originals[name](*a, **k)
 
         return wrapper
 
-    passes = {}
-    rep.centred_gram, rep.combine_rows = counted("gram", centred_gram), counted("combine", combine_rows)
+    for name in names:
+        setattr(rep, name, counted(name))
     try:
-        for m in (1, config.iterations):
-            engine = RepulsionEngine(replace(config, iterations=m))
-            engine.begin_call(0.0, ("cond",))
-            counts.update(gram=0, combine=0)
-            engine.process("probe", [x])
-            passes[m] = dict(counts)
+        yield counts
     finally:
-        rep.centred_gram, rep.combine_rows = centred_gram, combine_rows
+        for name, original in originals.items():
+            setattr(rep, name, original)
+
+
+def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str, int]]:
+    """Gram matrices and row combinations over [B, N, D] that one block's repulsion computes, at M = 1 and at the
+    configured M (the same: the inner iterations run on the B x B kernel)."""
+    passes = {}
+    for m in (1, config.iterations):
+        engine = RepulsionEngine(replace(config, iterations=m))
+        engine.begin_call(0.0, ("cond",))
+        with _counting("centred_gram", "combine_rows") as counts:
+            engine.process("probe", [x])
+        passes[m] = {"gram": counts["centred_gram"], "combine": counts["combine_rows"]}
     return passes
 
 
@@ -245,21 +255,9 @@ def count_transfers(model: Any, config: RepulsionConfig, inputs: dict) -> tuple[
     window, and the number of hooked blocks."""
     from ..integrations.diffusers import apply_contextual_repulsion
 
-    counts = {"transfers": 0}
-    original = rep.to_host
-
-    def counted(tensors):
-        counts["transfers"] += 1
-        return original(tensors)
-
-    rep.to_host = counted
-    try:
-        with apply_contextual_repulsion(model, config) as handle:
-            model(**inputs)
-            blocks = handle.engine.repelled_blocks
-    finally:
-        rep.to_host = original
-    return counts["transfers"], blocks
+    with _counting("to_host") as counts, apply_contextual_repulsion(model, config) as handle:
+        model(**inputs)
+    return counts["to_host"], handle.engine.repelled_blocks
 
 
 @contextlib.contextmanager
