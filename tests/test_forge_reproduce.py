@@ -332,15 +332,22 @@ def test_upscaling_a_gallery_image_regenerates_nothing(ctxrep):
         assert p.sampled == 1 and "CtxRep note" not in result.infotexts[0]
 
 
+def paste_changed_and_plain(ctxrep, made: dict, changed: dict):
+    """Image 2 of a batch of 4 (made with ``made``) pasted with ``changed`` fields, and that image's own seeds with
+    ``changed`` generated alone without the script's batch: (pasted result, its processing, plain result)."""
+    original, _ = run(ctxrep, settings(), batch_size=4, seed=100, **made)
+    result, p = paste(ctxrep, original, 2, **changed)
+    own = seeds_of(parse_generation_parameters(original.infotexts[2]))
+    plain, _ = run(ctxrep, settings(), batch_size=1, **{**own, **changed})
+    return result, p, plain
+
+
 @pytest.mark.parametrize(
     "made, fields", [({}, {"seed": 555}), ({"subseed": 7, "subseed_strength": 0.3}, {"subseed": 8})],
     ids=["another-seed", "another-variation-seed"],
 )  # fmt: skip
 def test_a_stale_record_with_another_seed_runs_plain_without_a_note(ctxrep, made, fields):
-    original, _ = run(ctxrep, settings(), batch_size=4, seed=100, **made)
-    result, p = paste(ctxrep, original, 2, **fields)
-    own = seeds_of(parse_generation_parameters(original.infotexts[2]))
-    plain, _ = run(ctxrep, settings(), batch_size=1, **{**own, **fields})
+    result, p, plain = paste_changed_and_plain(ctxrep, made, fields)
     assert p.sampled == 1 and torch.equal(result.images[0], plain.images[0])
     assert "CtxRep note" not in result.infotexts[0]
 
@@ -354,10 +361,7 @@ def test_a_stale_record_with_another_seed_runs_plain_without_a_note(ctxrep, made
     ids=["pasted-0-now-0.3", "pasted-0.3-now-0.5"],
 )
 def test_a_variation_strength_changed_after_the_paste_runs_the_image_alone_and_says_why(ctxrep, made, changed):
-    original, _ = run(ctxrep, settings(), batch_size=4, seed=100, **made)
-    result, p = paste(ctxrep, original, 2, **changed)
-    own = seeds_of(parse_generation_parameters(original.infotexts[2]))
-    plain, _ = run(ctxrep, settings(), batch_size=1, **{**own, **changed})
+    result, p, plain = paste_changed_and_plain(ctxrep, made, changed)
     assert p.sampled == 1 and torch.equal(result.images[0], plain.images[0])
     assert "the variation strength differs from the pasted image's" in note(result) and "runs alone" in note(result)
 
