@@ -244,3 +244,27 @@ def test_single_block_of_a_real_flux_transformer_is_repelled_without_a_full_sequ
         transformer(**inputs)
     ((recorder, full),) = profiles
     assert recorder.allocations and max(size for _, size in recorder.allocations) < full / 2
+
+
+def test_a_block_output_that_needs_gradients_is_not_written_in_place():
+    engine = RepulsionEngine(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
+    call = CallTokens(text_len=12, text_valid=(9,), image_len=40)
+    weight = torch.ones((), requires_grad=True)
+    output = sequence(4, 12, 40, seed=4) * weight  # made by a block under autograd
+    before = output.detach().clone()
+    engine.begin_call(0.0, ("cond",))
+    new = blockmap.repel_block(engine, "single.0", SINGLE, output, call, "text", inputs=())
+    assert torch.equal(output.detach(), before) and new is not output
+    new.sum().backward()
+    assert weight.grad is not None and torch.isfinite(weight.grad)
+
+
+def test_an_expanded_block_output_is_copied_not_written_in_place():
+    engine = RepulsionEngine(RepulsionConfig(strength=0.5, iterations=4, single_blocks="text"))
+    call = CallTokens(text_len=12, text_valid=(9,), image_len=40)
+    shared = sequence(1, 12, 40, seed=5)
+    output = shared.expand(4, -1, -1)  # four rows on one row's memory: writing into it is an error
+    engine.begin_call(0.0, ("cond",))
+    new = blockmap.repel_block(engine, "single.0", SINGLE, output, call, "text", inputs=())
+    assert new is not output and new.shape == output.shape
+    assert torch.equal(shared, sequence(1, 12, 40, seed=5))
