@@ -24,7 +24,7 @@ import torch
 
 from .config import RepulsionConfig, as_config
 from .memory import ContextMemory
-from .repulsion import Flow, FlowResult, repel_flows
+from .repulsion import Flow, FlowResult, repel_flows, to_host
 from .schedule import is_active
 
 logger = logging.getLogger("lib_ctxrep")
@@ -69,6 +69,8 @@ class RepulsionEngine:
         self._chunks: tuple[str, ...] = ("cond",)
         self._last_progress: float | None = None
         self._warned: set[str] = set()
+        #: Device flags of updates made by the device inner loop, read (in one transfer) once the window is over.
+        self._flags: list[tuple[str, torch.Tensor]] = []
 
     @property
     def active(self) -> bool:
@@ -86,12 +88,15 @@ class RepulsionEngine:
         A call earlier in the trajectory than the previous one marks a new batch: the memory commits what the previous
         batch staged.
         """
-        if self._last_progress is not None and progress < self._last_progress - _BATCH_RESTART_TOLERANCE:
+        restart = self._last_progress is not None and progress < self._last_progress - _BATCH_RESTART_TOLERANCE
+        if restart:
             self._commit()
         self._last_progress = progress
         self._progress = progress
         self._chunks = self.config.chunks or chunks
         self._active = self.config.enabled and is_active(progress, self.config.window)
+        if self._flags and (restart or not self._active):
+            self._read_flags()
         return self._active
 
     def end_call(self) -> None:
@@ -103,7 +108,17 @@ class RepulsionEngine:
         self._commit()
         self._last_progress = None
 
+    def _read_flags(self) -> None:
+        """Warn about the blocks whose update the device inner loop skipped as not finite: one transfer for all of
+        them, made outside the window (where the host waits for the device at most once per batch)."""
+        flags, self._flags = self._flags, []
+        for (block, _), value in zip(flags, to_host([flag for _, flag in flags]), strict=True):
+            if not value.all():
+                self._warn_nonfinite(block)
+
     def _commit(self) -> None:
+        if self._flags:
+            self._read_flags()
         if not self.memory.commit():
             self.warn_once(
                 "memory-budget",
@@ -113,6 +128,8 @@ class RepulsionEngine:
 
     def new_job(self) -> None:
         """Forget the memory and the window state (a new job starts)."""
+        if self._flags:
+            self._read_flags()
         self.memory.clear()
         self._last_progress = None
         self._active = False
@@ -192,12 +209,14 @@ class RepulsionEngine:
         """One group's new rows from its solved flows (staged in the memory, recorded in the stats); None when its
         update is not finite (warned once; the group stays as it is)."""
         new, result = solved[plan.flow]
+        self._keep_flag(block, result)
         if not result.finite:
             self._warn_nonfinite(block)
             return None
         new = [*new, *plan.rows[len(new) :]]
         if plan.within:
             inner, inner_result = solved[plan.flow + 1]
+            self._keep_flag(block, inner_result)
             if inner_result.finite:
                 new = [*new[: plan.kept], *inner[plan.kept :]]
             else:
@@ -259,6 +278,10 @@ class RepulsionEngine:
             )
             return None
         return remembered
+
+    def _keep_flag(self, block: str, result: FlowResult) -> None:
+        if result.flag is not None:
+            self._flags.append((block, result.flag))
 
     def _warn_nonfinite(self, block: str) -> None:
         self.warn_once(

@@ -41,10 +41,14 @@ from .vendi import NULL_EIG, entropy_and_gradient, gradient_weights
 class FlowResult:
     """Outcome of the B x B inner loop for one group of rows."""
 
-    coefficients: np.ndarray  #: [B, R] float64: new current rows = coefficients @ [current rows; memory rows]
+    #: [B, R] float64: new current rows = coefficients @ [current rows; memory rows] (None: the loop ran on the device)
+    coefficients: np.ndarray | None
     entropy_before: float  #: H (log Vendi) of the current rows before the update (NaN when not asked for)
     entropy_after: float  #: H of the current rows after the update (NaN when not asked for)
     finite: bool  #: False when the input Gram or the result was not finite (the update must then be skipped)
+    #: Where the inner loop ran on the device: an int32 flag [1] there, 0 when the update was not finite and was not
+    #: applied (``finite`` is then True, as far as the host knows without waiting for the device).
+    flag: torch.Tensor | None = None
 
 
 @dataclass
@@ -134,8 +138,8 @@ def uncentre_gram(centred: np.ndarray) -> np.ndarray:
 
 
 def to_host(tensors: list[torch.Tensor]) -> list[np.ndarray]:
-    """The one device-to-host transfer of a hooked block: ``tensors`` (small float64 tensors on one device) as numpy
-    arrays of the same shapes, copied in one go (one synchronisation with the device)."""
+    """The one device-to-host transfer of a hooked block: ``tensors`` (small tensors of one dtype on one device) as
+    numpy arrays of the same shapes, copied in one go (one synchronisation with the device)."""
     flat = torch.cat([t.reshape(-1) for t in tensors]) if len(tensors) > 1 else tensors[0].reshape(-1)
     host = flat.cpu().numpy()
     out, start = [], 0
@@ -167,6 +171,28 @@ def _kernels_for(rows: list[torch.Tensor], memory: list[torch.Tensor] | None) ->
             _KERNELS.append(None)
     module = _KERNELS[0]
     return module if module is not None and module.available(rows, memory) else None
+
+
+def _device_loop(rows: list[list[torch.Tensor]], fixed: list[list[torch.Tensor] | None], want_entropy: bool) -> Any:
+    """:mod:`lib_ctxrep.kernels` when the inner loop of every flow of a block (rows, memory rows) runs on the device,
+    else None: where the kernels run, for groups of at most ``kernels.FLOW_MAX_ROWS`` rows, unless the entropies are
+    wanted (they are computed on the host) or ``CTXREP_INNER_LOOP=host``."""
+    if want_entropy or os.environ.get("CTXREP_INNER_LOOP", "").lower() == "host":
+        return None
+    module = None
+    for r, m in zip(rows, fixed, strict=True):
+        module = _kernels_for(r, m)
+        if module is None or r[0].shape[0] + (m[0].shape[0] if m is not None else 0) > module.FLOW_MAX_ROWS:
+            return None
+    return module
+
+
+def inner_loop(rows: torch.Tensor, memory_rows: int = 0) -> str:
+    """Where the inner loop runs for a group of ``rows`` [B, ...] (plus ``memory_rows`` fixed rows): "device" (the
+    Triton kernel of :func:`lib_ctxrep.kernels.flow`), else the host loop, "numba" or "numpy" (:func:`host_loop`)."""
+    flat = [_rows_2d(rows)]
+    fixed = [flat[0][:1].expand(memory_rows, -1)] if memory_rows else None
+    return "device" if _device_loop([flat], [fixed], False) is not None else host_loop()
 
 
 def _kernels_failed(error: Exception) -> None:
@@ -389,6 +415,12 @@ def repel_flows(
             else [_rows_2d(m).to(device=x.device, dtype=x.dtype) for m, x in zip(f.memory, r, strict=True)]
             for f, r in zip(flows, rows, strict=True)
         ]
+        kernels = _device_loop(rows, fixed, want_entropy)
+        if kernels is not None:
+            try:
+                return _repel_on_device(kernels, flows, rows, fixed, iterations, eta, strength)
+            except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
+                _kernels_failed(error)
         centred = to_host([centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)])
     grams = [uncentre_gram(c) for c in centred]
     results: list[FlowResult | None] = [None] * len(flows)
@@ -417,6 +449,38 @@ def repel_flows(
             for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
         ]
         out.append((new, result))
+    return out
+
+
+def _repel_on_device(
+    kernels: Any,
+    flows: list[Flow],
+    rows: list[list[torch.Tensor]],
+    fixed: list[list[torch.Tensor] | None],
+    iterations: int,
+    eta: float | None,
+    strength: float | None,
+) -> list[tuple[list[torch.Tensor], FlowResult]]:
+    """:func:`repel_flows` with the inner loop on the device (:func:`lib_ctxrep.kernels.flow`, one launch per group
+    size): nothing is read back; a flow's result carries the device flag of its update's finiteness."""
+    step = (eta if eta is not None else strength) / iterations
+    centred = [kernels.centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)]
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(flows):
+        shapes.setdefault((centred[i].shape[0], f.parts[0].shape[0]), []).append(i)
+    tiles: list[Any] = [None] * len(flows)
+    for (r, b), members in shapes.items():
+        stack = centred[members[0]][None] if len(members) == 1 else torch.stack([centred[i] for i in members])
+        deltas, flags = kernels.flow(stack, b, iterations, step, eta is not None, NULL_EIG * r)
+        for k, i in enumerate(members):
+            tiles[i] = (deltas[k], flags[k : k + 1])
+    out = []
+    for f, r, m, (delta, flag) in zip(flows, rows, fixed, tiles, strict=True):
+        new = [
+            p if k < f.combine_from else kernels.combine_rows(delta, x, m and m[k], ok=flag).reshape(p.shape)
+            for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
+        ]
+        out.append((new, FlowResult(None, math.nan, math.nan, True, flag)))
     return out
 
 

@@ -57,8 +57,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         )
     if kinds["triton"]:
         terminalreporter.write_line(
-            f"[tests] {kinds['triton']} test file of the Triton kernels was skipped (Triton is not installed); it "
-            f"runs (in Triton's CPU interpreter) with current diffusers' requirements: {CURRENT_ENV}"
+            f"[tests] the Triton kernels' tests ({kinds['triton']} files) were skipped (Triton is not installed); "
+            f"they run (in Triton's CPU interpreter) with current diffusers' requirements: {CURRENT_ENV}"
         )
     if kinds["numba"]:
         terminalreporter.write_line(

@@ -26,7 +26,8 @@ from lib_ctxrep import kernels  # noqa: E402
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 STREAM_POINTERS = {"x_ptr", "m_ptr", "out_ptr"}
-FLOAT_POINTERS = {"part_ptr", "d_ptr"}
+TYPED = {"part_ptr": "*fp32", "d_ptr": "*fp32", "ok_ptr": "*i32", "c_ptr": "*fp64"}
+FLOATS = {"step_hi", "step_lo", "null"}
 
 
 def signature(kernel, dtype: torch.dtype) -> dict[str, str]:
@@ -35,13 +36,41 @@ def signature(kernel, dtype: torch.dtype) -> dict[str, str]:
     for name in kernel.arg_names:
         if name in STREAM_POINTERS:
             types[name] = "*" + TRITON_TYPES[dtype]
-        elif name in FLOAT_POINTERS:
-            types[name] = "*fp32"
+        elif name in TYPED:
+            types[name] = TYPED[name]
         elif name.isupper():
             types[name] = "constexpr"
         else:
-            types[name] = "i32"
+            types[name] = "fp32" if name in FLOATS else "i32"
     return types
+
+
+def compile_one(kernel, dtype: torch.dtype, constexprs: dict, capability: int, num_warps: int = 4) -> int:
+    """Compile ``kernel`` for sm_``capability``; returns the shared memory it needs (bytes)."""
+    source = ASTSource(kernel, signature(kernel, dtype), constexprs=constexprs)
+    target = GPUTarget("cuda", capability, 32)
+    return triton.compile(source, target=target, options={"num_warps": num_warps}).metadata.shared
+
+
+def launches() -> list[tuple[str, object, torch.dtype, dict, int]]:
+    """Every (label, kernel, stream dtype, constexprs, warps) the library launches."""
+    out = []
+    for dtype in kernels._DTYPES:
+        for rows in (16, 32):
+            pad = kernels._padded(rows)
+            block = kernels._block(pad, dtype)
+            label = f"{TRITON_TYPES[dtype]} rows<={pad} block {block}"
+            out.append((label, kernels._gram_kernel, dtype, {"R_PAD": pad, "BLOCK": block}, 4))
+            for has_ok in (False, True):
+                constexprs = {"R_PAD": pad, "BLOCK": block, "HAS_OK": has_ok}
+                out.append((f"{label}{' flag' if has_ok else ''}", kernels._combine_kernel, dtype, constexprs, 4))
+    for pad in (4, 8, 16, 32):
+        constexprs = {
+            "R_PAD": pad, "D_PAD": kernels._padded(pad), "SWEEPS": kernels.FLOW_SWEEPS, "TINY": kernels.FLOW_TINY,
+            "BIG": kernels._FLOAT64_MAX,
+        }  # fmt: skip
+        out.append((f"rows<={pad}", kernels._flow_kernel, torch.float32, constexprs, kernels.flow_warps(pad)))
+    return out
 
 
 def main() -> int:
@@ -51,25 +80,20 @@ def main() -> int:
     failures = 0
     for capability in targets:
         limit = SHARED_LIMIT[capability]
-        for dtype in kernels._DTYPES:
-            for rows in (16, 32):
-                pad = kernels._padded(rows)
-                block = kernels._block(pad, dtype)
-                for kernel in (kernels._gram_kernel, kernels._combine_kernel):
-                    name = kernel.fn.__name__
-                    try:
-                        source = ASTSource(kernel, signature(kernel, dtype), constexprs={"R_PAD": pad, "BLOCK": block})
-                        shared = triton.compile(source, target=GPUTarget("cuda", capability, 32)).metadata.shared
-                    except Exception as error:  # noqa: BLE001 (reported, then the run fails)
-                        print(f"FAIL sm_{capability} {name} {TRITON_TYPES[dtype]} rows<={pad}: {error}")
-                        failures += 1
-                        continue
-                    ok = shared <= limit
-                    failures += not ok
-                    print(
-                        f"{'ok  ' if ok else 'FAIL'} sm_{capability} {name} {TRITON_TYPES[dtype]} rows<={pad} "
-                        f"block {block}: {shared / 1024:.0f} KiB shared (limit {limit / 1024:.0f})"
-                    )
+        for label, kernel, dtype, constexprs, warps in launches():
+            name = kernel.fn.__name__
+            try:
+                shared = compile_one(kernel, dtype, constexprs, capability, warps)
+            except Exception as error:  # noqa: BLE001 (reported, then the run fails)
+                print(f"FAIL sm_{capability} {name} {label}: {error}")
+                failures += 1
+                continue
+            ok = shared <= limit
+            failures += not ok
+            print(
+                f"{'ok  ' if ok else 'FAIL'} sm_{capability} {name} {label}: {shared / 1024:.0f} KiB shared "
+                f"(limit {limit / 1024:.0f})"
+            )
     print(f"compile_kernels: {'all compiled' if not failures else f'{failures} failed'}")
     return 1 if failures else 0
 
