@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -209,3 +210,23 @@ def test_rows_that_need_gradients_keep_them(use_kernels):
     out = repulsion.repel_angular(x, 0.4, 3)
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_overhead_benchmark_names_the_device_loop_and_counts_no_transfer_for_it(use_kernels, capsys):
+    pytest.importorskip("diffusers")
+    from lib_ctxrep.__main__ import main
+
+    main(
+        [
+            "overhead",
+            "--device", DEVICE, "--dtype", "float32", "--heads", "1", "--double", "1", "--single", "1",
+            "--batch", "2", "--text-tokens", "8", "--image-tokens", "4", "--repeats", "1", "--iterations", "2",
+            "--spell-set", "0",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    device = "inner loop device, Gram and combination triton"
+    assert f"per hooked block, {device}: 0.00 device-to-host transfers (0 in a hooked forward of 2 blocks)" in out
+    assert f"side by side, {device}: inside the window" in out
+    assert re.search(r"side by side, inner loop (numba|numpy), Gram and combination triton: inside the window", out)
+    assert re.search(r"per hooked block, inner loop numpy, Gram and combination torch: 1.00 device-to-host", out)

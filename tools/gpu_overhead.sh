@@ -1,29 +1,45 @@
 #!/usr/bin/env bash
-# Issue 17's GPU measurement in one run: `python -m lib_ctxrep overhead` at full Flux-dev shape (19 double + 38 single
-# blocks, bf16, B = 4, 1024x1024, 512 text tokens) for M = 8 and 50 with every single block on all tokens, M = 8 on
-# text only, and M = 50 again with the torch Gram/combination and the numpy host loop (the implementations that run
-# without Triton and numba). About 5 minutes on an H100/H200; each run's log goes to $OUT (or /tmp/ctxrep_gpu).
+# Issue 17's GPU measurement in one run, at full Flux-dev shape (19 double + 38 single blocks, bf16, B = 4,
+# 1024x1024, 512 text tokens, every single block on all tokens), for M = 8 and M = 50:
+#   - after: `python -m lib_ctxrep overhead`, which times side by side, alternately in one process, the plain forward
+#     and the hooked one with each implementation (inner loop on the device; on the host with the Triton Gram and
+#     combination; torch's Gram and combination with the numpy loop), and prints transfers, host and device
+#     inner-loop times and the Gram and combination against the byte floor;
+#   - before: the same benchmark of the library as it was before issue 17 (commit b15f6cd), when .before holds it.
+# About 6 minutes on an H100/H200; each run's log goes to $OUT (or /tmp/ctxrep_gpu).
 #
-# On the lent GPU machine (no network; diffusers is not installed there), carry its wheels in .whl, made here with:
+# On the lent GPU machine (no network; diffusers is not installed there), carry its wheels in .whl and the old
+# library in .before, both made here (both git-ignored) with:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
-# then run: bash tools/gpu_overhead.sh   (carry: [".whl"])
+#   mkdir -p .before && git archive b15f6cd lib_ctxrep | tar -x -C .before
+# then run: bash tools/gpu_overhead.sh   (carry: [".whl", ".before"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ctxrep_gpu}"
+repeats="${REPEATS:-6}"
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" >/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
-export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+export PYTHONUNBUFFERED=1
+site="${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-measure() {  # name, then overhead's arguments
-  local name=$1
-  shift
-  python3 -m lib_ctxrep overhead --spell-set 0 "$@" 2>&1 | tee "$out/$name.log"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
+measure() {  # name, the folder that holds the library, then overhead's arguments
+  local name=$1 library=$2
+  shift 2
+  echo "=== $name" | tee "$out/$name.log"
+  # python -m puts the working folder first on the path: run from the library's folder
+  (cd "$library" && PYTHONPATH="$site" timeout 300 python3 -m lib_ctxrep overhead --spell-set 0 \
+    --repeats "$repeats" "$@" 2>&1) | tee -a "$out/$name.log"
 }
-measure m8_all --iterations 8 --single-mode all
-measure m50_all --iterations 50 --single-mode all
-measure m8_text --iterations 8 --single-mode text
-CTXREP_KERNELS=torch CTXREP_HOST_LOOP=numpy measure m50_all_torch_numpy --iterations 50 --single-mode all
+measure after_m8 "$PWD" --iterations 8
+measure after_m50 "$PWD" --iterations 50
+if [ -d .before/lib_ctxrep ]; then
+  measure before_m8 "$PWD/.before" --iterations 8
+  measure before_m50 "$PWD/.before" --iterations 50
+fi
+grep -h "^=== \|ratio inside\|whole 20-step\|side by side\|per hooked block,\|inner loop (\|device inner loop\|stream \[" \
+  "$out"/*.log > "$out/summary.txt"

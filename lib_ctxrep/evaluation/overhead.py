@@ -32,7 +32,15 @@ from ..repulsion import centred_gram, coefficient_flow, combine_rows
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 VARIANTS = ("plain", "hooked", "hooked_late")
-"""The timed forwards: without hooks, hooked inside the window (sigma = 1) and hooked outside it (sigma = 0.5)."""
+"""The timed forwards: without hooks, hooked inside the window (sigma = 1) and hooked outside it (sigma = 0.5).
+With several implementations (:data:`PATHS`) "hooked" is the default one and the others are timed as well."""
+#: The library's implementations compared side by side, as its environment switches: the default (inner loop on the
+#: device where the Triton kernels run), the host inner loop, and the versions that run without Triton and numba.
+PATHS = (
+    {},
+    {"CTXREP_INNER_LOOP": "host"},
+    {"CTXREP_KERNELS": "torch", "CTXREP_HOST_LOOP": "numpy", "CTXREP_INNER_LOOP": "host"},
+)
 
 
 def _stage(text: str) -> None:
@@ -181,25 +189,57 @@ def measure_peaks(
 
 
 def time_forwards(
-    model: Any, config: RepulsionConfig, active: dict, inactive: dict, device: torch.device, repeats: int
+    model: Any,
+    config: RepulsionConfig,
+    active: dict,
+    inactive: dict,
+    device: torch.device,
+    repeats: int,
+    paths: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Timing]:
     """Each variant of :data:`VARIANTS` timed ``repeats`` times, alternately (ABC CBA ...) so that drifts of the
-    machine hit all alike. A plain call costs the same at any sigma, so one plain timing is the reference for the
-    calls inside and outside the window."""
+    machine hit all alike; with ``paths`` (label -> environment, the first being the default) the hooked call inside
+    the window is timed once per path, as "hooked" and "hooked:<label>". A plain call costs the same at any sigma, so
+    one plain timing is the reference for the calls inside and outside the window."""
     from ..integrations.diffusers import apply_contextual_repulsion
 
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    calls = {"plain": active, "hooked": active, "hooked_late": inactive}
+    paths = paths or {"default": {}}
+    labels = list(paths)
+    names = ["plain", *(f"hooked:{label}" for label in labels), "hooked_late"]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    calls = {"plain": active, "hooked_late": inactive} | {f"hooked:{label}": active for label in labels}
+    settings = {"plain": {}, "hooked_late": paths[labels[0]]} | {f"hooked:{k}": v for k, v in paths.items()}
     for r in range(repeats):
-        _stage(f"timing, round {r + 1}/{repeats}: plain, hooked inside and hooked outside the window")
-        for name in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:
+        _stage(f"timing, round {r + 1}/{repeats}: plain, hooked inside the window ({len(labels)} implementation"
+               f"{'s' if len(labels) > 1 else ''}) and hooked outside it")  # fmt: skip
+        for name in names if r % 2 == 0 else names[::-1]:
             forward = partial(model, **calls[name])
             if name == "plain":
                 times[name].append(_time(forward, device))
                 continue
-            with apply_contextual_repulsion(model, config):
+            with _environment(settings[name]), apply_contextual_repulsion(model, config):
                 times[name].append(_time(forward, device))
-    return {name: Timing(t) for name, t in times.items()}
+    out = {name: Timing(t) for name, t in times.items()}
+    out["hooked"] = out[f"hooked:{labels[0]}"]
+    return out
+
+
+def path_label(x: torch.Tensor) -> str:
+    """What runs for a block's rows ``x`` under the current environment: where the inner loop runs, and which
+    implementation computes the Gram matrix and the combination."""
+    rows = x.reshape(x.shape[0], -1)
+    streams = "triton" if rep._kernels_for([rows], None) is not None else "torch"
+    return f"inner loop {rep.inner_loop(x)}, Gram and combination {streams}"
+
+
+def distinct_paths(x: torch.Tensor) -> dict[str, dict[str, str]]:
+    """The implementations of :data:`PATHS` that differ on this machine for rows like ``x``, by label (the default
+    first): on a CPU without numba, for instance, only one."""
+    out: dict[str, dict[str, str]] = {}
+    for setting in PATHS:
+        with _environment(setting):
+            out.setdefault(path_label(x), setting)
+    return out
 
 
 def time_per_block(config: RepulsionConfig, x: torch.Tensor, device: torch.device) -> dict[int, float]:
@@ -250,6 +290,31 @@ def count_passes(config: RepulsionConfig, x: torch.Tensor) -> dict[int, dict[str
     return passes
 
 
+def device_loop_us(batch: int, iterations: int, device: torch.device, repeats: int = 20) -> float | None:
+    """Median device time (microseconds, CUDA events) of the device inner loop (:func:`lib_ctxrep.kernels.flow`)
+    for one group of ``batch`` near-identical rows over a whole ``iterations``-step loop; None where it does not run
+    (it needs CUDA and Triton)."""
+    g = torch.Generator().manual_seed(0)
+    rows = (torch.randn(1, 4096, generator=g) + 0.1 * torch.randn(batch, 4096, generator=g)).to(device)
+    if device.type != "cuda" or rep.inner_loop(rows) != "device":
+        return None
+    from .. import kernels
+    from ..vendi import NULL_EIG
+
+    centred = kernels.centred_gram([rows])[None]
+    run = partial(kernels.flow, centred, batch, iterations, 0.3 / iterations, False, NULL_EIG * batch)
+    run()  # compile
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
 def count_transfers(model: Any, config: RepulsionConfig, inputs: dict) -> tuple[int, int]:
     """Device-to-host transfers (calls of :func:`lib_ctxrep.repulsion.to_host`) in one hooked forward inside the
     window, and the number of hooked blocks."""
@@ -261,17 +326,18 @@ def count_transfers(model: Any, config: RepulsionConfig, inputs: dict) -> tuple[
 
 
 @contextlib.contextmanager
-def _environment(name: str, value: str):
-    """Set the environment variable ``name`` to ``value`` for the block (the library's switches of implementation)."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
+def _environment(setting: dict[str, str]):
+    """Set these environment variables for the block (the library's switches of implementation)."""
+    previous = {name: os.environ.get(name) for name in setting}
+    os.environ.update(setting)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> dict[str, float]:
@@ -285,7 +351,7 @@ def host_loop_us(batch: int, iterations: int, repeats: int = 30) -> dict[str, fl
     gram = (rows @ rows.T).numpy()
     out = {}
     for loop in sorted({rep.host_loop(), "numpy"}):
-        with _environment("CTXREP_HOST_LOOP", loop):
+        with _environment({"CTXREP_HOST_LOOP": loop}):
             coefficient_flow(gram, batch, iterations, strength=0.3)  # warm-up
             times = []
             for _ in range(repeats):
@@ -322,7 +388,7 @@ def stream_costs(x: torch.Tensor, device: torch.device, repeats: int = 5) -> lis
     paths = ["torch"] + (["triton"] if rep._kernels_for([rows], None) is not None else [])
     costs = []
     for path in paths:
-        with _environment("CTXREP_KERNELS", path):
+        with _environment({"CTXREP_KERNELS": path}):
             centred_gram([rows])
             combine_rows(delta, rows)
             gram_s = statistics.median(_time(partial(centred_gram, [rows]), device) for _ in range(repeats))
@@ -344,34 +410,44 @@ def stream_costs(x: torch.Tensor, device: torch.device, repeats: int = 5) -> lis
 
 
 def print_block_costs(
-    args: argparse.Namespace,
-    transfers: tuple[int, int],
+    transfers: dict[str, tuple[int, int]],
     loop_us: dict[tuple[int, int], dict[str, float]],
+    device_us: dict[tuple[int, int], float | None],
     streams: list[StreamCost],
+    dtype: str,
 ) -> None:
-    """Per hooked block: transfers, host time per inner iteration, and the Gram and combination against the floor."""
-    count, blocks = transfers
-    print(
-        f"[overhead] per hooked block: {count / max(blocks, 1):.2f} device-to-host transfers ({count} in a hooked "
-        f"forward of {blocks} blocks); inner loop on the host ({rep.host_loop()}, float64); Gram and combination in "
-        "the forward: "
-        f"{'triton' if any(c.path == 'triton' for c in streams) else 'torch'}"
-    )
+    """Per hooked block: transfers (per implementation), inner-loop time on the host and on the device, and the Gram
+    and combination against the floor."""
+    for label, (count, blocks) in transfers.items():
+        print(
+            f"[overhead] per hooked block, {label}: {count / max(blocks, 1):.2f} device-to-host transfers ({count} "
+            f"in a hooked forward of {blocks} blocks)"
+        )
     loops = sorted({loop for per_loop in loop_us.values() for loop in per_loop})
     for batch in sorted({rows for rows, _ in loop_us}):
         for loop in loops:
             print(
-                f"[overhead] host inner loop ({loop}), B={batch}: "
+                f"[overhead] host inner loop ({loop}, float64), B={batch}: "
                 + ", ".join(
                     f"{per_loop[loop]:.1f} us per iteration at M={m}"
                     for (rows, m), per_loop in loop_us.items()
                     if rows == batch
                 )
             )
+        measured = {m: us for (rows, m), us in device_us.items() if rows == batch and us is not None}
+        if not measured:
+            print(f"[overhead] device inner loop, B={batch}: not measured here (it runs on CUDA, with Triton)")
+            continue
+        print(
+            f"[overhead] device inner loop (Triton, float64), B={batch}: "
+            + ", ".join(
+                f"{us:.1f} us per block at M={m} ({us / m:.2f} us per iteration)" for m, us in measured.items()
+            )
+        )
     for cost in streams:
         mb = 1e6
         print(
-            f"[overhead] stream {list(cost.shape)} {args.dtype}, {cost.path}: Gram {cost.gram_s * 1e3:.2f} ms "
+            f"[overhead] stream {list(cost.shape)} {dtype}, {cost.path}: Gram {cost.gram_s * 1e3:.2f} ms "
             f"({cost.gram_bytes / mb:.0f} MB moved, floor {cost.floor_gram / mb:.0f} MB: "
             f"{cost.gram_bytes / cost.floor_gram:.1f}x; {cost.floor_gram / cost.gram_s / 1e9:.1f} GB/s of rows), "
             f"combination {cost.combine_s * 1e3:.2f} ms ({cost.combine_bytes / mb:.0f} MB moved, floor "
@@ -421,7 +497,28 @@ def report(args: argparse.Namespace, times: dict[str, Timing], per_block: dict[i
     )
     attributed = 1 + blocks * per_block[m] / plain.best
     print(f"[overhead] ratio attributed from the per-block cost: {attributed:.4f}  (+{(attributed - 1) * 100:.2f} %)")
-    return dict(ratio=ratio, inactive_ratio=inactive, whole=whole, per_block=per_block, noise=noise(*times.values()))
+    sides = {}
+    for name, timing in times.items():
+        if not name.startswith("hooked:"):
+            continue
+        label = name.removeprefix("hooked:")
+        sides[label] = dict(
+            ratio=timing.best / plain.best, whole=(timing.best + (steps - 1) * late.best) / (steps * plain.best)
+        )
+        print(
+            f"[overhead] side by side, {label}: inside the window "
+            f"{_ratio_text(sides[label]['ratio'], _scaled(noise(plain, timing), plain.best))}; whole {steps}-step "
+            f"generation {_ratio_text(sides[label]['whole'], _scaled(noise(plain, timing, late), plain.best))}; per "
+            f"hooked block {format_cost((timing.best - plain.best) / blocks, _scaled(noise(plain, timing), blocks))}"
+        )
+    return dict(
+        ratio=ratio,
+        inactive_ratio=inactive,
+        whole=whole,
+        per_block=per_block,
+        noise=noise(*times.values()),
+        paths=sides,
+    )
 
 
 def print_peaks(peaks: tuple[int | None, int | None], stream_bytes: int, device: torch.device) -> None:
@@ -452,19 +549,25 @@ def run(args: argparse.Namespace) -> dict:
     active = flux_inputs(b, n, img, 1.0, device, dtype)
     inactive = flux_inputs(b, n, img, 0.5, device, dtype)
     with torch.inference_mode():
-        peaks = measure_peaks(model, config, active, device, args.warmup)
-        times = time_forwards(model, config, active, inactive, device, args.repeats)
         x = torch.randn(b, n, d, device=device, dtype=dtype)
+        paths = distinct_paths(x)
+        peaks = measure_peaks(model, config, active, device, args.warmup)
+        times = time_forwards(model, config, active, inactive, device, args.repeats, paths)
         per_block = time_per_block(config, x, device)
         passes = count_passes(config, x)
-        _stage("transfers per hooked block, host inner loop, Gram and combination per stream")
-        transfers = count_transfers(model, config, active)
-        loop_us = {(rows, m): host_loop_us(rows, m) for rows in sorted({4, b}) for m in (8, 50)}
+        _stage("transfers per hooked block, inner loop on the host and the device, Gram and combination per stream")
+        transfers = {}
+        for label, setting in paths.items():
+            with _environment(setting):
+                transfers[label] = count_transfers(model, config, active)
+        batches = sorted({4, b})
+        loop_us = {(rows, m): host_loop_us(rows, m) for rows in batches for m in (8, 50)}
+        device_us = {(rows, m): device_loop_us(rows, m, device) for rows in batches for m in (8, 50)}
         streams = stream_costs(x, device)
         if args.single and args.single_mode == "all":
             streams += stream_costs(torch.randn(b, n + img, d, device=device, dtype=dtype), device)
     numbers = report(args, times, per_block)
-    print_block_costs(args, transfers, loop_us, streams)
+    print_block_costs(transfers, loop_us, device_us, streams, args.dtype)
     m = args.iterations
     print(
         f"[overhead] passes over [B, N, D] per block: M=1 -> {passes[1]['gram']} Gram + {passes[1]['combine']} "
@@ -479,6 +582,7 @@ def run(args: argparse.Namespace) -> dict:
         spell_search=search,
         transfers=transfers,
         host_loop_us=loop_us,
+        device_loop_us=device_us,
         streams=streams,
     )
 
