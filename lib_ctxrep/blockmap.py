@@ -489,7 +489,7 @@ def _repel_runs(
         r0, r1 = first * per_chunk, stop * per_chunk
         whole = (first, stop) == (0, chunks)
         parts = [tensors[t][r0:r1, a:b] for t, a, b in pieces]
-        runs.append(Run(parts, 1 if len(parts) > 1 else None, None if whole else (first, stop)))
+        runs.append(Run(parts, 1 if len(parts) > 1 else None, None if whole else (first, stop), writable))
         places.append((r0, pieces))
     changes = engine.process_runs(name, runs) if runs else []
     new_tensors = list(tensors)
@@ -500,13 +500,23 @@ def _repel_runs(
             for (t, a, b), part in zip(pieces, new, strict=True):
                 target = tensors[t]
                 if r0 + start == 0 and rows == target.shape[0] and (a, b) == (0, target.shape[1]):
-                    new_tensors[t] = part  # the group is the whole tensor: its new rows are the new tensor
+                    # the group is the whole tensor: its new rows are the new tensor (or were written into it)
+                    new_tensors[t] = target if _same_view(target, part) else part
                     continue
+                place = new_tensors[t][r0 + start : r0 + start + rows, a:b]
+                if _same_view(place, part):
+                    continue  # the engine wrote the new rows in place
                 if new_tensors[t] is target and not writable:
                     new_tensors[t] = target.clone()
-                new_tensors[t][r0 + start : r0 + start + rows, a:b] = part
+                    place = new_tensors[t][r0 + start : r0 + start + rows, a:b]
+                place.copy_(part)
             changed = True
     return new_tensors if changed else None
+
+
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same elements of the same memory."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def _writable(tensors: list[torch.Tensor], inputs: Any) -> bool:

@@ -189,9 +189,9 @@ class RepulsionEngine:
                 moving = rows if remembered is None else rows[:kept]
                 within = len(moving) < len(rows) and size >= 2  # the parts the memory does not hold, in the batch
                 plans.append(_Plan(index, group, key, rows, kept, remembered, len(flows), within))
-                flows.append(Flow(moving, remembered))
-                if within:
-                    flows.append(Flow(rows, combine_from=kept))  # the remembered parts come from the first flow
+                flows.append(Flow(moving, remembered, in_place=run.in_place))
+                if within:  # the remembered parts come from the first flow
+                    flows.append(Flow(rows, combine_from=kept, in_place=run.in_place))
         if not flows:
             return [[] for _ in runs]
         strength = None if cfg.eta is not None else cfg.block_strength(self.repelled_blocks)
@@ -307,6 +307,8 @@ class Run(NamedTuple):
     parts: list[torch.Tensor]
     memory_parts: int | None = None
     chunk_range: tuple[int, int] | None = None
+    #: The new rows may be written into ``parts`` (views of the block's output that nothing else reads).
+    in_place: bool = False
 
 
 class _Plan(NamedTuple):

@@ -59,6 +59,9 @@ class Flow:
     memory: list[torch.Tensor] | None = None  #: fixed rows, one tensor [Mm, ...] per part (None: no memory)
     #: Parts before this one count in the kernel but are returned as they are (their new rows are not wanted).
     combine_from: int = 0
+    #: The new rows may be written into ``parts`` themselves (they are then returned): done where the Triton
+    #: combination runs, which reads each tile of the rows before it writes it.
+    in_place: bool = False
 
 
 #: Elements (all rows together) of the working copy that :func:`centred_gram` upcasts and centres at a time: 16 MiB
@@ -476,12 +479,38 @@ def _repel_on_device(
             tiles[i] = (deltas[k], flags[k : k + 1])
     out = []
     for f, r, m, (delta, flag) in zip(flows, rows, fixed, tiles, strict=True):
-        new = [
-            p if k < f.combine_from else kernels.combine_rows(delta, x, m and m[k], ok=flag).reshape(p.shape)
-            for k, (x, p) in enumerate(zip(r, f.parts, strict=True))
-        ]
+        new = []
+        for k, (x, p) in enumerate(zip(r, f.parts, strict=True)):
+            if k < f.combine_from:
+                new.append(p)
+                continue
+            in_place = f.in_place and _is_view(x, p)
+            rows_new = _combine_tile(kernels, delta, flag, x, None if m is None else m[k], in_place)
+            new.append(p if in_place else rows_new.reshape(p.shape))
         out.append((new, FlowResult(None, math.nan, math.nan, True, flag)))
     return out
+
+
+def _combine_tile(
+    kernels: Any, delta: torch.Tensor, flag: torch.Tensor, x: torch.Tensor, m: torch.Tensor | None, in_place: bool
+) -> torch.Tensor:
+    """The new rows from a tile of the device loop (into ``x`` itself when ``in_place``): the Triton combination,
+    or, should it fail (said once), torch's, which also leaves a flagged group's rows as they are."""
+    if _kernels_for([x], None if m is None else [m]) is not None:
+        try:
+            return kernels.combine_rows(delta, x, m, out=x if in_place else None, ok=flag)
+        except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
+            _kernels_failed(error)
+    b = x.shape[0]
+    new = torch.where(flag.bool(), combine_rows(delta[:b, : b + (0 if m is None else m.shape[0])], x, m), x)
+    return x.copy_(new) if in_place else new
+
+
+def _is_view(rows: torch.Tensor, part: torch.Tensor) -> bool:
+    """Whether ``rows`` (the [B, P] form of ``part``) is ``part``'s own memory, not a copy made by reshaping."""
+    return (
+        rows.data_ptr() == part.data_ptr() and rows.untyped_storage().data_ptr() == part.untyped_storage().data_ptr()
+    )
 
 
 def _upload_deltas(flows: list[Flow], results: list[FlowResult]) -> list[torch.Tensor | None]:

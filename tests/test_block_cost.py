@@ -18,16 +18,19 @@ SINGLE = Blocks("single_blocks")  # one [rows, text + image, width] sequence, te
 
 class Recorder(TorchDispatchMode):
     """Records, for every torch operation run inside it, the bytes of each output that got new memory (not a view
-    or an in-place result of an input), and every read of a tensor's value by the host (``item()``, ``bool()``,
-    ``float()``: on a GPU each is a synchronisation)."""
+    or an in-place result of an input), the destination (dtype, elements) of every copy into existing memory, and every
+    read of a tensor's value by the host (``item()``, ``bool()``, ``float()``: on a GPU each is a synchronisation)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.allocations: list[tuple[str, int]] = []
+        self.copies: list[tuple[torch.dtype, int]] = []
         self.scalar_reads = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.ops.aten.copy_.default:
+            self.copies.append((args[0].dtype, args[0].numel()))
         if func is torch.ops.aten._local_scalar_dense.default:
             self.scalar_reads += 1
         out = func(*args, **kwargs)

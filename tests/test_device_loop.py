@@ -230,3 +230,50 @@ def test_overhead_benchmark_names_the_device_loop_and_counts_no_transfer_for_it(
     assert f"side by side, {device}: inside the window" in out
     assert re.search(r"side by side, inner loop (numba|numpy), Gram and combination triton: inside the window", out)
     assert re.search(r"per hooked block, inner loop numpy, Gram and combination torch: 1.00 device-to-host", out)
+
+
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_device_loop_writes_a_single_blocks_new_rows_into_its_output_without_a_copy(use_kernels, monkeypatch, mode):
+    config = RepulsionConfig(strength=0.5, iterations=3, single_blocks=mode)
+    call = blockmap.CallTokens(text_len=40, text_valid=(36,), image_len=40)  # padding text tokens: no group is whole
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(1, 80, 64, generator=g)
+    fresh = (base + 0.1 * torch.randn(4, 80, 64, generator=g)).to(DEVICE).clone
+    monkeypatch.setenv("CTXREP_INNER_LOOP", "host")
+    engine = RepulsionEngine(config)
+    engine.begin_call(0.0, ("cond",))
+    want = blockmap.repel_block(engine, "single.0", SINGLE, fresh(), call, mode)
+    monkeypatch.setenv("CTXREP_INNER_LOOP", "device")
+    engine = RepulsionEngine(config)
+    engine.begin_call(0.0, ("cond",))
+    output = fresh()
+    with Recorder() as recorder:
+        new = blockmap.repel_block(engine, "single.0", SINGLE, output, call, mode, inputs=())
+    assert new is output  # written in place
+    text_rows = 4 * 36 * 64 * output.element_size()  # the smallest repelled part
+    assert sum(size for _, size in recorder.allocations) < text_rows  # Gram partials, coefficient tiles and flags
+    assert [c for c in recorder.copies if c[0] == output.dtype] == []  # nor copied into place
+    torch.testing.assert_close(new, want, rtol=0, atol=1e-6 * want.abs().max().item())
+    assert not torch.equal(new, fresh())
+
+
+def test_a_combination_kernel_that_fails_leaves_torch_combining_the_device_loops_coefficients(
+    use_kernels, monkeypatch, caplog
+):
+    x = rows_of(4, 60, seed=12, spread=0.1).float().reshape(4, 3, 20).to(DEVICE)
+    x[2, 1, 3] = float("inf")  # and a second group, not finite, that must stay as it is
+    y = rows_of(4, 60, seed=13, spread=0.1).float().reshape(4, 3, 20).to(DEVICE)
+    monkeypatch.setenv("CTXREP_KERNELS", "torch")
+    want = repulsion.repel_flows([repulsion.Flow([y])], 3, strength=0.4)[0][0][0]
+    monkeypatch.setenv("CTXREP_KERNELS", "triton")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot compile")
+
+    monkeypatch.setattr(kernels, "combine_rows", broken)
+    monkeypatch.setattr(repulsion, "_KERNELS", [])
+    with caplog.at_level(logging.WARNING, logger="lib_ctxrep"):
+        (bad, _), (good, _) = repulsion.repel_flows([repulsion.Flow([x]), repulsion.Flow([y])], 3, strength=0.4)
+    assert torch.equal(bad[0], x)
+    torch.testing.assert_close(good[0], want, rtol=0, atol=1e-6 * want.abs().max().item())
+    assert ["the Triton kernels failed (RuntimeError: cannot compile)" in r.message for r in caplog.records] == [True]
