@@ -16,8 +16,16 @@ import numpy as np
 
 #: Jacobi sweeps at most; a sweep rotates every off-diagonal pair once, and a few sweeps reach rounding.
 _SWEEPS = 60
-#: Off-diagonal entries below this (the kernel has a unit diagonal) count as zero.
+#: An off-diagonal entry counts as zero below this, or below ``_RELATIVE`` times the geometric mean of its two diagonal
+#: entries (the kernel has a unit diagonal): rounding keeps entries between large eigenvalues near 1e-16, which no
+#: sweep removes, while entries next to a small eigenvalue must go far below it for log(lambda) to stay accurate.
 _TINY = 1e-18
+_RELATIVE = 1e-15
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _negligible(a: np.ndarray, p: int, q: int) -> bool:  # pragma: no cover (compiled)
+    return abs(a[p, q]) <= max(_TINY, _RELATIVE * math.sqrt(abs(a[p, p] * a[q, q])))
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -28,16 +36,16 @@ def _jacobi(a: np.ndarray, lam: np.ndarray, vecs: np.ndarray) -> None:  # pragma
         for k in range(n):
             vecs[i, k] = 1.0 if i == k else 0.0
     for _ in range(_SWEEPS):
-        off = 0.0
+        done = True
         for p in range(n):
             for q in range(p + 1, n):
-                off = max(off, abs(a[p, q]))
-        if off <= _TINY:
+                done = done and _negligible(a, p, q)
+        if done:
             break
         for p in range(n):
             for q in range(p + 1, n):
                 apq = a[p, q]
-                if abs(apq) <= _TINY:
+                if _negligible(a, p, q):
                     continue
                 theta = (a[q, q] - a[p, p]) / (2.0 * apq)
                 t = 1.0 / (abs(theta) + math.sqrt(theta * theta + 1.0))

@@ -169,8 +169,10 @@ FLOW_MAX_ROWS = 32
 #: Jacobi sweeps at most per eigen-solve. Warm-started from the previous step's eigenvectors, a solve needs two or
 #: three; the first, from the identity, a handful.
 FLOW_SWEEPS = 60
-#: Off-diagonal entries below this (the kernel has a unit diagonal) count as zero, as in :mod:`lib_ctxrep.hostloop`.
+#: An off-diagonal entry counts as zero below this, or below ``FLOW_RELATIVE`` times the geometric mean of its two
+#: diagonal entries (the kernel has a unit diagonal), as in :mod:`lib_ctxrep.hostloop`.
 FLOW_TINY = 1e-18
+FLOW_RELATIVE = 1e-15
 #: Largest finite float64 (a larger magnitude is inf).
 _FLOAT64_MAX = 1.7976931348623157e308
 
@@ -196,39 +198,49 @@ def _diagonal(a, idx):
 
 
 @triton.jit
-def _jacobi(a, v, r, idx, SWEEPS: tl.constexpr, TINY: tl.constexpr):
+def _unconverged(a, r, idx, TINY: tl.constexpr, RELATIVE: tl.constexpr):
+    """How many off-diagonal entries of the leading r x r block of ``a`` are not yet zero (see :data:`FLOW_TINY`)."""
+    d = tl.abs(_diagonal(a, idx))
+    limit = tl.maximum(RELATIVE * tl.sqrt(d[:, None] * d[None, :]), TINY)
+    big = (idx[:, None] != idx[None, :]) & (idx[:, None] < r) & (idx[None, :] < r) & (tl.abs(a) > limit)
+    return tl.sum(tl.sum(big.to(tl.int32), axis=1), axis=0)
+
+
+@triton.jit
+def _jacobi(a, v, r, idx, SWEEPS: tl.constexpr, TINY: tl.constexpr, RELATIVE: tl.constexpr):
     """Cyclic Jacobi on the leading r x r block of the symmetric tile ``a``: returns ``a`` rotated to (numerically)
     diagonal and ``v`` times the rotations (the rotations of :func:`lib_ctxrep.hostloop._jacobi`)."""
     ri = idx[:, None]
     ci = idx[None, :]
-    off = tl.max(tl.max(tl.where((ri != ci) & (ri < r) & (ci < r), tl.abs(a), 0.0), axis=1), axis=0)
+    left = _unconverged(a, r, idx, TINY, RELATIVE)
     sweep = 0
-    while (sweep < SWEEPS) & (off > TINY):
+    while (sweep < SWEEPS) & (left > 0):
         for p in range(0, r - 1):
             rowp = tl.sum(tl.where(ri == p, a, 0.0), axis=0)
             for q in range(p + 1, r):
+                apq = tl.sum(tl.where(idx == q, rowp, 0.0), axis=0)
                 rowq = tl.sum(tl.where(ri == q, a, 0.0), axis=0)
                 app = tl.sum(tl.where(idx == p, rowp, 0.0), axis=0)
-                apq = tl.sum(tl.where(idx == q, rowp, 0.0), axis=0)
                 aqq = tl.sum(tl.where(idx == q, rowq, 0.0), axis=0)
-                big = tl.abs(apq) > TINY
-                theta = (aqq - app) / tl.where(big, 2.0 * apq, 1.0)
-                t = 1.0 / (tl.abs(theta) + tl.sqrt(theta * theta + 1.0))
-                t = tl.where(big, tl.where(theta < 0.0, -t, t), 0.0)
-                c = 1.0 / tl.sqrt(t * t + 1.0)
-                s = t * c
-                pq = tl.where(big, 0.0, apq)
-                newp = c * rowp - s * rowq
-                newq = s * rowp + c * rowq
-                newp = tl.where(idx == p, c * c * app - 2.0 * c * s * apq + s * s * aqq, tl.where(idx == q, pq, newp))
-                newq = tl.where(idx == q, s * s * app + 2.0 * c * s * apq + c * c * aqq, tl.where(idx == p, pq, newq))
-                a = tl.where(ri == p, newp[None, :], tl.where(ri == q, newq[None, :], a))
-                a = tl.where(ci == p, newp[:, None], tl.where(ci == q, newq[:, None], a))
-                vp = tl.sum(tl.where(ci == p, v, 0.0), axis=1)
-                vq = tl.sum(tl.where(ci == q, v, 0.0), axis=1)
-                v = tl.where(ci == p, (c * vp - s * vq)[:, None], tl.where(ci == q, (s * vp + c * vq)[:, None], v))
-                rowp = newp
-        off = tl.max(tl.max(tl.where((ri != ci) & (ri < r) & (ci < r), tl.abs(a), 0.0), axis=1), axis=0)
+                # a pair already at rounding is skipped (most of them in the last sweep)
+                if tl.abs(apq) > tl.maximum(RELATIVE * tl.sqrt(tl.abs(app * aqq)), TINY):
+                    theta = (aqq - app) / (2.0 * apq)
+                    t = 1.0 / (tl.abs(theta) + tl.sqrt(theta * theta + 1.0))
+                    t = tl.where(theta < 0.0, -t, t)
+                    c = 1.0 / tl.sqrt(t * t + 1.0)
+                    s = t * c
+                    newp = c * rowp - s * rowq
+                    newq = s * rowp + c * rowq
+                    cs = 2.0 * c * s * apq
+                    newp = tl.where(idx == p, c * c * app - cs + s * s * aqq, tl.where(idx == q, 0.0, newp))
+                    newq = tl.where(idx == q, s * s * app + cs + c * c * aqq, tl.where(idx == p, 0.0, newq))
+                    a = tl.where(ri == p, newp[None, :], tl.where(ri == q, newq[None, :], a))
+                    a = tl.where(ci == p, newp[:, None], tl.where(ci == q, newq[:, None], a))
+                    vp = tl.sum(tl.where(ci == p, v, 0.0), axis=1)
+                    vq = tl.sum(tl.where(ci == q, v, 0.0), axis=1)
+                    v = tl.where(ci == p, (c * vp - s * vq)[:, None], tl.where(ci == q, (s * vp + c * vq)[:, None], v))
+                    rowp = newp
+        left = _unconverged(a, r, idx, TINY, RELATIVE)
         sweep += 1
     return a, v
 
@@ -236,7 +248,8 @@ def _jacobi(a, v, r, idx, SWEEPS: tl.constexpr, TINY: tl.constexpr):
 @triton.jit
 def _flow_kernel(
     c_ptr, d_ptr, ok_ptr, b, r, iterations, step_hi, step_lo, raw_eta, null,
-    R_PAD: tl.constexpr, D_PAD: tl.constexpr, SWEEPS: tl.constexpr, TINY: tl.constexpr, BIG: tl.constexpr,
+    R_PAD: tl.constexpr, D_PAD: tl.constexpr, SWEEPS: tl.constexpr, TINY: tl.constexpr, RELATIVE: tl.constexpr,
+    BIG: tl.constexpr,
 ):  # fmt: skip
     """The M Euler steps of :func:`lib_ctxrep.repulsion._flow` for group ``program_id`` of a stack of centred Gram
     matrices [J, r, r] (float64): its update coefficients T - [I 0] into ``d_ptr`` (float32 [J, D_PAD, D_PAD], zeros
@@ -272,7 +285,7 @@ def _flow_kernel(
     shift = 1.0 - tl.log(rf)
     for _ in range(iterations):
         a = _mm(_mm(tl.trans(vecs), kernel, R_PAD), vecs, R_PAD)  # nearly diagonal after the first step
-        a, vecs = _jacobi(a, vecs, r, idx, SWEEPS, TINY)
+        a, vecs = _jacobi(a, vecs, r, idx, SWEEPS, TINY, RELATIVE)
         lam = _diagonal(a, idx)
         smallest = tl.min(tl.where(valid, lam, 1.0), axis=0)
         logs = tl.log(tl.where(lam > 0.0, lam, 1.0))
@@ -319,7 +332,8 @@ def flow(
     hi = float(np.float32(step))  # float arguments reach the kernel as float32: the step goes as two of them
     _flow_kernel[(count,)](
         centred, deltas, ok, b, r, iterations, hi, step - hi, int(raw_eta), null,
-        R_PAD=pad, D_PAD=out_pad, SWEEPS=FLOW_SWEEPS, TINY=FLOW_TINY, BIG=_FLOAT64_MAX, num_warps=flow_warps(pad),
+        R_PAD=pad, D_PAD=out_pad, SWEEPS=FLOW_SWEEPS, TINY=FLOW_TINY, RELATIVE=FLOW_RELATIVE, BIG=_FLOAT64_MAX,
+        num_warps=flow_warps(pad),
     )  # fmt: skip
     return deltas, ok
 

@@ -67,7 +67,7 @@ def launches() -> list[tuple[str, object, torch.dtype, dict, int]]:
     for pad in (4, 8, 16, 32):
         constexprs = {
             "R_PAD": pad, "D_PAD": kernels._padded(pad), "SWEEPS": kernels.FLOW_SWEEPS, "TINY": kernels.FLOW_TINY,
-            "BIG": kernels._FLOAT64_MAX,
+            "RELATIVE": kernels.FLOW_RELATIVE, "BIG": kernels._FLOAT64_MAX,
         }  # fmt: skip
         out.append((f"rows<={pad}", kernels._flow_kernel, torch.float32, constexprs, kernels.flow_warps(pad)))
     return out
