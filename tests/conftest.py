@@ -1,4 +1,5 @@
-"""Say, at the end of a run, which tests this environment skipped and the command that runs them.
+"""Say, at the end of a run, which tests this environment skipped and the command that runs them; and the fixture
+that counts transfers to the host.
 
 The suite runs in two environments (CI runs both): current diffusers (``requirements-test.txt``) and Forge's pins
 (``requirements-test-forge.txt``: gradio 4.40, diffusers 0.31). Each skips what only the other can run; nothing is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -22,6 +24,24 @@ FORGE_ENV = (
     "&& .venv-forge/bin/python -m pytest -q"
 )
 CURRENT_ENV = "python -m pip install -r requirements-test.txt -e . && python -m pytest -q"
+
+
+@pytest.fixture
+def transfers(monkeypatch):
+    """Counts calls of :func:`lib_ctxrep.repulsion.to_host`, the one helper that copies results to the host (the
+    engine's import of it included)."""
+    from lib_ctxrep import engine, repulsion
+
+    count = {"calls": 0}
+    original = repulsion.to_host
+
+    def counted(tensors):
+        count["calls"] += 1
+        return original(tensors)
+
+    monkeypatch.setattr(repulsion, "to_host", counted)
+    monkeypatch.setattr(engine, "to_host", counted)
+    return count
 
 
 def _reason(report) -> str:

@@ -52,20 +52,6 @@ def _tensors(value):
             yield from _tensors(item)
 
 
-@pytest.fixture
-def transfers(monkeypatch):
-    """Counts calls of :func:`lib_ctxrep.repulsion.to_host`, the one helper that copies results to the host."""
-    count = {"calls": 0}
-    original = repulsion.to_host
-
-    def counted(tensors):
-        count["calls"] += 1
-        return original(tensors)
-
-    monkeypatch.setattr(repulsion, "to_host", counted)
-    return count
-
-
 def sequence(rows: int, text: int, image: int, seed: int, spread: float = 0.1) -> torch.Tensor:
     """A single block's output: one shared random sequence plus small per-row differences."""
     g = torch.Generator().manual_seed(seed)

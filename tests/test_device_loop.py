@@ -35,21 +35,6 @@ def use_kernels(monkeypatch):
     monkeypatch.delenv("CTXREP_INNER_LOOP", raising=False)
 
 
-@pytest.fixture
-def transfers(monkeypatch):
-    """Counts calls of :func:`lib_ctxrep.repulsion.to_host` (the engine's import of it included)."""
-    count = {"calls": 0}
-    original = repulsion.to_host
-
-    def counted(tensors):
-        count["calls"] += 1
-        return original(tensors)
-
-    monkeypatch.setattr(repulsion, "to_host", counted)
-    monkeypatch.setattr("lib_ctxrep.engine.to_host", counted)
-    return count
-
-
 def rows_of(count: int, cols: int, seed: int, spread: float) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     base = torch.randn(1, cols, generator=g) + 0.5
