@@ -110,11 +110,16 @@ class RepulsionEngine:
 
     def _read_flags(self) -> None:
         """Warn about the blocks whose update the device inner loop skipped as not finite: one transfer for all of
-        them, made outside the window (where the host waits for the device at most once per batch)."""
-        flags, self._flags = self._flags, []
-        for (block, _), value in zip(flags, to_host([flag for _, flag in flags]), strict=True):
-            if not value.all():
-                self._warn_nonfinite(block)
+        them (per device, for a model split over several), made outside the window (where the host waits for the
+        device at most once per batch)."""
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+        for block, flag in self._flags:
+            by_device.setdefault(flag.device, []).append((block, flag))
+        self._flags = []
+        for flags in by_device.values():
+            for (block, _), value in zip(flags, to_host([flag for _, flag in flags]), strict=True):
+                if not value.all():
+                    self._warn_nonfinite(block)
 
     def _commit(self) -> None:
         if self._flags:

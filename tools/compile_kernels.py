@@ -1,9 +1,11 @@
 """Compile lib_ctxrep's Triton kernels for NVIDIA GPUs without a GPU: every kernel, stream dtype and tile height the
-library launches, for the A100 (sm_80), the RTX 30 series (sm_86), the RTX 40 series and L40 (sm_89) and the
-H100/H200 (sm_90), with Triton's own compiler and ptxas. Fails when a kernel does not compile or needs more shared
-memory than the GPU has (the library would then fall back to its torch versions, with a warning).
+library launches, for the T4 and RTX 20 series (sm_75), the A100 (sm_80), the RTX 30 series (sm_86), the RTX 40
+series and L40 (sm_89), the H100/H200 (sm_90), the B200 (sm_100) and the RTX 50 series (sm_120), with Triton's own
+compiler and ptxas. Fails when a kernel does not compile or needs more shared memory than the GPU has (the library
+would then fall back to its torch versions, with a warning).
 
-    python tools/compile_kernels.py [--targets 80 86 89 90]   (needs Triton 3; tests/test_kernels.py runs 86 and 90)
+    python tools/compile_kernels.py [--targets 75 80 86 89 90 100 120]
+    (needs Triton 3; tests/test_kernels.py runs 86 and 90)
 """
 
 from __future__ import annotations
@@ -23,7 +25,15 @@ from triton.compiler import ASTSource  # noqa: E402
 from lib_ctxrep import kernels  # noqa: E402
 
 #: Shared memory a block may use, per compute capability (CUDA's programming guide, "maximum shared memory per block").
-SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {
+    75: 64 * 1024,
+    80: 163 * 1024,
+    86: 99 * 1024,
+    89: 99 * 1024,
+    90: 227 * 1024,
+    100: 227 * 1024,
+    120: 99 * 1024,
+}
 TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 STREAM_POINTERS = {"x_ptr", "m_ptr", "out_ptr"}
 TYPED = {"part_ptr": "*fp32", "d_ptr": "*fp32", "ok_ptr": "*i32", "c_ptr": "*fp64"}
