@@ -1,10 +1,12 @@
-"""Triton kernels for the two passes of a hooked block over its repelled rows, at the bandwidth floor.
+"""Triton kernels for a hooked block: its two passes over the repelled rows, at the bandwidth floor, and the inner
+loop between them, on the device.
 
 :func:`centred_gram` reads the rows once (in the stream dtype, float32 accumulation) and :func:`combine_rows` reads
-them once and writes the new rows once; the torch versions in :mod:`lib_ctxrep.repulsion` move several times more
-bytes (a float32 working copy, its centring, a product that reads the rows twice). Both kernels handle up to
-:data:`MAX_ROWS` rows (current + memory) with the last dimension contiguous, and give the same results as the torch
-versions within float32 rounding.
+them once and writes the new rows once (into the rows themselves, if asked); the torch versions in
+:mod:`lib_ctxrep.repulsion` move several times more bytes (a float32 working copy, its centring, a product that reads
+the rows twice). Both kernels handle up to :data:`MAX_ROWS` rows (current + memory) with the last dimension
+contiguous, and give the same results as the torch versions within float32 rounding. :func:`flow` runs the M inner
+steps of every group of a block (float64, one program per group), so that nothing goes back to the host.
 
 Used on CUDA tensors when Triton 3 is importable (Linux builds of torch ship it) and ``CTXREP_KERNELS`` is not
 ``torch``; :func:`available` says whether they run for given rows. Import this module only where Triton is wanted:
