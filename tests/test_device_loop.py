@@ -82,6 +82,7 @@ def test_device_loop_leaves_a_group_with_a_zero_row_as_it_is():
     assert not got.any() and np.array_equal(host.coefficients, np.eye(3))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN/inf inputs, on purpose
 def test_device_loop_flags_a_nonfinite_group_and_gives_it_no_update():
     x = rows_of(4, 50, seed=5, spread=0.2)
     x[2, 7] = float("inf")
@@ -138,6 +139,7 @@ def test_device_loop_reads_nothing_back_inside_the_window(use_kernels, transfers
     assert transfers["calls"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN/inf inputs, on purpose
 def test_a_nonfinite_update_on_the_device_leaves_the_rows_and_is_reported_after_the_window(use_kernels, caplog):
     engine = RepulsionEngine(RepulsionConfig(strength=0.5, iterations=3, window=0.5))
     x = rows_of(4, 60, seed=7, spread=0.1).float().reshape(4, 3, 20)
@@ -155,6 +157,7 @@ def test_a_nonfinite_update_on_the_device_leaves_the_rows_and_is_reported_after_
     ]
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN/inf inputs, on purpose
 def test_the_next_batch_reports_what_the_device_skipped_when_the_window_covers_every_step(use_kernels, caplog):
     engine = RepulsionEngine(RepulsionConfig(strength=0.5, iterations=2, window=1.0))
     x = rows_of(4, 40, seed=8, spread=0.1).float().reshape(4, 2, 20)
@@ -242,6 +245,7 @@ def test_device_loop_writes_a_single_blocks_new_rows_into_its_output_without_a_c
     assert not torch.equal(new, fresh())
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN/inf inputs, on purpose
 def test_a_combination_kernel_that_fails_leaves_torch_combining_the_device_loops_coefficients(
     use_kernels, monkeypatch, caplog
 ):
