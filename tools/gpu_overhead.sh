@@ -17,7 +17,10 @@
 #     --abi abi3 --abi cp312 --abi none -d .whl diffusers==0.42.1 pytest==8.3.4 && rm .whl/numpy-*
 #   mkdir -p .before && git archive b15f6cd lib_ctxrep | tar -x -C .before
 # then run: bash tools/gpu_overhead.sh   (carry: [".whl", ".before"])
+# Stages, to split the run over two device calls where one would pass its time limit: tests, after, before (default:
+# all three, in that order), e.g. `bash tools/gpu_overhead.sh tests after` then `bash tools/gpu_overhead.sh before`.
 set -uo pipefail
+stages="${*:-tests after before}"
 cd "$(dirname "$0")/.."
 out="${OUT:-/tmp/ctxrep_gpu}"
 repeats="${REPEATS:-6}"
@@ -39,7 +42,7 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
 PYTHONPATH="$site" $py -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" |
   tee -a "$out/device.txt"
-if PYTHONPATH="$site" $py -c "import pytest" 2>/dev/null; then
+if [[ " $stages " == *" tests "* ]] && PYTHONPATH="$site" $py -c "import pytest" 2>/dev/null; then
   PYTHONPATH="$site" timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_device_loop.py tests/test_kernels.py \
     2>&1 | tail -n 30 | tee "$out/gpu_tests.log"
 fi
@@ -51,12 +54,14 @@ measure() {  # name, the folder that holds the library, then overhead's argument
   (cd "$library" && PYTHONPATH="$site" timeout 300 $py -m lib_ctxrep overhead --spell-set 0 \
     --repeats "$repeats" "$@" 2>&1) | tee -a "$out/$name.log"
 }
-measure after_m8 "$PWD" --iterations 8
-measure after_m50 "$PWD" --iterations 50
-if [ -d .before/lib_ctxrep ]; then
+if [[ " $stages " == *" after "* ]]; then
+  measure after_m8 "$PWD" --iterations 8
+  measure after_m50 "$PWD" --iterations 50
+fi
+if [[ " $stages " == *" before "* ]] && [ -d .before/lib_ctxrep ]; then
   measure before_m8 "$PWD/.before" --iterations 8
   measure before_m50 "$PWD/.before" --iterations 50
 fi
 grep -h "^=== \|ratio inside\|whole 20-step\|side by side\|per hooked block,\|inner loop (\|device inner loop\|stream \[" \
-  "$out"/after_*.log "$out"/before_*.log > "$out/summary.txt"
+  "$out"/after_*.log "$out"/before_*.log > "$out/summary.txt" 2>/dev/null
 tail -n 1 "$out/gpu_tests.log" >> "$out/summary.txt" 2>/dev/null
