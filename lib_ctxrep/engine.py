@@ -69,8 +69,9 @@ class RepulsionEngine:
         self._chunks: tuple[str, ...] = ("cond",)
         self._last_progress: float | None = None
         self._warned: set[str] = set()
-        #: Device flags of updates made by the device inner loop, read (in one transfer) once the window is over.
-        self._flags: list[tuple[str, torch.Tensor]] = []
+        #: Device flags of updates made by the device inner loop, read (in one transfer) once the window is over: the
+        #: block, the flag, and the memory key of the rows staged with that update (None for a second flow).
+        self._flags: list[tuple[str, torch.Tensor, tuple | None]] = []
 
     @property
     def active(self) -> bool:
@@ -109,17 +110,19 @@ class RepulsionEngine:
         self._last_progress = None
 
     def _read_flags(self) -> None:
-        """Warn about the blocks whose update the device inner loop skipped as not finite: one transfer for all of
-        them (per device, for a model split over several), made outside the window (where the host waits for the
-        device at most once per batch)."""
-        by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-        for block, flag in self._flags:
-            by_device.setdefault(flag.device, []).append((block, flag))
+        """Warn about the blocks whose update the device inner loop skipped as not finite, and withdraw their rows
+        from the memory (as the host loop never stages them): one transfer for all of them (per device, for a model
+        split over several), made outside the window, where the host waits for the device at most once per batch."""
+        by_device: dict[torch.device, list[tuple[str, torch.Tensor, tuple | None]]] = {}
+        for item in self._flags:
+            by_device.setdefault(item[1].device, []).append(item)
         self._flags = []
         for flags in by_device.values():
-            for (block, _), value in zip(flags, to_host([flag for _, flag in flags]), strict=True):
+            for (block, _, key), value in zip(flags, to_host([flag for _, flag, _ in flags]), strict=True):
                 if not value.all():
                     self._warn_nonfinite(block)
+                    if key is not None:
+                        self.memory.unstage(key)
 
     def _commit(self) -> None:
         if self._flags:
@@ -214,14 +217,14 @@ class RepulsionEngine:
         """One group's new rows from its solved flows (staged in the memory, recorded in the stats); None when its
         update is not finite (warned once; the group stays as it is)."""
         new, result = solved[plan.flow]
-        self._keep_flag(block, result)
+        self._keep_flag(block, result, plan.key)
         if not result.finite:
             self._warn_nonfinite(block)
             return None
         new = [*new, *plan.rows[len(new) :]]
         if plan.within:
             inner, inner_result = solved[plan.flow + 1]
-            self._keep_flag(block, inner_result)
+            self._keep_flag(block, inner_result, None)
             if inner_result.finite:
                 new = [*new[: plan.kept], *inner[plan.kept :]]
             else:
@@ -284,9 +287,9 @@ class RepulsionEngine:
             return None
         return remembered
 
-    def _keep_flag(self, block: str, result: FlowResult) -> None:
+    def _keep_flag(self, block: str, result: FlowResult, key: tuple | None) -> None:
         if result.flag is not None:
-            self._flags.append((block, result.flag))
+            self._flags.append((block, result.flag, key))
 
     def _warn_nonfinite(self, block: str) -> None:
         self.warn_once(

@@ -113,6 +113,10 @@ class ContextMemory:
         # A copy: some hosts (Forge Neo's blocks) update the stream in place after this point.
         self._staged[key] = [p.detach().clone() for p in parts]
 
+    def unstage(self, key: Hashable) -> None:
+        """Withdraw what the current batch staged for ``key`` (rows whose update turned out not finite)."""
+        self._staged.pop(key, None)
+
     def commit(self) -> bool:
         """Make the staged rows visible (call when a new batch starts), then enforce the bounds.
 

@@ -419,11 +419,15 @@ def repel_flows(
             for f, r in zip(flows, rows, strict=True)
         ]
         kernels = _device_loop(rows, fixed, want_entropy)
+        tiles = None
         if kernels is not None:
             try:
-                return _repel_on_device(kernels, flows, rows, fixed, iterations, eta, strength)
+                tiles = _solve_on_device(kernels, flows, rows, fixed, iterations, eta, strength)
             except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
                 _kernels_failed(error)
+    if tiles is not None:  # from here on rows may be written in place: no second solve on the host
+        return _combine_on_device(kernels, flows, rows, fixed, tiles)
+    with torch.no_grad():
         centred = to_host([centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)])
     grams = [uncentre_gram(c) for c in centred]
     results: list[FlowResult | None] = [None] * len(flows)
@@ -455,7 +459,7 @@ def repel_flows(
     return out
 
 
-def _repel_on_device(
+def _solve_on_device(
     kernels: Any,
     flows: list[Flow],
     rows: list[list[torch.Tensor]],
@@ -463,9 +467,9 @@ def _repel_on_device(
     iterations: int,
     eta: float | None,
     strength: float | None,
-) -> list[tuple[list[torch.Tensor], FlowResult]]:
-    """:func:`repel_flows` with the inner loop on the device (:func:`lib_ctxrep.kernels.flow`, one launch per group
-    size): nothing is read back; a flow's result carries the device flag of its update's finiteness."""
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The Gram matrices and the inner loop of every flow on the device (:func:`lib_ctxrep.kernels.flow`, one launch
+    per group size), nothing read back: per flow its coefficient tile and the device flag of its finiteness."""
     step = (eta if eta is not None else strength) / iterations
     centred = [kernels.centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)]
     shapes: dict[tuple[int, int], list[int]] = {}
@@ -477,6 +481,18 @@ def _repel_on_device(
         deltas, flags = kernels.flow(stack, b, iterations, step, eta is not None, NULL_EIG * r)
         for k, i in enumerate(members):
             tiles[i] = (deltas[k], flags[k : k + 1])
+    return tiles
+
+
+def _combine_on_device(
+    kernels: Any,
+    flows: list[Flow],
+    rows: list[list[torch.Tensor]],
+    fixed: list[list[torch.Tensor] | None],
+    tiles: list[tuple[torch.Tensor, torch.Tensor]],
+) -> list[tuple[list[torch.Tensor], FlowResult]]:
+    """The new rows of every flow from its device tile (:func:`_combine_tile`; in place where the flow allows it); a
+    flow's result carries the device flag of its update's finiteness."""
     out = []
     for f, r, m, (delta, flag) in zip(flows, rows, fixed, tiles, strict=True):
         new = []
@@ -548,7 +564,8 @@ def repel_parts(
 
     ``memory``: optional fixed rows, one tensor [Mm, ...] per part, that push the group but do not move.
     Returns the new parts (same shapes and dtypes; the inputs themselves when nothing changes) and the flow result.
-    A non-finite update is not applied (the inputs are returned and ``result.finite`` is False).
+    A non-finite update is not applied: the inputs are returned and ``result.finite`` is False; where the inner loop
+    ran on the device, the new parts equal the inputs and ``result.flag`` (on the device) reads 0.
     """
     (out,) = repel_flows([Flow(parts, memory)], iterations, eta=eta, strength=strength, want_entropy=want_entropy)
     return out

@@ -102,9 +102,13 @@ def test_groups_of_one_size_are_solved_in_one_launch_each_with_its_own_result():
     assert not torch.equal(deltas[0], deltas[1])
 
 
-def test_engine_repels_the_same_with_the_device_and_the_host_loop(use_kernels, monkeypatch):
-    # two branches, two prompts, memory in the second batch: every kind of flow of a block
-    config = RepulsionConfig(strength=0.5, iterations=4, branches=("uncond", "cond"), group_size=2, memory=True)
+@pytest.mark.parametrize("mode", ["text", "all"])
+def test_engine_repels_the_same_with_the_device_and_the_host_loop(use_kernels, monkeypatch, mode):
+    # two branches, two prompts, memory in the second batch ("all": the image tokens then repelled by a second flow
+    # within the batch): every kind of flow of a block
+    config = RepulsionConfig(
+        strength=0.5, iterations=4, branches=("uncond", "cond"), group_size=2, memory=True, single_blocks=mode
+    )
     call = blockmap.CallTokens(text_len=10, text_valid=(7, 10), image_len=6)
     outputs = {}
     for loop in ("host", "device"):
@@ -113,7 +117,7 @@ def test_engine_repels_the_same_with_the_device_and_the_host_loop(use_kernels, m
         for batch in range(2):
             engine.begin_call(0.0, ("uncond", "cond"))
             out = sequence(8, 10, 6, seed=batch).to(DEVICE)
-            outputs[loop, batch] = blockmap.repel_block(engine, "single.0", SINGLE, out, call, "text", inputs=())
+            outputs[loop, batch] = blockmap.repel_block(engine, "single.0", SINGLE, out, call, mode, inputs=())
             engine.end_call()
             engine.new_batch()
     for batch in range(2):
@@ -262,7 +266,33 @@ def test_a_combination_kernel_that_fails_leaves_torch_combining_the_device_loops
     monkeypatch.setattr(kernels, "combine_rows", broken)
     monkeypatch.setattr(repulsion, "_KERNELS", [])
     with caplog.at_level(logging.WARNING, logger="lib_ctxrep"):
-        (bad, _), (good, _) = repulsion.repel_flows([repulsion.Flow([x]), repulsion.Flow([y])], 3, strength=0.4)
+        (bad, result), (good, _) = repulsion.repel_flows([repulsion.Flow([x]), repulsion.Flow([y])], 3, strength=0.4)
+    assert result.flag is not None and result.flag.tolist() == [0]  # the device loop solved it
     assert torch.equal(bad[0], x)
     torch.testing.assert_close(good[0], want, rtol=0, atol=1e-6 * want.abs().max().item())
     assert ["the Triton kernels failed (RuntimeError: cannot compile)" in r.message for r in caplog.records] == [True]
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN/inf inputs, on purpose
+def test_a_group_skipped_on_the_device_is_not_remembered(use_kernels, monkeypatch):
+    # a NaN in the first batch: its group is skipped; the later batches repel their text against a memory without it
+    config = RepulsionConfig(strength=0.5, iterations=3, memory=True, single_blocks="all", window=0.5)
+    call = blockmap.CallTokens(text_len=10, image_len=6)
+    outputs = {}
+    for loop in ("host", "device"):
+        monkeypatch.setenv("CTXREP_INNER_LOOP", loop)
+        engine = RepulsionEngine(config)
+        for batch in range(3):
+            out = sequence(4, 10, 6, seed=20 + batch).to(DEVICE)
+            if batch == 0:
+                out[0, 3, 5] = float("nan")
+            engine.begin_call(0.0, ("cond",))
+            outputs[loop, batch] = blockmap.repel_block(engine, "single.0", SINGLE, out, call, "all", inputs=())
+            engine.end_call()
+            engine.begin_call(0.75, ("cond",))  # outside the window
+            engine.new_batch()
+    for batch in (1, 2):
+        want, got = outputs["host", batch], outputs["device", batch]
+        before = sequence(4, 10, 6, seed=20 + batch).to(DEVICE)
+        assert not torch.equal(got[:, :10], before[:, :10])  # the text moved
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * want.abs().max().item())
