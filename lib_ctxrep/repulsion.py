@@ -431,10 +431,7 @@ def repel_flows(
         centred = to_host([centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)])
     grams = [uncentre_gram(c) for c in centred]
     results: list[FlowResult | None] = [None] * len(flows)
-    shapes: dict[tuple[int, int], list[int]] = {}
-    for i, f in enumerate(flows):
-        shapes.setdefault((grams[i].shape[0], f.parts[0].shape[0]), []).append(i)
-    for (_, b), members in shapes.items():
+    for (_, b), members in _by_size(flows).items():
         solved = coefficient_flows(
             np.stack([grams[i] for i in members]),
             b,
@@ -459,6 +456,15 @@ def repel_flows(
     return out
 
 
+def _by_size(flows: list[Flow]) -> dict[tuple[int, int], list[int]]:
+    """The flows' indices by group size (rows in the kernel R, moving rows B): each size shares one inner loop."""
+    sizes: dict[tuple[int, int], list[int]] = {}
+    for i, f in enumerate(flows):
+        b = f.parts[0].shape[0]
+        sizes.setdefault((b + (f.memory[0].shape[0] if f.memory is not None else 0), b), []).append(i)
+    return sizes
+
+
 def _solve_on_device(
     kernels: Any,
     flows: list[Flow],
@@ -472,11 +478,8 @@ def _solve_on_device(
     per group size), nothing read back: per flow its coefficient tile and the device flag of its finiteness."""
     step = (eta if eta is not None else strength) / iterations
     centred = [kernels.centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)]
-    shapes: dict[tuple[int, int], list[int]] = {}
-    for i, f in enumerate(flows):
-        shapes.setdefault((centred[i].shape[0], f.parts[0].shape[0]), []).append(i)
     tiles: list[Any] = [None] * len(flows)
-    for (r, b), members in shapes.items():
+    for (r, b), members in _by_size(flows).items():
         stack = centred[members[0]][None] if len(members) == 1 else torch.stack([centred[i] for i in members])
         deltas, flags = kernels.flow(stack, b, iterations, step, eta is not None, NULL_EIG * r)
         for k, i in enumerate(members):
