@@ -89,14 +89,13 @@ class RepulsionEngine:
         A call earlier in the trajectory than the previous one marks a new batch: the memory commits what the previous
         batch staged.
         """
-        restart = self._last_progress is not None and progress < self._last_progress - _BATCH_RESTART_TOLERANCE
-        if restart:
+        if self._last_progress is not None and progress < self._last_progress - _BATCH_RESTART_TOLERANCE:
             self._commit()
         self._last_progress = progress
         self._progress = progress
         self._chunks = self.config.chunks or chunks
         self._active = self.config.enabled and is_active(progress, self.config.window)
-        if self._flags and (restart or not self._active):
+        if not self._active:
             self._read_flags()
         return self._active
 
@@ -113,6 +112,8 @@ class RepulsionEngine:
         """Warn about the blocks whose update the device inner loop skipped as not finite, and withdraw their rows
         from the memory (as the host loop never stages them): one transfer for all of them (per device, for a model
         split over several), made outside the window, where the host waits for the device at most once per batch."""
+        if not self._flags:
+            return
         by_device: dict[torch.device, list[tuple[str, torch.Tensor, tuple | None]]] = {}
         for item in self._flags:
             by_device.setdefault(item[1].device, []).append(item)
@@ -125,8 +126,7 @@ class RepulsionEngine:
                         self.memory.unstage(key)
 
     def _commit(self) -> None:
-        if self._flags:
-            self._read_flags()
+        self._read_flags()
         if not self.memory.commit():
             self.warn_once(
                 "memory-budget",
@@ -136,8 +136,7 @@ class RepulsionEngine:
 
     def new_job(self) -> None:
         """Forget the memory and the window state (a new job starts)."""
-        if self._flags:
-            self._read_flags()
+        self._read_flags()
         self.memory.clear()
         self._last_progress = None
         self._active = False

@@ -206,27 +206,38 @@ def _kernels_failed(error: Exception) -> None:
     )
 
 
-def combine_rows(delta: torch.Tensor, current: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-    """New current rows = ``current`` + ``delta`` @ [``current``; ``memory``] for [B, R] update coefficients and
-    rows [B, P] (and [Mm, P]): one product with float32 (or float64) accumulation, and a second for the memory rows
-    (no concatenated copy of the rows).
+def combine_rows(
+    delta: torch.Tensor,
+    current: torch.Tensor,
+    memory: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+    ok: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """New current rows = ``current`` + ``delta`` @ [``current``; ``memory``] for [B, R] update coefficients (or a
+    larger tile of :func:`lib_ctxrep.kernels.flow`, zero outside [B, R]) and rows [B, P] (and [Mm, P]): one product
+    with float32 (or float64) accumulation, and a second for the memory rows (no concatenated copy of the rows).
 
     ``delta`` (= T - [I 0], see :func:`coefficient_flow`) is rounded to the stream dtype: for fp16/bf16 that is a
     relative 2^-8 of the *update*, below the rounding of the output itself to the stream dtype. Where the Triton
     kernels run (:mod:`lib_ctxrep.kernels`), the rows are read once and written once and ``delta`` stays float32.
+    ``out``: where the new rows go (may be ``current`` itself); a new tensor when None. ``ok``: a device flag of the
+    device inner loop; where it is 0 the rows stay as they are.
     """
     kernels = _kernels_for([current], None if memory is None else [memory])
     if kernels is not None:
         try:
-            return kernels.combine_rows(delta, current, memory)
+            return kernels.combine_rows(delta, current, memory, out=out, ok=ok)
         except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
             _kernels_failed(error)
     b = current.shape[0]
-    delta = delta.to(current.dtype)
-    out = torch.addmm(current, delta[:, :b], current)
+    delta = delta[:b, : b + (0 if memory is None else memory.shape[0])].to(current.dtype)
+    new = torch.addmm(current, delta[:, :b], current)
     if memory is not None:
-        out.addmm_(delta[:, b:], memory)
-    return out
+        new.addmm_(delta[:, b:], memory)
+    if ok is not None:
+        new = torch.where(ok.bool(), new, current)
+    return new if out is None else out.copy_(new)
 
 
 def _eigh_function():
@@ -426,7 +437,7 @@ def repel_flows(
             except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
                 _kernels_failed(error)
     if tiles is not None:  # from here on rows may be written in place: no second solve on the host
-        return _combine_on_device(kernels, flows, rows, fixed, tiles)
+        return _combine_on_device(flows, rows, fixed, tiles)
     with torch.no_grad():
         centred = to_host([centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)])
     grams = [uncentre_gram(c) for c in centred]
@@ -477,7 +488,7 @@ def _solve_on_device(
     """The Gram matrices and the inner loop of every flow on the device (:func:`lib_ctxrep.kernels.flow`, one launch
     per group size), nothing read back: per flow its coefficient tile and the device flag of its finiteness."""
     step = (eta if eta is not None else strength) / iterations
-    centred = [kernels.centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)]
+    centred = [centred_gram(r, m) for r, m in zip(rows, fixed, strict=True)]
     tiles: list[Any] = [None] * len(flows)
     for (r, b), members in _by_size(flows).items():
         stack = centred[members[0]][None] if len(members) == 1 else torch.stack([centred[i] for i in members])
@@ -488,13 +499,12 @@ def _solve_on_device(
 
 
 def _combine_on_device(
-    kernels: Any,
     flows: list[Flow],
     rows: list[list[torch.Tensor]],
     fixed: list[list[torch.Tensor] | None],
     tiles: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> list[tuple[list[torch.Tensor], FlowResult]]:
-    """The new rows of every flow from its device tile (:func:`_combine_tile`; in place where the flow allows it); a
+    """The new rows of every flow from its device tile (:func:`combine_rows`; in place where the flow allows it); a
     flow's result carries the device flag of its update's finiteness."""
     out = []
     for f, r, m, (delta, flag) in zip(flows, rows, fixed, tiles, strict=True):
@@ -503,33 +513,11 @@ def _combine_on_device(
             if k < f.combine_from:
                 new.append(p)
                 continue
-            in_place = f.in_place and _is_view(x, p)
-            rows_new = _combine_tile(kernels, delta, flag, x, None if m is None else m[k], in_place)
+            in_place = f.in_place and x.data_ptr() == p.data_ptr()  # not a copy made by the reshape
+            rows_new = combine_rows(delta, x, None if m is None else m[k], out=x if in_place else None, ok=flag)
             new.append(p if in_place else rows_new.reshape(p.shape))
         out.append((new, FlowResult(None, math.nan, math.nan, True, flag)))
     return out
-
-
-def _combine_tile(
-    kernels: Any, delta: torch.Tensor, flag: torch.Tensor, x: torch.Tensor, m: torch.Tensor | None, in_place: bool
-) -> torch.Tensor:
-    """The new rows from a tile of the device loop (into ``x`` itself when ``in_place``): the Triton combination,
-    or, should it fail (said once), torch's, which also leaves a flagged group's rows as they are."""
-    if _kernels_for([x], None if m is None else [m]) is not None:
-        try:
-            return kernels.combine_rows(delta, x, m, out=x if in_place else None, ok=flag)
-        except Exception as error:  # noqa: BLE001 (a compile error must not cost the user's generation)
-            _kernels_failed(error)
-    b = x.shape[0]
-    new = torch.where(flag.bool(), combine_rows(delta[:b, : b + (0 if m is None else m.shape[0])], x, m), x)
-    return x.copy_(new) if in_place else new
-
-
-def _is_view(rows: torch.Tensor, part: torch.Tensor) -> bool:
-    """Whether ``rows`` (the [B, P] form of ``part``) is ``part``'s own memory, not a copy made by reshaping."""
-    return (
-        rows.data_ptr() == part.data_ptr() and rows.untyped_storage().data_ptr() == part.untyped_storage().data_ptr()
-    )
 
 
 def _upload_deltas(flows: list[Flow], results: list[FlowResult]) -> list[torch.Tensor | None]:

@@ -222,6 +222,7 @@ def test_overhead_benchmark_names_the_device_loop_and_counts_no_transfer_for_it(
     assert f"side by side, {device}: inside the window" in out
     assert re.search(r"side by side, inner loop (numba|numpy), Gram and combination triton: inside the window", out)
     assert re.search(r"per hooked block, inner loop numpy, Gram and combination torch: 1.00 device-to-host", out)
+    assert "M=1 -> 1 Gram + 1 combination, M=2 -> 1 Gram + 1 combination" in out  # counted on the device path too
 
 
 @pytest.mark.parametrize("mode", ["text", "all"])
