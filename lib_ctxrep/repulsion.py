@@ -67,9 +67,13 @@ class Flow:
 #: Elements (all rows together) of the working copy that :func:`centred_gram` upcasts and centres at a time: 16 MiB
 #: in float32, so the copy stays a fraction of a single block's stream and, on a GPU, mostly inside the L2 cache.
 GRAM_CHUNK = 1 << 22
-#: At most this many values of a row per chunk: each chunk's product accumulates in float32, so its length bounds the
-#: rounding of 1 - cos (measured on a CPU: 2e-4 relative at 2^20 values and cos 0.999, 2e-3 at 2^22).
+#: At most this many values of a row per chunk (the working copy's width).
 GRAM_CHUNK_COLUMNS = 1 << 20
+#: Values of a row per float32 partial product: each block's products are accumulated in float32 by the BLAS, in
+#: whatever order it likes, and the blocks are summed in float64. A BLAS's rounding over k values grows up to k times
+#: float32's epsilon, so a short block bounds it on every BLAS (a single product over 2^20 values was 2e-3 off in
+#: 1 - cos on one machine's MKL, and 2e-4 on another's).
+GRAM_BLOCK = 1 << 12
 
 
 def _rows_2d(x: torch.Tensor) -> torch.Tensor:
@@ -99,7 +103,8 @@ def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = N
     X X^T accumulated in float32 would lose 1 - cos in its rounding; the differences x_i - x_0 are exact in float32
     for fp16/bf16 rows and carry 1 - cos at full relative precision. One pass over the rows: each chunk of
     ``GRAM_CHUNK`` elements is copied into a float32 (float64 for float64 rows) buffer, centred on row 0 in place
-    and multiplied by its transpose (float32 accumulation, summed over chunks in float64). Where the Triton kernels
+    and multiplied by its transpose in blocks of ``GRAM_BLOCK`` values (float32 accumulation within a block, the
+    blocks summed in float64), so the rounding does not depend on the BLAS's summation order. Where the Triton kernels
     run (:mod:`lib_ctxrep.kernels`), one read of the rows in their own dtype.
     """
     kernels = _kernels_for(rows, memory)
@@ -114,20 +119,36 @@ def centred_gram(rows: list[torch.Tensor], memory: list[torch.Tensor] | None = N
     device = rows[0].device
     widest = max(x.shape[1] for x in rows)
     cols = max(1, min(widest, GRAM_CHUNK // r, GRAM_CHUNK_COLUMNS))
-    buffer = torch.empty((r, cols), dtype=work, device=device)
+    block = min(GRAM_BLOCK, cols)
+    buffer = torch.empty((-(-cols // block), r, block), dtype=work, device=device)
     total = torch.zeros((r, r), dtype=torch.float64, device=device)
     with _full_fp32_matmul(device):
         for k, x in enumerate(rows):
             fixed = memory[k] if memory is not None else None
-            for start in range(0, x.shape[1], cols):
-                stop = min(start + cols, x.shape[1])
-                z = buffer[:, : stop - start]
-                z[:b].copy_(x[:, start:stop])
+            for start in range(0, x.shape[1], buffer.shape[0] * block):
+                stop = min(start + buffer.shape[0] * block, x.shape[1])
+                z = _blocked(buffer, x, start, stop, 0)
                 if fixed is not None:
-                    z[b:].copy_(fixed[:, start:stop])
-                z[1:] -= z[0]
-                total += torch.mm(z, z.T)
+                    _blocked(buffer, fixed, start, stop, b)
+                z[:, 1:] -= z[:, :1]
+                total += torch.bmm(z, z.transpose(1, 2)).sum(0, dtype=torch.float64)
     return total
+
+
+def _blocked(buffer: torch.Tensor, x: torch.Tensor, start: int, stop: int, row: int) -> torch.Tensor:
+    """Columns ``start:stop`` of ``x`` ([n, P]) copied into rows ``row:row + n`` of ``buffer`` ([blocks, R, block]),
+    one block of columns per leading index, a last partial block padded with zeros (which add nothing to a Gram
+    matrix); returns the blocks used."""
+    block = buffer.shape[2]
+    n, width = x.shape[0], stop - start
+    full, rest = divmod(width, block)
+    z = buffer[: full + (rest > 0)]
+    if full:
+        z[:full, row : row + n].copy_(x[:, start : start + full * block].reshape(n, full, block).transpose(0, 1))
+    if rest:
+        z[full, row : row + n, :rest].copy_(x[:, start + full * block : stop])
+        z[full, row : row + n, rest:].zero_()
+    return z
 
 
 def uncentre_gram(centred: np.ndarray) -> np.ndarray:
