@@ -1,10 +1,11 @@
-"""The block map: each supported architecture described once, as data, and the code that reads a block's output.
+"""The block map: how a block's output holds its tokens, and the only code that edits a block's output.
 
-Every front end (diffusers, Forge main, Forge Neo, ComfyUI) recognises its model here (:func:`recognise`), learns on
-each call the few facts the map cannot know (:class:`CallTokens`: text length and padding, the target's image tokens)
-and hooks the blocks the map names; :func:`repel_block` then finds the contextual tokens in a block's output, has the
-engine repel them and puts them back. Nothing else touches a block's output, so a new model is a new table entry plus
-the front ends' reading of its call.
+Each model family is described once, as data, in its module of :mod:`lib_ctxrep.families` (an :class:`Architecture`
+per host, with the small functions that read that host's calls beside it). Every front end (diffusers, Forge main,
+Forge Neo, ComfyUI) recognises its model there, learns on each call the few facts an entry cannot know
+(:class:`CallTokens`: text length and padding, the target's image tokens, through the entry's reader) and hooks the
+blocks :func:`select_blocks` names; :func:`repel_block` then finds the contextual tokens in a block's output, has the
+engine repel them and puts them back. Nothing else touches a block's output.
 
 Conventions that hold for every entry:
 
@@ -12,8 +13,8 @@ Conventions that hold for every entry:
   is never changed. A text stream of ``None`` (SD3's last block) is left alone.
 - A single-stream block returns either one sequence holding text and image tokens (in ``order``), or, like a dual
   block, a tuple (diffusers' Flux from 0.35).
-- Text padding is never repelled: only the first ``text_valid`` tokens of the text are (padding that the model masks
-  out of attention, or pads with a learned token, sits after them).
+- Text padding is never repelled: only the ``text_valid`` tokens of the text are (padding that the model masks out of
+  attention, or pads with a learned token, sits after them, or before them where ``text_start`` says so).
 - Image tokens outside the target's span (reference images of edit models: Kontext, Flux.2, LongCat-Image and
   Qwen-Image edits, Flux 3's image_cond) are never repelled; only single-stream blocks in "all" mode repel image
   tokens at all.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -48,14 +49,15 @@ class Blocks:
         TEXT_FIRST  # in one sequence: text first (Flux, Chroma, Flux.2, Lumina) or image first (Z-Image, HiDream)
     )
     last_has_text: bool = True  # False: the last block outputs no text stream (SD3), so it is not hooked
+    seq_first: bool = False  # the block returns [tokens, rows, width] (diffusers' Ernie-Image) instead of [rows, ...]
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """One model family in one host: its classes, its blocks, and what the host does with CFG rows."""
+    """One model family in one host: its classes, its blocks, what the host does with CFG rows, and how the host's
+    calls of it are read. Written in the family's module of :mod:`lib_ctxrep.families`, which fills in ``family``
+    and ``host``."""
 
-    family: str  # what users call it (shown in the infotext and the README)
-    host: str  # "diffusers", "forge" (Forge main and Forge Neo) or "comfyui"
     classes: tuple[str, ...]  # class names (matched anywhere in the model's MRO)
     dual: Blocks | None = None
     single: Blocks | None = None
@@ -67,273 +69,56 @@ class Architecture:
     #: The first image position id coordinate of the target's tokens (:func:`target_span`): 0 in Flux Kontext's and
     #: Flux.2's convention, 1 in LongCat-Image's (text 0, target 1, references 2).
     target_id: int = 0
-    #: Template tokens at the end of the text stream that are never repelled (Krea 2's chat-template suffix, which
-    #: follows the prompt's padding).
-    text_tail: int = 0
     #: ComfyUI only: the patch point the blocks are reached through. "replace": ``patches_replace["dit"]
     #: [("double_block" | "single_block", i)]``, whose ``{"img", "txt"}`` output is read as the tuple (img, txt) and
     #: a single block's ``{"img"}`` as its one sequence; "post": the ``patches["double_block"]`` list run after each
-    #: block with ``{"img", "txt", "block_index"}`` (Lumina / Z-Image, which has no replace point).
+    #: block with ``{"img", "txt", "block_index"}`` (Lumina / Z-Image, which has no replace point); "hooks": forward
+    #: hooks on the blocks for the duration of each in-window call (a model with no block patch point).
     comfy_patch: str = "replace"
+    #: Attributes that together identify a copy of this model under another class name (a fork's renamed class);
+    #: tried only when no class name matches.
+    duck: tuple[str, ...] = ()
+    #: How the host's calls of this family are read (:mod:`lib_ctxrep.families.readers`): a ``DiffusersCall`` in
+    #: diffusers, a ``KCall`` in the k-diffusion hosts (Forge main, Neo, ComfyUI); None: the host's default reader.
+    reads: Any = None
+    family: str = ""  # what users call it (the infotext, messages, the README); set from the family's module
+    host: str = ""  # "diffusers", "forge" (Forge main and Forge Neo) or "comfyui"; set from the family's module
 
 
-#: Krea 2's chat template ends in this many tokens after the prompt's padding.
-_KREA2_TEMPLATE_SUFFIX = 5
+class HookedBlock(NamedTuple):
+    """One block to hook: its name ("double.3", "single.0"), the module, its block list, and what it repels ("text"
+    or "all")."""
 
-_FLUX_DUAL = Blocks("transformer_blocks")
-_FLUX_SINGLE = Blocks("single_transformer_blocks")
-_FORGE_FLUX_DUAL = Blocks("double_blocks", text_at=1, image_at=0)  # backend/nn/flux.py: returns (img, txt)
-_FORGE_FLUX_SINGLE = Blocks("single_blocks")  # one cat((txt, img), 1) sequence
-# ComfyUI (comfy/ldm/*): the blocks' patch dicts are read as (img, txt), as Forge's ports of them return.
-_COMFY_TEXT_SECOND = {"text_at": 1, "image_at": 0}
-
-ARCHITECTURES: tuple[Architecture, ...] = (
-    # ---- diffusers (models/transformers/*.py)
-    Architecture(
-        "Flux.1",
-        "diffusers",
-        ("FluxTransformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        references="Kontext: image tokens whose img_ids start with 1, after the target's",
-    ),
-    Architecture(
-        "Chroma",
-        "diffusers",
-        ("ChromaTransformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        padding="T5 padding that attention_mask masks (all but one pad token)",
-    ),
-    Architecture(
-        "Flux.2",
-        "diffusers",
-        ("Flux2Transformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        references="edits: image tokens whose img_ids have a time coordinate other than 0",
-    ),
-    Architecture(
-        "Qwen-Image",
-        "diffusers",
-        ("QwenImageTransformer2DModel",),
-        _FLUX_DUAL,
-        padding="tokens that encoder_hidden_states_mask masks",
-        references="Edit: in the image stream (never touched: no single-stream blocks)",
-    ),
-    Architecture(
-        "Z-Image",
-        "diffusers",
-        ("ZImageTransformer2DModel",),
-        single=Blocks("layers", order=IMAGE_FIRST),
-        cfg_rows=("cond", "uncond"),
-        padding="caption padding to a multiple of 32 (the model's cap_pad_token)",
-    ),
-    Architecture(
-        "SD3",
-        "diffusers",
-        ("SD3Transformer2DModel",),
-        Blocks("transformer_blocks", last_has_text=False),
-        cfg_rows=("uncond", "cond"),
-    ),
-    Architecture(
-        "HiDream",
-        "diffusers",
-        ("HiDreamImageTransformer2DModel",),
-        Blocks("double_stream_blocks", text_at=1, image_at=0),
-        Blocks("single_stream_blocks", order=IMAGE_FIRST),
-        cfg_rows=("uncond", "cond"),
-        padding="each block's own Llama-layer tokens, appended and discarded after it (T5/Llama padding is attended)",
-    ),
-    Architecture(
-        "Lumina 2",
-        "diffusers",
-        ("Lumina2Transformer2DModel",),
-        single=Blocks("layers"),
-        padding="Gemma padding (encoder_attention_mask), dropped from each row's joint sequence",
-    ),
-    Architecture(
-        "Krea 2",
-        "diffusers",
-        ("Krea2Transformer2DModel",),
-        single=Blocks("transformer_blocks"),
-        padding="encoder_attention_mask padding after the prompt, and the 5 chat-template suffix tokens after it",
-        text_tail=_KREA2_TEMPLATE_SUFFIX,
-    ),
-    Architecture(
-        "Flux 3",
-        "diffusers",
-        ("Flux3Transformer2DModel",),
-        single=Blocks("single_transformer_blocks"),  # joint blocks returning (text, [image; refs])
-        references="image_cond tokens after the target's in the content stream (never touched: text mode only)",
-    ),
-    Architecture(
-        "HunyuanImage 2.1",
-        "diffusers",
-        ("HunyuanImageTransformer2DModel",),
-        Blocks("transformer_blocks", text_at=1, image_at=0),
-        Blocks("single_transformer_blocks", text_at=1, image_at=0),
-        padding="encoder_attention_mask (+ _2): the model moves the valid tokens first",
-    ),
-    Architecture(
-        "Ovis-Image",
-        "diffusers",
-        ("OvisImageTransformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        padding="text rows the pipeline zeroes (after the prompt)",
-    ),
-    Architecture(
-        "LongCat-Image",
-        "diffusers",
-        ("LongCatImageTransformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        references="Edit: image tokens whose img_ids start with 2, after the target's (1)",
-        target_id=1,
-    ),
-    Architecture(
-        "Bria 3",
-        "diffusers",
-        ("BriaTransformer2DModel",),
-        _FLUX_DUAL,
-        _FLUX_SINGLE,
-        cfg_rows=("uncond", "cond"),
-        padding="zero rows after the prompt (the pipeline pads T5 with zeros)",
-    ),
-    Architecture(
-        "AuraFlow",
-        "diffusers",
-        ("AuraFlowTransformer2DModel",),
-        Blocks("joint_transformer_blocks"),
-        Blocks("single_transformer_blocks"),
-        cfg_rows=("uncond", "cond"),
-        padding="zero rows after the prompt (the pipeline zeroes T5 padding); text = 8 register tokens + T5",
-    ),
-    Architecture(
-        "CogView4",
-        "diffusers",
-        ("CogView4Transformer2DModel",),
-        Blocks("transformer_blocks", text_at=1, image_at=0),
-    ),
-    Architecture(
-        "CogView3-Plus",
-        "diffusers",
-        ("CogView3PlusTransformer2DModel",),
-        Blocks("transformer_blocks", text_at=1, image_at=0),
-        cfg_rows=("uncond", "cond"),
-    ),
-    # ---- Forge main and Neo (backend/nn/*.py)
-    Architecture(
-        "Flux.1",
-        "forge",
-        ("IntegratedFluxTransformer2DModel",),
-        _FORGE_FLUX_DUAL,
-        _FORGE_FLUX_SINGLE,
-        references="Kontext: reference tokens after the target's image tokens",
-    ),
-    Architecture("Chroma", "forge", ("IntegratedChromaTransformer2DModel",), _FORGE_FLUX_DUAL, _FORGE_FLUX_SINGLE),
-    Architecture("SD3", "forge", ("MMDiTX",), Blocks("joint_blocks", last_has_text=False)),  # mmditx.py: (context, x)
-    # Forge Neo only (ports of ComfyUI's models)
-    Architecture(
-        "Qwen-Image",
-        "forge",
-        ("QwenImageTransformer2DModel",),
-        Blocks("transformer_blocks"),
-        references="Edit: ref_latents appended to the image stream (never touched: no single-stream blocks)",
-    ),
-    Architecture(
-        "Z-Image",
-        "forge",
-        ("NextDiT",),
-        single=Blocks("layers"),
-        padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
-    ),  # backend/nn/lumina.py: [caption; image] in one sequence (Z-Image and Lumina 2)
-    # ---- ComfyUI (comfy/ldm/*, reached through its block patches; see comfy_patch)
-    Architecture(
-        "Flux.1",
-        "comfyui",
-        ("Flux",),  # comfy/ldm/flux/model.py: Flux.1, Kontext and Flux.2 (model_base.Flux2 runs the same class)
-        Blocks("double_blocks", **_COMFY_TEXT_SECOND),
-        _FORGE_FLUX_SINGLE,
-        references="Kontext and Flux.2 edits: ref_latents appended after the target's image tokens",
-        padding="Flux.2: the zero rows ComfyUI left-pads the text with to 512 are attended, so repelled with it",
-    ),
-    Architecture(
-        "Chroma", "comfyui", ("Chroma",), Blocks("double_blocks", **_COMFY_TEXT_SECOND), _FORGE_FLUX_SINGLE
-    ),  # comfy/ldm/chroma/model.py (ChromaRadiance subclasses it)
-    Architecture(
-        "Qwen-Image",
-        "comfyui",
-        ("QwenImageTransformer2DModel",),
-        Blocks("transformer_blocks", **_COMFY_TEXT_SECOND),
-        references="Edit: ref_latents appended to the image stream (never touched: no single-stream blocks)",
-    ),
-    Architecture(
-        "Z-Image",
-        "comfyui",
-        ("NextDiT",),  # comfy/ldm/lumina/model.py: Z-Image and Lumina 2, [caption; image] in one sequence
-        single=Blocks("layers", **_COMFY_TEXT_SECOND),
-        padding="caption padding to pad_tokens_multiple (the model's cap_pad_token)",
-        references="edit (omni) calls, whose caption slice holds the references, run unrepelled",
-        comfy_patch="post",
-    ),
-    Architecture(
-        "SD3",
-        "comfyui",
-        # comfy/ldm/modules/diffusionmodules/mmdit.py; not the bare name MMDiT, which AuraFlow's class also has
-        ("OpenAISignatureMMDITWrapper",),
-        Blocks("joint_blocks", last_has_text=False, **_COMFY_TEXT_SECOND),
-    ),
-)
+    name: str
+    module: Any
+    where: Blocks
+    mode: str
 
 
-def recognise(model: Any, host: str) -> Architecture | None:
-    """The architecture of ``model`` in ``host`` ("diffusers", "forge" or "comfyui"), or None if it is not
-    supported."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    for arch in ARCHITECTURES:
-        if arch.host == host and names.intersection(arch.classes):
-            return arch
-    return None
-
-
-def recognise_class(name: str, host: str) -> Architecture | None:
-    """The architecture whose classes include ``name`` in ``host``."""
-    return next((a for a in ARCHITECTURES if a.host == host and name in a.classes), None)
-
-
-def families(host: str) -> list[str]:
-    """The model families ``host`` supports, in the map's order, each once: ['Flux.1', 'Chroma', 'SD3']."""
-    return list(dict.fromkeys(a.family for a in ARCHITECTURES if a.host == host))
-
-
-def supported(host: str) -> list[str]:
-    """Readable list of what ``host`` supports, for messages: 'Flux.1 (FluxTransformer2DModel), ...'."""
-    return [f"{a.family} ({', '.join(a.classes)})" for a in ARCHITECTURES if a.host == host]
-
-
-def hooked_blocks(arch: Architecture, model: Any, config: Any) -> list[tuple[str, Any, Blocks, str]]:
-    """The blocks to hook for ``config`` (a RepulsionConfig), as (name, module, block list, mode).
+def select_blocks(arch: Architecture, model: Any, engine: Any) -> list[HookedBlock]:
+    """The blocks of ``model`` to hook for ``engine``'s settings, and the engine's step strength shared out over them
+    (``engine.repelled_blocks``): every front end takes its blocks from here, so none can forget to share it.
 
     The selected dual-stream blocks (``config.blocks``) repel their text stream; every single-stream block repels in
     ``config.single_blocks`` mode unless it is "off". A model with single-stream blocks only (Z-Image, Lumina 2) has
     no text stream apart from its caption slice: its blocks play the dual blocks' role, chosen by ``config.blocks``,
     and repel the caption only (``single_blocks`` has no effect there).
     """
-    out = []
+    config = engine.config
+    out: list[HookedBlock] = []
     if arch.dual is not None:
         blocks = getattr(model, arch.dual.attr)
         selected = config.block_indices(len(blocks))
         if not arch.dual.last_has_text:
             selected = [i for i in selected if i != len(blocks) - 1]
-        out += [(f"double.{i}", blocks[i], arch.dual, "text") for i in selected]
+        out += [HookedBlock(f"double.{i}", blocks[i], arch.dual, "text") for i in selected]
         if arch.single is not None and config.single_blocks != "off":
             singles = getattr(model, arch.single.attr)
-            out += [(f"single.{i}", b, arch.single, config.single_blocks) for i, b in enumerate(singles)]
+            out += [HookedBlock(f"single.{i}", b, arch.single, config.single_blocks) for i, b in enumerate(singles)]
     elif arch.single is not None:
         blocks = getattr(model, arch.single.attr)
-        out += [(f"single.{i}", blocks[i], arch.single, "text") for i in config.block_indices(len(blocks))]
+        out += [HookedBlock(f"single.{i}", blocks[i], arch.single, "text") for i in config.block_indices(len(blocks))]
+    engine.repelled_blocks = max(1, len(out))
     return out
 
 
@@ -342,7 +127,8 @@ class CallTokens:
     """What one model call's token layout is, as the front end learns it from the call's inputs.
 
     text_len: tokens in the text stream (padding included); text_valid: per chunk of rows (one value for all
-    chunks, or one per chunk), how many leading text tokens are real (the rest is padding, never repelled); image_len:
+    chunks, or one per chunk), how many text tokens are real (the leading ones, or the last ones when
+    ``left_padded``; the rest is padding, never repelled); image_len:
     image tokens in a single-stream sequence, padding and references included (None: the rest of the sequence);
     target: the target image's tokens among the image tokens (None: all of them).
     """
@@ -351,6 +137,8 @@ class CallTokens:
     text_valid: tuple[int, ...] = ()
     image_len: int | None = None
     target: Span | None = None
+    #: The text is left-padded: its real tokens are the last ``valid`` of it (Ideogram 4 packs [padding; text; image]).
+    left_padded: bool = False
 
     def valid(self, chunk: int) -> int:
         if not self.text_valid:
@@ -387,12 +175,13 @@ def _spans(where: Blocks, call: CallTokens, chunk: int, joint: bool, image_token
     """The spans repelled for one chunk: the text span, plus the target's image span in "all" mode, in the
     coordinates of the text and image streams (``joint`` False) or of the one sequence (``joint`` True)."""
     valid = call.valid(chunk)
+    lead = call.text_len - valid if call.left_padded else 0
     if not joint:
-        text, image_offset = (0, valid), 0
+        text, image_offset = (lead, lead + valid), 0
     elif where.order == TEXT_FIRST:
-        text, image_offset = (0, valid), call.text_len
+        text, image_offset = (lead, lead + valid), call.text_len
     else:
-        text, image_offset = (image_tokens, image_tokens + valid), 0
+        text, image_offset = (image_tokens + lead, image_tokens + lead + valid), 0
     if mode != "all":
         return (text,)
     start, stop = call.target if call.target is not None else (0, image_tokens)
@@ -422,6 +211,8 @@ def repel_block(
     tensors = _streams(where, output, mode)
     if tensors is None:
         return None
+    if where.seq_first:
+        originals, tensors = tensors, [t.transpose(0, 1) for t in tensors]
     rows, chunks = tensors[0].shape[0], len(engine.chunks)
     if rows % chunks:
         return engine.process(name, [tensors[0]])  # the engine reports the layout mismatch (once) and skips
@@ -437,7 +228,16 @@ def repel_block(
     new_tensors = _repel_runs(engine, name, tensors, spans, joint, rows // chunks, writable)
     if new_tensors is None:
         return None
+    if where.seq_first:  # back to [tokens, rows, width], in the layout the block gave it
+        new_tensors = [_like(new.transpose(0, 1), old) for new, old in zip(new_tensors, originals, strict=True)]
     return _with_streams(output, where, new_tensors)
+
+
+def _like(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` in ``old``'s memory layout (itself when it already is)."""
+    if new.stride() == old.stride():
+        return new
+    return torch.empty_strided(old.shape, old.stride(), dtype=new.dtype, device=new.device).copy_(new)
 
 
 def _streams(where: Blocks, output: Any, mode: str) -> list[torch.Tensor] | None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -114,6 +115,26 @@ def _refuse_pickles(path: Path) -> None:
             json.loads(f.read(length))
         except (UnicodeDecodeError, ValueError):
             raise ProtectedSetError(f"{name!r} is not a valid safetensors file (unreadable header)") from None
+
+
+#: Latent space of each Forge diffusion engine (backend/diffusion_engine/*.py): models sharing a VAE share it, so a
+#: set made for one may protect the other.
+FORGE_LATENT_SPACES = {
+    "StableDiffusion": "sd1",
+    "StableDiffusion2": "sd1",
+    "StableDiffusionXL": "sdxl",
+    "StableDiffusionXLRefiner": "sdxl",
+    "StableDiffusion3": "sd3",
+    "Flux": "flux",
+    "Chroma": "flux",
+}
+
+
+def forge_latent_space(sd_model: Any) -> str:
+    """The latent-space name of a Forge engine (``p.sd_model``): the engine's own class name unless it shares its VAE
+    with another (:data:`FORGE_LATENT_SPACES`)."""
+    name = type(sd_model).__name__
+    return FORGE_LATENT_SPACES.get(name, name)
 
 
 def save_latent_set(path: str | os.PathLike, latents: torch.Tensor, latent_space: str, **metadata: str) -> None:

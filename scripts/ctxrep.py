@@ -18,10 +18,11 @@ import gradio as gr
 from modules import script_callbacks, scripts, shared
 from modules.ui_components import InputAccordion
 
-from lib_ctxrep import blockmap
+from lib_ctxrep import families
 from lib_ctxrep.integrations import forge_args, forge_reproduce
-from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell, latent_space_of
-from lib_ctxrep.protected import ProtectedSetError, load_protected_set
+from lib_ctxrep.integrations.forge import ForgeRepulsion, ForgeSpell
+from lib_ctxrep.protected import ProtectedSetError, forge_latent_space, load_protected_set
+from lib_ctxrep.settings import SETTINGS
 from lib_ctxrep.spell import DEFAULT_EXACT_LIMIT, DEFAULT_NPROBE
 
 logger = logging.getLogger("lib_ctxrep")
@@ -58,76 +59,58 @@ INTRO = (
 )
 
 
-def _slider(bounds: tuple[float, float, float], **kwargs: Any) -> Any:
-    """A gradio slider over ``bounds`` (minimum, maximum, step)."""
-    low, high, step = bounds
-    return gr.Slider(low, high, step=step, **kwargs)
+def _control(kind: Callable, name: str, d: dict[str, Any], eid: Callable[[str], str], **kwargs: Any) -> Any:
+    """A gradio control for setting ``name``: its label (and range or choices) from ``lib_ctxrep.settings``, its
+    value from ``d``; the tooltip is set from the same definition (javascript/ctxrep_hints.js)."""
+    setting = SETTINGS[name]
+    if setting.bounds is not None and kind is gr.Slider:
+        low, high, step = setting.bounds
+        kwargs.update(minimum=low, maximum=high, step=step)
+    if setting.choices is not None:
+        kwargs["choices"] = list(setting.choices)
+    return kind(value=d[name], label=setting.label, elem_id=eid(name), **kwargs)
 
 
 def _repulsion_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
     """Contextual repulsion's main controls (strength, window, blocks, memory, hires), by argument name."""
-    repulsion = gr.Checkbox(value=d["repulsion"], label="Contextual repulsion", elem_id=eid("repulsion"))
+    controls = {"repulsion": _control(gr.Checkbox, "repulsion", d, eid)}
     with gr.Row():
-        step_strength = _slider(
-            forge_args.STEP_STRENGTH_RANGE, value=d["step_strength"], label="Strength", elem_id=eid("step_strength")
-        )
-        window = _slider(forge_args.WINDOW_RANGE, value=d["window"], label="Window", elem_id=eid("window"))
+        controls["step_strength"] = _control(gr.Slider, "step_strength", d, eid)
+        controls["window"] = _control(gr.Slider, "window", d, eid)
     with gr.Row():
-        blocks = gr.Dropdown(list(forge_args.BLOCK_PRESETS), value=d["blocks"], label="Blocks", elem_id=eid("blocks"))
-        custom_blocks = gr.Textbox(
-            value=d["custom_blocks"], label="Block range", placeholder="6:13", visible=False,
-            elem_id=eid("custom_blocks"),
-        )  # fmt: skip
-        single_blocks = gr.Radio(
-            list(forge_args.SINGLE_MODES), value=d["single_blocks"],
-            label="Single-stream blocks (Flux, Chroma)", elem_id=eid("single_blocks"),
-        )  # fmt: skip
+        controls["blocks"] = _control(gr.Dropdown, "blocks", d, eid)
+        controls["custom_blocks"] = _control(gr.Textbox, "custom_blocks", d, eid, placeholder="6:13", visible=False)
+        controls["single_blocks"] = _control(gr.Radio, "single_blocks", d, eid)
     with gr.Row():
-        memory = gr.Checkbox(value=d["memory"], label="Cross-batch memory", elem_id=eid("memory"))
-        hires = gr.Checkbox(value=d["hires"], label="Apply on the hires pass", elem_id=eid("hires"))
-    return {
-        "repulsion": repulsion, "step_strength": step_strength, "window": window, "blocks": blocks,
-        "custom_blocks": custom_blocks, "single_blocks": single_blocks, "memory": memory, "hires": hires,
-    }  # fmt: skip
+        controls["memory"] = _control(gr.Checkbox, "memory", d, eid)
+        controls["hires"] = _control(gr.Checkbox, "hires", d, eid)
+    return controls
 
 
 def _advanced_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
     """The paper's own parameters (per-block strength, raw eta, inner iterations), by argument name."""
     with gr.Row():
-        strength = gr.Textbox(
-            value=d["strength"], label="Per-block strength", placeholder="empty: Strength, shared out",
-            elem_id=eid("strength"),
-        )  # fmt: skip
-        eta = gr.Number(value=d["eta"], label="Raw eta (0 = use strength)", elem_id=eid("eta"))
-        iterations = _slider(
-            forge_args.ITERATIONS_RANGE, value=d["iterations"], label="Inner iterations M", elem_id=eid("iterations")
-        )
-    return {"strength": strength, "eta": eta, "iterations": iterations}
+        return {
+            "block_strength": _control(
+                gr.Textbox, "block_strength", d, eid, placeholder="empty: the step strength, shared out"
+            ),
+            "eta": _control(gr.Number, "eta", d, eid),
+            "iterations": _control(gr.Slider, "iterations", d, eid),
+        }
 
 
 def _spell_controls(d: dict[str, Any], eid: Callable[[str], str]) -> dict[str, Any]:
     """SPELL's controls (switch, radius, overcompensation, protected set), by argument name."""
     with gr.Row():
-        spell = gr.Checkbox(value=d["spell"], label="SPELL", elem_id=eid("spell"))
-        spell_radius = _slider(
-            forge_args.SPELL_RADIUS_RANGE,
-            value=d["spell_radius"],
-            label="Shield radius (relative)",
-            elem_id=eid("spell_radius"),
-        )
-        spell_overcompensation = _slider(
-            forge_args.OVERCOMPENSATION_RANGE, value=d["spell_overcompensation"], label="Overcompensation",
-            elem_id=eid("spell_overcompensation"),
-        )  # fmt: skip
-    spell_protected = gr.Textbox(
-        value=d["spell_protected"], label="Protected set (optional)",
+        controls = {name: _control(kind, name, d, eid) for kind, name in SPELL_CONTROLS}
+    controls["spell_protected"] = _control(
+        gr.Textbox, "spell_protected", d, eid,
         placeholder="a folder of images or a .safetensors latent set, inside the folder set in Settings",
-        elem_id=eid("spell_protected"),
     )  # fmt: skip
-    return {
-        "spell": spell, "spell_radius": spell_radius, "spell_overcompensation": spell_overcompensation,
-        "spell_protected": spell_protected,
-    }  # fmt: skip
+    return controls
+
+
+SPELL_CONTROLS = ((gr.Checkbox, "spell"), (gr.Slider, "spell_radius"), (gr.Slider, "spell_overcompensation"))
 
 
 class ContextualRepulsionScript(scripts.Script):
@@ -169,9 +152,7 @@ class ContextualRepulsionScript(scripts.Script):
                 controls.update(_advanced_controls(d, eid))
             with gr.Accordion("SPELL: sparse repellency (any model)", open=False, elem_id=eid("spell_group")):
                 controls.update(_spell_controls(d, eid))
-            controls["reproduce"] = gr.Checkbox(
-                value=d["reproduce"], label="Reproduce pasted batch images", elem_id=eid("reproduce")
-            )
+            controls["reproduce"] = _control(gr.Checkbox, "reproduce", d, eid)
             controls["pasted_batch"] = gr.Textbox(
                 value=d["pasted_batch"], visible=False, label="Pasted batch", elem_id=eid("pasted_batch")
             )
@@ -189,7 +170,7 @@ class ContextualRepulsionScript(scripts.Script):
             for name, component in zip(forge_args.ARG_NAMES, components, strict=True)
             if name != "reproduce"
         ]
-        self.paste_field_names = list(forge_args.INFOTEXT_KEYS.values())
+        self.paste_field_names = [*forge_args.INFOTEXT_KEYS.values(), *forge_args.OLD_INFOTEXT_KEYS]
         return components
 
     # ---- reproducing one pasted image of a coupled batch ------------------------------------------------------------
@@ -322,14 +303,9 @@ class ContextualRepulsionScript(scripts.Script):
         unet = p.sd_model.forge_objects.unet.clone()
         repulsion_on = job is not None and job.patch(unet)
         if job is not None and not repulsion_on:
-            model = type(unet.model.diffusion_model).__name__
             alternative = "SPELL still runs" if spell is not None else "SPELL (in this accordion) works on every model"
-            self._report(
-                p,
-                f"{model} is not supported by contextual repulsion (supported: "
-                f"{', '.join(blockmap.families('forge'))}); {alternative}; the generation continues",
-                info=True,
-            )
+            reason = families.unsupported_reason(unet.model.diffusion_model, "forge")
+            self._report(p, f"{reason}; {alternative}; the generation continues", info=True)
         if spell is not None:
             sample = kwargs.get("x")
             if settings.protected and not p._ctxrep_protected_tried:
@@ -368,7 +344,7 @@ class ContextualRepulsionScript(scripts.Script):
             loaded = load_protected_set(
                 path,
                 getattr(shared.opts, ROOT_OPTION, ""),
-                latent_space=latent_space_of(sd_model),
+                latent_space=forge_latent_space(sd_model),
                 sample_shape=tuple(sample.shape[1:]),
                 width=p.width,
                 height=p.height,
@@ -529,7 +505,10 @@ def register_xyz_axes() -> None:
         xyz.axis_options.extend(
             [
                 xyz.AxisOption(
-                    "[CtxRep] Strength", float, _apply(XYZ_FIELDS["step_strength"]), confirm=_confirm("step_strength")
+                    "[CtxRep] Step strength",
+                    float,
+                    _apply(XYZ_FIELDS["step_strength"]),
+                    confirm=_confirm("step_strength"),
                 ),
                 xyz.AxisOption("[CtxRep] Window", float, _apply(XYZ_FIELDS["window"]), confirm=_confirm("window")),
                 xyz.AxisOption(

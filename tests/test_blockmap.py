@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from lib_ctxrep import RepulsionConfig, RepulsionEngine, blockmap
+from lib_ctxrep import RepulsionConfig, RepulsionEngine, blockmap, families
 from lib_ctxrep.blockmap import IMAGE_FIRST, Blocks, CallTokens, repel_block
 
 STRONG = RepulsionConfig(strength=0.5, window=1.0, iterations=5, memory=False)
@@ -130,10 +130,10 @@ def test_every_front_end_finds_its_architecture_by_class_name():
     class IntegratedChromaTransformer2DModel(torch.nn.Module):
         pass
 
-    assert blockmap.recognise(FluxTransformer2DModel(), "diffusers").family == "Flux.1"
-    assert blockmap.recognise(FluxTransformer2DModel(), "forge") is None
-    assert blockmap.recognise(IntegratedChromaTransformer2DModel(), "forge").family == "Chroma"
-    assert blockmap.families("forge") == ["Flux.1", "Chroma", "SD3", "Qwen-Image", "Z-Image"]
+    assert families.recognise(FluxTransformer2DModel(), "diffusers").family == "Flux.1"
+    assert families.recognise(FluxTransformer2DModel(), "forge") is None
+    assert families.recognise(IntegratedChromaTransformer2DModel(), "forge").family == "Chroma"
+    assert families.families("forge")[:5] == ["Flux.1", "Chroma", "Qwen-Image", "Z-Image", "SD3"]
 
 
 def test_a_text_stream_of_another_length_than_the_call_says_is_left_alone_with_a_warning(caplog):
@@ -151,3 +151,21 @@ def test_a_sequence_shorter_than_the_call_layout_is_left_alone_with_a_warning(ca
     where = Blocks("layers", order=IMAGE_FIRST)
     out = repel_block(engine_in_call(), "single.0", where, features(4, 16), CallTokens(8, image_len=12), "text")
     assert out is None and any("at least 20" in r.getMessage() for r in caplog.records)
+
+
+def test_a_left_padded_text_moves_only_its_last_valid_tokens():
+    seq = features(4, 6 + 10)  # 2 padding tokens, 4 text tokens, then 10 image tokens (Ideogram 4's packed row)
+    call = CallTokens(6, (4,), image_len=10, left_padded=True)
+    out = repel_block(engine_in_call(), "single.0", SINGLE, seq, call, "text")
+    assert moved(seq, out) == [2, 3, 4, 5]
+
+
+def test_a_sequence_first_block_moves_the_same_tokens_as_its_batch_first_twin():
+    seq = features(4, 12 + 8)  # [rows, image 12 + caption 5 + padding 3]
+    call = CallTokens(8, (5,), image_len=12)
+    batch_first = repel_block(engine_in_call(), "single.0", Blocks("layers", order=IMAGE_FIRST), seq.clone(), call)
+    where = Blocks("layers", order=IMAGE_FIRST, seq_first=True)
+    out = repel_block(engine_in_call(), "single.0", where, seq.transpose(0, 1).contiguous(), call)
+    assert out.shape == (20, 4, 8) and out.is_contiguous()
+    assert moved(seq, out.transpose(0, 1)) == [12, 13, 14, 15, 16]
+    torch.testing.assert_close(out.transpose(0, 1), batch_first, rtol=0, atol=1e-6)

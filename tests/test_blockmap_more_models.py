@@ -1,11 +1,13 @@
 """The block map's further diffusers families, specified on their real classes built tiny (random seeded weights,
 offline), in the style of tests/test_blockmap_models.py.
 
-HiDream, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3, AuraFlow, CogView4 and
-CogView3-Plus are each called the way their pipelines call them, with their own kind of text padding: HiDream's
-per-block Llama tokens (discarded after each block), Lumina 2's padding dropped per row, Krea 2's padding between the
-prompt and the chat-template suffix, HunyuanImage's masked MLLM and byT5 tokens, zero rows (Ovis-Image, Bria 3,
-AuraFlow), and with edit references (Flux 3's image_cond, LongCat-Image Edit's modality-2 tokens). What a block hands
+HiDream, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3, AuraFlow, CogView4,
+CogView3-Plus, Ernie-Image and Ideogram 4 are each called the way their pipelines call them, with their own kind of
+text padding: HiDream's per-block Llama tokens (discarded after each block), Lumina 2's padding dropped per row, Krea
+2's padding between the prompt and the chat-template suffix, HunyuanImage's masked MLLM and byT5 tokens, zero rows
+(Ovis-Image, Bria 3, AuraFlow), Ernie-Image's masked padding after each row's text in sequence-first blocks, Ideogram
+4's left padding before each row's text, and with edit references (Flux 3's image_cond, LongCat-Image Edit's
+modality-2 tokens). What a block hands
 on is observed with two forward hooks per block, registered before and after repulsion is attached.
 
 The rules, one test each:
@@ -298,6 +300,56 @@ def cogview_inputs(batch: int) -> dict[str, Any]:
     )
 
 
+# ---- Ernie-Image: sequence-first blocks [image; text (zero-padded after each row's text_lens)]
+
+ERNIE_TEXT, ERNIE_TOKENS = [3, 6, 4, 6], 6
+
+
+def ernie_inputs(batch: int) -> dict[str, Any]:
+    lengths = ERNIE_TEXT[:batch]
+    return dict(
+        hidden_states=randn(batch, 8, 4, 4, seed=0),
+        timestep=torch.full((batch,), 900.0),  # 1000 sigma
+        text_bth=zero_padded(lengths, ERNIE_TOKENS, 24, 1),
+        text_lens=torch.tensor(lengths),
+        return_dict=False,
+    )
+
+
+def ernie_sequence_text(inputs: dict[str, Any]) -> torch.Tensor:
+    """[tokens, rows] (the blocks are sequence-first): each row's real text after the image."""
+    lengths = inputs["text_lens"].tolist()
+    return spans(len(lengths), IMAGE + ERNIE_TOKENS, lambda r: [(IMAGE, IMAGE + lengths[r])]).T
+
+
+# ---- Ideogram 4: one packed row per sample [left padding; text; image], indicator 3 = text, 2 = image
+
+IDEOGRAM_TEXT, IDEOGRAM_MAX = [2, 4, 3, 4], 6
+
+
+def ideogram_layout(lengths: list[int], grid: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from diffusers.pipelines.ideogram4.pipeline_ideogram4 import Ideogram4Pipeline
+
+    return Ideogram4Pipeline._prepare_ids(lengths, grid, grid, IDEOGRAM_MAX, torch.device("cpu"))
+
+
+def ideogram4_inputs(batch: int) -> dict[str, Any]:
+    position_ids, segment_ids, indicator = ideogram_layout(IDEOGRAM_TEXT[:batch])
+    return dict(
+        hidden_states=torch.cat([torch.zeros(batch, IDEOGRAM_MAX, 8), randn(batch, IMAGE, 8, seed=0)], 1),
+        timestep=torch.full((batch,), 0.1),  # 1 - sigma
+        encoder_hidden_states=randn(batch, IDEOGRAM_MAX + IMAGE, 24, seed=1) * (indicator == 3)[..., None],
+        position_ids=position_ids,
+        segment_ids=segment_ids,
+        indicator=indicator,
+        return_dict=False,
+    )
+
+
+def ideogram4_sequence_text(inputs: dict[str, Any]) -> torch.Tensor:
+    return inputs["indicator"] == 3
+
+
 MODELS = {
     "HiDream": Model(
         "HiDream", "HiDreamImageTransformer2DModel", tiny.tiny_hidream_transformer, hidream_inputs,
@@ -347,6 +399,14 @@ MODELS = {
     "CogView3-Plus": Model(
         "CogView3-Plus", "CogView3PlusTransformer2DModel", tiny.tiny_cogview3plus_transformer, cogview_inputs,
         dual="transformer_blocks", dual_text_at=1, text_valid=all_text_valid,
+    ),
+    "Ernie-Image": Model(
+        "Ernie-Image", "ErnieImageTransformer2DModel", tiny.tiny_ernie_image_transformer, ernie_inputs,
+        single="layers", sequence_text=ernie_sequence_text,
+    ),
+    "Ideogram 4": Model(
+        "Ideogram 4", "Ideogram4Transformer2DModel", tiny.tiny_ideogram4_transformer, ideogram4_inputs,
+        single="layers", sequence_text=ideogram4_sequence_text,
     ),
 }  # fmt: skip
 DUAL = [n for n, m in MODELS.items() if m.dual]
@@ -567,3 +627,95 @@ def test_cogview4_steps_are_placed_by_the_schedulers_timesteps_not_its_shifted_s
     assert float(pipe.scheduler.timesteps[2]) / 1000 != pytest.approx(float(pipe.scheduler.sigmas[2]), abs=0.01)
     per_step = Counter(s.progress for s in handle.stats)  # read from sigma, t = 857 would be step 0 again
     assert sorted(per_step) == [0.0, 0.125, 0.25, 0.375] and len(set(per_step.values())) == 1
+
+
+# ---- Ernie-Image and Ideogram 4 pipelines
+
+
+def run_ernie(pipe: Any, prompt: int = 5, negative: int = 2) -> torch.Tensor:
+    """CFG on: one call per step over [negatives; prompts], right-padded to the longer text (5 vs 2 tokens)."""
+    return pipe(
+        prompt_embeds=[randn(prompt, 24, seed=1)] * B, negative_prompt_embeds=[randn(negative, 24, seed=2)] * B,
+        guidance_scale=4.0, height=64, width=64, num_inference_steps=4, output_type="latent", generator=generator(),
+    ).images  # fmt: skip
+
+
+@pytest.mark.parametrize("prompt, negative", [(5, 2), (2, 5)], ids=["negative-shorter", "negative-longer"])
+def test_ernie_branches_of_different_text_lengths_in_one_call_each_keep_their_own_length(prompt, negative) -> None:
+    needs("ErnieImagePipeline")
+    pipe = tiny.tiny_ernie_image_pipeline()
+    image = 16  # 64 x 64 without a VAE: a 4 x 4 latent
+    with watching(pipe.transformer.layers, lambda: apply_contextual_repulsion(pipe, PIPELINE)) as seen:
+        run_ernie(pipe, prompt, negative)
+    uncond_moved = cond_moved = torch.zeros(image + max(prompt, negative), dtype=torch.bool)
+    for block in seen:
+        for computed, handed_on in zip(block.computed, block.handed_on, strict=True):
+            block_moved = moved(computed, handed_on)  # [tokens, rows]: [uncond rows; cond rows]
+            assert block_moved.shape[1] == 2 * B
+            uncond_moved = uncond_moved | block_moved[:, :B].any(1)
+            cond_moved = cond_moved | block_moved[:, B:].any(1)
+    assert cond_moved.nonzero().flatten().tolist() == list(range(image, image + prompt))  # every prompt token
+    assert uncond_moved.nonzero().flatten().tolist() == list(range(image, image + negative))
+
+
+def test_ernie_with_branches_cond_moves_only_the_prompts_rows() -> None:
+    needs("ErnieImagePipeline")
+    pipe = tiny.tiny_ernie_image_pipeline()
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, branches=("cond",))
+    with watching(pipe.transformer.layers, lambda: apply_contextual_repulsion(pipe, config)) as seen:
+        run_ernie(pipe)
+    block_moved = [moved(c, h) for block in seen for c, h in zip(block.computed, block.handed_on, strict=True)]
+    assert not any(m[:, :B].any() for m in block_moved)  # ErnieImagePipeline's rows: [uncond; cond]
+    assert any(m[:, B:].any() for m in block_moved)
+
+
+def tiny_ideogram4_pipeline() -> Any:
+    """Ideogram4Pipeline with two tiny transformers and, in place of its Qwen3-VL encoder, prompts of 2 and 4 tokens
+    (left-padded to 6) laid out by the pipeline's own ``_prepare_ids``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Ideogram4Pipeline
+
+    pipe = Ideogram4Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=None, text_encoder=None, tokenizer=None,
+        transformer=tiny.tiny_ideogram4_transformer(),
+        unconditional_transformer=tiny.tiny_ideogram4_transformer(seed=1),
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+
+    def encode_prompt(prompt: list, grid_h: int, grid_w: int, max_sequence_length: int, device: Any) -> tuple:
+        lengths = [2, 4] * (len(prompt) // 2)
+        position_ids, segment_ids, indicator = ideogram_layout(lengths, grid_h)
+        features = randn(len(prompt), max_sequence_length + grid_h * grid_w, 24, seed=3) * (indicator == 3)[..., None]
+        return features, position_ids, segment_ids, indicator
+
+    pipe.encode_prompt = encode_prompt
+    return pipe
+
+
+def test_ideogram4_pipeline_repels_the_prompts_text_only_never_its_left_padding() -> None:
+    needs("Ideogram4Pipeline")
+    pipe = tiny_ideogram4_pipeline()
+    layouts = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, kw: layouts.append(kw["indicator"]), with_kwargs=True)
+    plain = pipe(prompt=["a"] * B, height=64, width=64, num_inference_steps=4, guidance_schedule=[7.0, 7.0, 3.0, 3.0],
+                 max_sequence_length=IDEOGRAM_MAX, output_type="latent", generator=generator()).images  # fmt: skip
+    handles = []
+
+    def attach() -> Any:
+        handles.append(apply_contextual_repulsion(pipe, PIPELINE, record_stats=True))
+        return handles[0]
+
+    with watching(pipe.transformer.layers, attach) as seen:
+        repelled = pipe(prompt=["a"] * B, height=64, width=64, num_inference_steps=4,
+                        guidance_schedule=[7.0, 7.0, 3.0, 3.0], max_sequence_length=IDEOGRAM_MAX,
+                        output_type="latent", generator=generator()).images  # fmt: skip
+    assert not torch.allclose(repelled, plain)
+    assert {(s.branch, s.rows) for s in handles[0].stats} == {("cond", B)}  # the unconditional model: no text
+    text = layouts[-1] == 3
+    assert (~text[:, : IDEOGRAM_MAX - 4]).all() and text[:, IDEOGRAM_MAX - 2 : IDEOGRAM_MAX].all()
+    some = False
+    for block in seen:
+        for computed, handed_on in zip(block.computed, block.handed_on, strict=True):
+            block_moved = moved(computed, handed_on)
+            assert not (block_moved & ~text).any()  # never padding, never image tokens
+            some |= bool(block_moved.any())
+    assert some

@@ -36,7 +36,7 @@ from tests.comfy_standins import (
 
 ROOT = Path(__file__).resolve().parents[1]
 B, STEPS, CFG, CTX, TEXT = 4, 4, 3.0, 16, 6
-ON = {"strength": 8.0, "window": 0.5}
+ON = {"step_strength": 8.0, "window": 0.5}
 STEP_FRACTIONS = [0.0, 0.25, 0.5, 0.75]  # the simple schedule's 4 steps, as fractions of the trajectory
 
 
@@ -82,8 +82,8 @@ def sample(model: ModelPatcher, seed: int = 7, extra: dict | None = None, batch:
 
 
 def repulsion_node(model: ModelPatcher, **inputs) -> ModelPatcher:
-    values = {"strength": 2.85, "window": 0.05, "blocks": "all", "custom_blocks": "", "single_blocks": "all tokens"}
-    values.update({"memory": False, **inputs})
+    values = {"step_strength": 2.85, "window": 0.05, "blocks": "all", "custom_blocks": ""}
+    values.update({"single_blocks": "all tokens", "memory": False, **inputs})
     return ContextualRepulsionNode().patch(model, **values)[0]
 
 
@@ -211,7 +211,7 @@ def test_validate_inputs_refuses_a_bad_range_or_an_unknown_preset_with_a_message
 # --------------------------------------------------------------------------------------------------------------------
 def test_strength_0_returns_the_model_itself():
     base = flux()
-    assert repulsion_node(base, strength=0.0) is base
+    assert repulsion_node(base, step_strength=0.0) is base
 
 
 @pytest.mark.parametrize("family", MODELS)
@@ -431,3 +431,20 @@ def test_a_clone_of_the_patched_model_shares_its_memory():
     clone = patched.clone()  # before any run: ModelPatcher.clone deep-copies model_options
     sample(patched, seed=7)
     assert torch.equal(sample(clone, seed=8), expected)
+
+
+@pytest.mark.parametrize(
+    "family, inputs, hooked",
+    [
+        ("flux", {}, 3 + 2),  # 3 double + 2 single blocks
+        ("flux", {"blocks": "first third", "single_blocks": "off"}, 1),
+        ("zimage", {}, 3),  # its layers play the dual blocks' role
+        ("sd3", {}, 2),  # the last joint block has no text stream
+    ],
+)
+def test_the_step_strength_over_n_hooked_blocks_equals_a_per_block_strength_of_its_nth(family, inputs, hooked):
+    base = MODELS[family]()
+    shared = sample(repulsion_node(base, step_strength=8.0, window=0.5, **inputs))
+    per_block = sample(repulsion_node(base, step_strength=1.0, block_strength=8.0 / hooked, window=0.5, **inputs))
+    assert differs(shared, sample(base))
+    torch.testing.assert_close(shared, per_block, rtol=1e-5, atol=1e-6)

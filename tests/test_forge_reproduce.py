@@ -76,7 +76,7 @@ def sampler(p, x):
 
 def settings(**kw):
     """Script arguments in positional order: enabled, repulsion at strength 0.5, the rest at their defaults."""
-    return [{**forge_args.DEFAULTS, "enabled": True, "strength": 0.5, **kw}[n] for n in forge_args.ARG_NAMES]
+    return [{**forge_args.DEFAULTS, "enabled": True, "block_strength": 0.5, **kw}[n] for n in forge_args.ARG_NAMES]
 
 
 def spell_settings(**kw):

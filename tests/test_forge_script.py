@@ -19,6 +19,7 @@ import torch
 
 gr = pytest.importorskip("gradio")
 
+from lib_ctxrep import families  # noqa: E402
 from lib_ctxrep.integrations import forge_args  # noqa: E402
 from lib_ctxrep.integrations.forge import ForgeRepulsion  # noqa: E402
 from tests.forge_script_loader import flux_unet, forge_script  # noqa: E402
@@ -73,7 +74,7 @@ def sample(unet, batch=4, seed=0, typical=False):
 
 
 def args(**kw):
-    return [({**forge_args.DEFAULTS, "enabled": True, "strength": 0.5, **kw})[n] for n in forge_args.ARG_NAMES]
+    return [({**forge_args.DEFAULTS, "enabled": True, "block_strength": 0.5, **kw})[n] for n in forge_args.ARG_NAMES]
 
 
 def generate(script, p, script_args, batches=1, hr=False, batch=4, typical=False):
@@ -119,7 +120,7 @@ def test_infotext_fields_restore_pasted_values(ctxrep):
     script = ctxrep.ContextualRepulsionScript()
     with gr.Blocks():
         components = script.ui(is_img2img=True)
-    settings = forge_args.parse(args(strength=0.2, blocks="middle third"))
+    settings = forge_args.parse(args(block_strength=0.2, blocks="middle third"))
     pasted = {k: str(v) for k, v in forge_args.infotext(settings).items()}
     restored = {id(c): target(pasted) for c, target in script.infotext_fields}
     assert restored[id(components[0])] is True
@@ -133,13 +134,13 @@ def test_enabled_generation_patches_a_clone_and_changes_the_images(ctxrep):
     out = generate(ctxrep.ContextualRepulsionScript(), p, args())[0]
     assert not torch.allclose(out, base)
     assert "model_function_wrapper" not in unet.model_options
-    assert p.extra_generation_params["CtxRep"] is True and p.extra_generation_params["CtxRep strength"] == 0.5
+    assert p.extra_generation_params["CtxRep"] is True and p.extra_generation_params["CtxRep block strength"] == 0.5
 
 
 @pytest.mark.parametrize(
     "settings",
     [
-        {"strength": 0.3},  # a per-block strength
+        {"block_strength": 0.3},  # a per-block strength
         {"step_strength": 4.2, "blocks": "custom", "custom_blocks": "1:3", "single_blocks": "text only"},
         {"repulsion": False, "spell": True, "spell_radius": 0.25},
         {"eta": 5e6, "iterations": 12, "memory": False, "hires": True},
@@ -228,7 +229,7 @@ def test_unsupported_model_keeps_the_generation_and_says_why(ctxrep, capsys):
     script.process_before_every_sampling(p, *args())
     assert p.sd_model.forge_objects.unet is unet
     assert "Linear is not supported" in p.extra_generation_params["CtxRep note"]
-    assert "(supported: Flux.1, Chroma, SD3, Qwen-Image, Z-Image)" in p.extra_generation_params["CtxRep note"]
+    assert f"(supported: {', '.join(families.families('forge'))})" in p.extra_generation_params["CtxRep note"]
     assert "CtxRep model" not in p.extra_generation_params
     assert "[Contextual Repulsion]" in capsys.readouterr().out
 
@@ -258,15 +259,16 @@ def test_xyz_axes_register_once_and_override_the_ui_values(ctxrep):
     finally:
         ctxrep.scripts.scripts_data.remove(entry)
     labels = [o.label for o in axis_options]
-    assert labels == ["[CtxRep] Strength", "[CtxRep] Window", "[CtxRep] Block preset", "[CtxRep] SPELL radius"]
+    assert labels == ["[CtxRep] Step strength", "[CtxRep] Window", "[CtxRep] Block preset", "[CtxRep] SPELL radius"]
     with pytest.raises(forge_args.ArgumentError, match="window"):
         axis_options[1].confirm(None, [0.1, 3.0])
     unet = flux_unet()
     p = processing(unet)
     axis_options[0].apply(p, 3.0, [3.0])
-    out = generate(ctxrep.ContextualRepulsionScript(), p, args(enabled=False, strength=None, step_strength=0.5))[0]
+    out = generate(ctxrep.ContextualRepulsionScript(), p, args(enabled=False, block_strength="", step_strength=0.5))[0]
     assert p.extra_generation_params["CtxRep step strength"] == 3.0
-    same = generate(ctxrep.ContextualRepulsionScript(), processing(unet), args(strength=None, step_strength=3.0))[0]
+    script = ctxrep.ContextualRepulsionScript()
+    same = generate(script, processing(unet), args(block_strength="", step_strength=3.0))[0]
     assert torch.equal(out, same)
 
 
@@ -323,15 +325,15 @@ def test_every_readme_api_example_acts_like_its_positional_form(ctxrep, example)
 
 
 def test_api_dict_with_some_keys_takes_the_defaults_for_the_rest(ctxrep):
-    out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"strength": 0.3}]}}))
-    same, _ = api_generate(ctxrep, positional({"enabled": True, "strength": 0.3}))
-    assert torch.equal(out, same) and info["CtxRep strength"] == 0.3
+    out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"block_strength": 0.3}]}}))
+    same, _ = api_generate(ctxrep, positional({"enabled": True, "block_strength": 0.3}))
+    assert torch.equal(out, same) and info["CtxRep block strength"] == 0.3
     assert info["CtxRep window"] == forge_args.DEFAULTS["window"]
 
 
 def test_api_positions_after_the_dict_fill_what_it_does_not_name(ctxrep):
     out, info = api_generate(ctxrep, api_args(ctxrep, {"contextual repulsion": {"args": [{"enabled": True}, 0.3]}}))
-    assert info["CtxRep strength"] == 0.3
+    assert info["CtxRep block strength"] == 0.3
 
 
 def test_api_off_after_on_is_bit_identical_to_plain(ctxrep):
@@ -346,7 +348,7 @@ def test_api_dict_with_an_unknown_key_names_it_and_runs_plain(ctxrep):
     request = {"contextual repulsion": {"args": [{"enabled": True, "strenght": 0.3}]}}
     out, info = api_generate(ctxrep, api_args(ctxrep, request))
     assert torch.equal(out, plain)
-    assert "'strenght' (did you mean 'strength'?)" in info["CtxRep error"] and "known:" in info["CtxRep error"]
+    assert "'strenght' (did you mean 'step_strength'?)" in info["CtxRep error"] and "known:" in info["CtxRep error"]
 
 
 def test_api_dict_disabled_by_a_string_stays_off(ctxrep):
@@ -408,9 +410,10 @@ def test_spell_runs_on_a_unet_that_contextual_repulsion_does_not_support(ctxrep)
     out = generate(ctxrep.ContextualRepulsionScript(), p, args(spell=True, spell_radius=1.0))[0]
     assert not torch.allclose(out, base)
     info = p.extra_generation_params
-    assert "IntegratedUNet2DConditionModel is not supported by contextual repulsion" in info["CtxRep note"]
+    note = "IntegratedUNet2DConditionModel (SD 1.5 / SDXL UNet) cannot be repelled: a UNet takes its text by cross"
+    assert note in info["CtxRep note"]
     assert "SPELL still runs" in info["CtxRep note"]
-    assert info["CtxRep SPELL"] is True and info["CtxRep repulsion"] is False and "CtxRep strength" not in info
+    assert info["CtxRep SPELL"] is True and info["CtxRep repulsion"] is False and "CtxRep block strength" not in info
     assert info["CtxRep SPELL radius abs"] == pytest.approx(1.0 * (2 * 36) ** 0.5, rel=1e-3)
     assert "sampler_post_cfg_function" not in unet.model_options  # only the clone was patched
 

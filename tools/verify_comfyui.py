@@ -84,7 +84,7 @@ from forge_verify_common import REPO_ROOT, Checks, die  # noqa: E402
 PACKAGE = "ctxrep-nodes"
 CTX = 32  # the text feature width of every tiny model
 BATCH, STEPS, CFG = 4, 4, 3.0
-ON = {"strength": 8.0, "window": 0.5}
+ON = {"step_strength": 8.0, "window": 0.5}
 SPELL_RADIUS = 0.5
 
 
@@ -359,8 +359,8 @@ def differs(a: torch.Tensor, b: torch.Tensor) -> tuple[bool, str]:
 # Checks
 # --------------------------------------------------------------------------------------------------------------------
 def repulsion_node(pack: Any, model: Any, **inputs: Any) -> Any:
-    values = {"strength": 2.85, "window": 0.05, "blocks": "all", "custom_blocks": "", "single_blocks": "all tokens"}
-    values.update({"memory": False, **inputs})
+    values = {"step_strength": 2.85, "window": 0.05, "blocks": "all", "custom_blocks": ""}
+    values.update({"single_blocks": "all tokens", "memory": False, **inputs})
     return pack.NODE_CLASS_MAPPINGS["ContextualRepulsion"]().patch(model, **values)[0]
 
 
@@ -371,7 +371,7 @@ def check_family(comfy: Any, pack: Any, family: Family, check: Checks) -> None:
     weights = {k: v.clone() for k, v in base.model.state_dict().items()}
     plain = family.sample(base)
     check(f"{name}: plain twice is bit-identical", torch.equal(plain, family.sample(base)))
-    off = repulsion_node(pack, base, strength=0.0)
+    off = repulsion_node(pack, base, step_strength=0.0)
     check(f"{name}: strength 0 returns the model itself", off is base)
     patched = repulsion_node(pack, base, **ON)
     on = family.sample(patched)
@@ -384,7 +384,7 @@ def check_family(comfy: Any, pack: Any, family: Family, check: Checks) -> None:
 
     calls: list = []
     repulsion = frontend.ComfyRepulsion(
-        config_cls(step_strength=ON["strength"], window=ON["window"]), record_stats=True
+        config_cls(step_strength=ON["step_strength"], window=ON["window"]), record_stats=True
     )
     batched = family.sample(repulsion.patch(probe_wrapper(base, calls)))
     check(f"{name}: the node chains another node's wrapper", len(calls) > 0, f"{len(calls)} calls seen")
@@ -751,7 +751,8 @@ def server_checks(server: Server, base: Path, check: Checks) -> None:
             check(f"{path.name}: every input of our nodes is set", not unset and widgets, unset)
     workflow = json.loads(WORKFLOW.read_text())
     runs = {}
-    for label, repulsion in (("on", {"strength": 8.0}), ("bypassed", {"mode": 4}), ("strength 0", {"strength": 0.0})):
+    cases = (("on", {"step_strength": 8.0}), ("bypassed", {"mode": 4}), ("strength 0", {"step_strength": 0.0}))
+    for label, repulsion in cases:
         status, entry = server.run(tiny_prompt(workflow, info, f"ctxrep/{label}", **repulsion))
         runs[label] = saved_latent(base, entry) if status == 200 else None
         check(
@@ -762,7 +763,7 @@ def server_checks(server: Server, base: Path, check: Checks) -> None:
         check("the workflow's node changes the batch", changed, detail)
         check("strength 0 is bit-identical to the node bypassed", torch.equal(runs["strength 0"], runs["bypassed"]))
     for label, repulsion, error in (
-        ("strength 20 (above the range)", {"strength": 20.0}, "value_bigger_than_max"),
+        ("step strength 20 (above the range)", {"step_strength": 20.0}, "value_bigger_than_max"),
         ("a custom block range 'x'", {"blocks": "custom", "custom_blocks": "x"}, "custom_validation_failed"),
     ):
         status, answer = server.call(

@@ -603,23 +603,24 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
             check(f"README {n}: SPELL ran (infotext 'CtxRep SPELL: True')", spell_entry == "True", spell_entry)
 
     print("\n== 2. Shapes of the dict form ==")
-    strong = positional({"enabled": True, "strength": 0.3})
+    strong = positional({"enabled": True, "block_strength": 0.3})
     pos = session.txt2img("strength 0.3: positional", alwayson(strong))
-    check_enabled(check, "positional strength 0.3", pos, {"CtxRep strength": "0.3"})
+    check_enabled(check, "positional strength 0.3", pos, {"CtxRep block strength": "0.3"})
     check("positional strength 0.3 differs from plain", pos.ok and not pos.same_pixels(plain), pos.diff(plain))
     for label, args in (
-        ("some keys", [{"enabled": True, "strength": 0.3}]),
-        ("no 'enabled' key", [{"strength": 0.3}]),
-        ("positional values after it", [{"enabled": True, "strength": 0.3}, 0.01, DEFAULTS["window"]]),
+        ("some keys", [{"enabled": True, "block_strength": 0.3}]),
+        ("no 'enabled' key", [{"block_strength": 0.3}]),
+        ("positional values after it", [{"enabled": True, "block_strength": 0.3}, 0.01, DEFAULTS["window"]]),
     ):
         result = session.txt2img(f"dict form, {label}", alwayson(args))
         tag = f"dict form, {label} {json.dumps(args)}"
-        check_enabled(check, tag, result, {"CtxRep strength": "0.3"})
+        check_enabled(check, tag, result, {"CtxRep block strength": "0.3"})
         check(f"{tag}: pixel-identical to the positional form", result.same_pixels(pos), result.diff(pos))
-    window = session.txt2img("dict form + window 0.5 after it", alwayson([{"strength": 0.3}, 0.01, 0.5]))
-    check_enabled(check, "dict form + window 0.5 after it", window, {"CtxRep strength": "0.3", "CtxRep window": "0.5"})
+    window = session.txt2img("dict form + window 0.5 after it", alwayson([{"block_strength": 0.3}, 0.01, 0.5]))
+    expected = {"CtxRep block strength": "0.3", "CtxRep window": "0.5"}
+    check_enabled(check, "dict form + window 0.5 after it", window, expected)
     window_pos = session.txt2img(
-        "positional strength 0.3 window 0.5", alwayson(positional({"strength": 0.3, "window": 0.5}))
+        "positional strength 0.3 window 0.5", alwayson(positional({"block_strength": 0.3, "window": 0.5}))
     )
     check(
         "dict form + window 0.5 after it: pixel-identical to the positional form",
@@ -637,7 +638,7 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
     check(f"{tag}: SPELL pushed samples", pushes(pushed) > 0, pushed or "no 'CtxRep SPELL pushed'")
     check(f"{tag}: pixel-identical to the positional form", spell.same_pixels(spell_pos), spell.diff(spell_pos))
     check(f"{tag}: differs from plain", spell.ok and not spell.same_pixels(plain), spell.diff(plain))
-    bare = session.txt2img("args as a bare dict (not in a list)", alwayson({"enabled": True, "strength": 0.3}))
+    bare = session.txt2img("args as a bare dict (not in a list)", alwayson({"enabled": True, "block_strength": 0.3}))
     print(
         f"  [INFO] 'args' as a bare dict, not in a list: HTTP {bare.status} {bare.error[:160]}"
         f"{'; CtxRep ' + str(bare.ctxrep) if bare.ok else ''}"
@@ -656,6 +657,24 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
         f"missing {missing}" if missing else "",
     )
     check("unknown key: no 'CtxRep: True'", "CtxRep" not in unknown.ctxrep)
+
+    ambiguous = session.txt2img("the ambiguous key 'strength'", alwayson([{"strength": 1.0}]))
+    message = ambiguous.ctxrep.get("CtxRep error", "")
+    check("key 'strength': HTTP 200, images equal plain", ambiguous.same_pixels(plain), ambiguous.diff(plain))
+    check(
+        "key 'strength': refused, naming 'step_strength' and 'block_strength'",
+        "ambiguous" in message and "'step_strength'" in message and "'block_strength'" in message,
+        message or "no CtxRep error",
+    )
+    old_paste = session.txt2img(
+        "infotext written before 0.3 ('CtxRep strength: 0.3')",
+        {"infotext": "a cat\nSteps: 4, Seed: 1, CtxRep: True, CtxRep strength: 0.3"},
+    )
+    check(
+        "an infotext written before 0.3: 'CtxRep strength' keeps its per-block meaning",
+        old_paste.ctxrep.get("CtxRep block strength") == "0.3",
+        old_paste.ctxrep,
+    )
 
     print("\n== 3. Off after on ==")
     after = session.txt2img("plain (after the on-requests)")
@@ -686,8 +705,8 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
         with_styles.diff(repelled),
     )
     check(
-        "pasted infotext: 'CtxRep strength: 0.3', no 'CtxRep error'",
-        with_styles.ctxrep.get("CtxRep strength") == "0.3" and "CtxRep error" not in with_styles.ctxrep,
+        "pasted infotext: 'CtxRep block strength: 0.3', no 'CtxRep error'",
+        with_styles.ctxrep.get("CtxRep block strength") == "0.3" and "CtxRep error" not in with_styles.ctxrep,
         with_styles.ctxrep,
     )
     reproduce_checks(session, check)
@@ -697,8 +716,8 @@ def run_checks(server: Server, check: Checks, examples: list[dict[str, Any]], pr
 
 #: Issue 15's round trips: (label, script arguments, batch size and count, the image pasted back, images rebuilt).
 REPRODUCE_CASES = (
-    ("repulsion", {"strength": 0.3}, {"batch_size": 4, "n_iter": 1}, 2, 4),
-    ("memory, 3rd batch", {"strength": 0.3, "memory": True}, {"batch_size": 4, "n_iter": 3}, 10, 12),
+    ("repulsion", {"block_strength": 0.3}, {"batch_size": 4, "n_iter": 1}, 2, 4),
+    ("memory, 3rd batch", {"block_strength": 0.3, "memory": True}, {"batch_size": 4, "n_iter": 3}, 10, 12),
     ("SPELL", {"repulsion": False, "spell": True, "spell_radius": 2.0}, {"batch_size": 4, "n_iter": 1}, 2, 4),
 )
 
@@ -753,7 +772,7 @@ def reproduce_checks(session: Session, check: Checks) -> None:
 #: SD3 with true CFG: the prompt and the negative prompt run through the model side by side (cond and uncond rows).
 SD3_CFG = {"cfg_scale": 3.0, "negative_prompt": "blurry"}
 #: Stronger than the Flux cases: the random SD3's images move little at strength 0.3 over the first step only.
-SD3_REPULSION = {"strength": 1.0, "window": 0.5}
+SD3_REPULSION = {"block_strength": 1.0, "window": 0.5}
 
 
 def sd3_checks(session: Session, check: Checks) -> None:

@@ -1,6 +1,6 @@
 """Small diffusers models and pipelines built from config (Flux.1, SD3, Chroma, Flux.2, Qwen-Image, Z-Image, HiDream,
-Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3, AuraFlow, CogView4, CogView3-Plus), for
-the demo, the benchmark and the tests.
+Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3, AuraFlow, CogView4, CogView3-Plus,
+Ernie-Image, Ideogram 4), for the demo, the benchmark and the tests.
 
 Nothing is downloaded: weights are random (seeded) and prompts are given as embeddings, so no text encoder or
 tokenizer is needed. diffusers is imported inside the functions, so this module imports with any diffusers (or none);
@@ -419,6 +419,60 @@ def tiny_krea2_transformer(*, layers: int = 2, seed: int = 0) -> Any:
         num_layerwise_text_blocks=1,
         num_refiner_text_blocks=1,
         axes_dims_rope=(2, 2, 4),
+    )
+
+
+def tiny_ernie_image_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """An ErnieImageTransformer2DModel (hidden size 32, latents of 8 channels, text of width 24), random weights. The
+    class starts its adaLN and output layers at zero (every block would hand on its input): those are drawn too."""
+    model = _seeded(
+        "ErnieImageTransformer2DModel",
+        seed,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_layers=layers,
+        ffn_hidden_size=64,
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        text_in_dim=24,
+        rope_axes_dim=(4, 6, 6),
+    )
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.2)
+    return model
+
+
+def tiny_ernie_image_pipeline(transformer: Any = None) -> Any:
+    """ErnieImagePipeline with a tiny transformer and no VAE (call it with ``output_type="latent"``)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return _pipeline(
+        "ErnieImagePipeline",
+        transformer=transformer or tiny_ernie_image_transformer(),
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+
+
+def tiny_ideogram4_transformer(*, layers: int = 2, seed: int = 0) -> Any:
+    """An Ideogram4Transformer2DModel (hidden size 32, packed latents of 8 channels, text features of width 24),
+    random weights."""
+    return _seeded(
+        "Ideogram4Transformer2DModel",
+        seed,
+        in_channels=8,
+        num_layers=layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        intermediate_size=64,
+        adaln_dim=16,
+        llm_features_dim=24,
+        mrope_section=(4, 2, 2),
     )
 
 

@@ -18,7 +18,13 @@ comfyanonymous/ComfyUI and the pip-installable fork hiddenswitch/pip-and-uv-inst
   Lumina 2): ``patches["double_block"]`` after each layer with ``{"img", "txt", "block_index"}``, whose ``"txt"`` is
   written back;
 - ``comfy/model_sampling.py``: flow models keep ``sigmas``, a table of the (shifted) sigma over evenly spaced model
-  time, so the window reads a call's sigma as it does in Forge.
+  time, so the window reads a call's sigma as it does in Forge;
+- a model with no block patch point (Krea 2's ``comfy/ldm/krea2``, reached only through the model wrappers): its
+  blocks get forward hooks for the duration of each in-window call, as in Forge (entry ``comfy_patch="hooks"``).
+
+What the k-diffusion hosts share (the window, the wrapper, the call's tokens, SPELL's post-CFG step) is in
+:mod:`lib_ctxrep.integrations.kdiffusion`; which blocks a model has and how its calls are read, in its family's entry
+(:mod:`lib_ctxrep.families`, host "comfyui").
 
 Nothing is attached to the loaded model: every patch lives in the clone's ``model_options``, which ComfyUI reads
 only while it samples with that clone. The engine (with its cross-batch memory) lives as long as the clone: ComfyUI
@@ -34,12 +40,10 @@ from typing import Any
 
 import torch
 
-from .. import blockmap
-from ..blockmap import Architecture, Blocks, CallTokens
-from ..config import RepulsionConfig
-from ..engine import RepulsionEngine
-from ..spell import ReferenceSet, SpellConfig, SpellEngine, SpellStats
-from .forge import PredictorWindow, call_tokens, model_call_wrapper
+from .. import families
+from ..blockmap import Architecture, Blocks, HookedBlock, select_blocks
+from ..spell import ReferenceSet, SpellStats
+from .kdiffusion import KRepulsion, PostCfgSpell
 
 logger = logging.getLogger("lib_ctxrep")
 
@@ -48,18 +52,15 @@ WRAPPER_KEY = "lib_ctxrep"
 
 
 def architecture_of(diffusion_model: Any) -> Architecture | None:
-    """The block-map entry of a ComfyUI diffusion model (``model.model.diffusion_model``), or None."""
-    return blockmap.recognise(diffusion_model, "comfyui")
+    """The family entry of a ComfyUI diffusion model (``model.model.diffusion_model``), or None."""
+    return families.recognise(diffusion_model, "comfyui")
 
 
 def unsupported_message(model: Any) -> str:
     """What the node says when contextual repulsion cannot patch ``model`` (it is returned unpatched)."""
-    name = type(getattr(getattr(model, "model", None), "diffusion_model", model)).__name__
-    families = ", ".join(blockmap.supported("comfyui"))
-    return (
-        f"[ctxrep] Contextual Repulsion: {name} is not supported (supported: {families}); the model is returned "
-        "unpatched. SPELL works on every model."
-    )
+    diffusion_model = getattr(getattr(model, "model", None), "diffusion_model", model)
+    reason = families.unsupported_reason(diffusion_model, "comfyui")
+    return f"[ctxrep] Contextual Repulsion: {reason}; the model is returned unpatched. SPELL works on every model."
 
 
 def _block_key(name: str) -> tuple[str, int]:
@@ -85,18 +86,10 @@ def _write(where: Blocks, out: dict, new: Any) -> dict:
     return {**out, "img": new}
 
 
-class ComfyRepulsion:
+class ComfyRepulsion(KRepulsion):
     """Contextual repulsion for one ComfyUI node output: :meth:`patch` returns a patched clone of a MODEL."""
 
-    def __init__(self, config: RepulsionConfig, *, record_stats: bool = False) -> None:
-        self.engine = RepulsionEngine(config, record_stats=record_stats)
-        self.architecture: Architecture | None = None
-        self._tokens: CallTokens | None = None
-
-    @property
-    def config(self) -> RepulsionConfig:
-        """The settings."""
-        return self.engine.config
+    host = "comfyui"
 
     def patch(self, model: Any) -> Any | None:
         """A clone of ``model`` (a ComfyUI ``ModelPatcher``) with the wrapper and block patches; None (and nothing
@@ -106,16 +99,13 @@ class ComfyRepulsion:
             return None
         clone = model.clone()
         diffusion_model = clone.model.diffusion_model
-        window = PredictorWindow(getattr(clone.model, "model_sampling", None))
-
-        def enter(args: dict) -> None:
-            self._tokens = self._call_tokens(diffusion_model, args)
-
+        hooks = self.architecture.comfy_patch == "hooks"
         previous = clone.model_options.get("model_function_wrapper")
-        wrapper = model_call_wrapper(self.engine, window, previous, enter, lambda: None)
-        clone.set_model_unet_function_wrapper(wrapper)
-        hooked = blockmap.hooked_blocks(self.architecture, diffusion_model, self.config)
-        self.engine.repelled_blocks = max(1, len(hooked))
+        predictor = getattr(clone.model, "model_sampling", None)
+        clone.set_model_unet_function_wrapper(self.wrapper(diffusion_model, predictor, previous, hooks=hooks))
+        if hooks:
+            return clone
+        hooked = select_blocks(self.architecture, diffusion_model, self.engine)
         if self.architecture.comfy_patch == "post":
             clone.set_model_patch(self._post_patch(hooked), "double_block")
             return clone
@@ -126,44 +116,27 @@ class ComfyRepulsion:
             clone.set_model_patch_replace(patch, "dit", kind, index)
         return clone
 
-    def _call_tokens(self, diffusion_model: Any, args: dict) -> CallTokens | None:
-        """The call's token layout; None (the call is left alone, said once) for a Z-Image edit (omni) call, whose
-        "txt" slice also holds the reference images' captions and tokens."""
-        if self.architecture.comfy_patch == "post" and args["c"].get("ref_latents"):
-            self.engine.warn_once(
-                "omni",
-                "[ctxrep] Contextual Repulsion: Z-Image edit (reference images) is not supported yet; those "
-                "generations run unrepelled",
-            )
-            return None
-        return call_tokens(diffusion_model, args)
-
     def _replace_patch(self, name: str, where: Blocks, mode: str, previous: Callable | None) -> Callable:
         """A ``patches_replace["dit"]`` function: runs the block (through ``previous``, another node's patch of the
         same block, when there is one) and repels its output inside the window."""
-        engine = self.engine
 
         def ctxrep_block_patch(args: dict, extra: dict) -> dict:
             out = previous(args, extra) if previous is not None else extra["original_block"](args)
-            if not engine.active or self._tokens is None:
-                return out
-            new = blockmap.repel_block(engine, name, where, _read(where, out), self._tokens, mode, inputs=args)
+            new = self.repel(name, where, _read(where, out), mode, inputs=args)
             return out if new is None else _write(where, out, new)
 
         return ctxrep_block_patch
 
-    def _post_patch(self, hooked: list[tuple[str, Any, Blocks, str]]) -> Callable:
+    def _post_patch(self, hooked: list[HookedBlock]) -> Callable:
         """A ``patches["double_block"]`` function (run after every block): repels the text of the selected ones."""
-        engine = self.engine
-        selected = {_block_key(name)[1]: (name, where, mode) for name, _, where, mode in hooked}
+        selected = {_block_key(block.name)[1]: block for block in hooked}
 
         def ctxrep_post_block_patch(args: dict) -> dict:
             block = selected.get(args.get("block_index"))
-            if not engine.active or block is None or self._tokens is None:
+            if block is None:
                 return {}
-            name, where, mode = block
-            new = blockmap.repel_block(engine, name, where, _read(where, args), self._tokens, mode)
-            return {} if new is None else {"txt": new[where.text_at]}
+            new = self.repel(block.name, block.where, _read(block.where, args), block.mode)
+            return {} if new is None else {"txt": new[block.where.text_at]}
 
         return ctxrep_post_block_patch
 
@@ -187,44 +160,37 @@ def protected_latents(model: Any, latent: dict | None) -> tuple[ReferenceSet | N
     return ReferenceSet(latents), ""
 
 
-class ComfySpell:
+class ComfySpell(PostCfgSpell):
     """SPELL for one ComfyUI node output, on any model: a post-CFG function on a clone replaces the denoised
     prediction by ``denoised + delta``; ComfyUI's samplers step towards it. An ``outer_sample`` wrapper marks each
     sampling's end: its last corrected prediction joins the cross-batch memory and its sparsity is logged."""
 
-    def __init__(self, config: SpellConfig, protected: ReferenceSet | None = None) -> None:
-        self.engine = SpellEngine(config, protected)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.last_stats: SpellStats | None = None
-        self._last_x0: torch.Tensor | None = None
 
     def patch(self, model: Any) -> Any:
         """A clone of ``model`` with SPELL's post-CFG function (and the end-of-sampling wrapper)."""
         clone = model.clone()
-        engine = self.engine
-
-        def ctxrep_spell_post_cfg(args: dict) -> torch.Tensor:
-            corrected = engine.correct(args["denoised"])
-            self._last_x0 = corrected.detach()
-            return corrected
 
         def ctxrep_spell_outer_sample(executor: Callable, *args: Any, **kwargs: Any) -> Any:
-            self._last_x0 = None
+            self.last_x0 = None
             try:
                 out = executor(*args, **kwargs)
             finally:  # an interrupted or failed run leaves no half-way prediction to be remembered
-                last, self._last_x0 = self._last_x0, None
+                last = self.take_last()
             self._end_batch(last)
             return out
 
-        clone.set_model_sampler_post_cfg_function(ctxrep_spell_post_cfg)
+        clone.set_model_sampler_post_cfg_function(self.post_cfg())
         if hasattr(clone, "add_wrapper_with_key"):
             clone.add_wrapper_with_key("outer_sample", WRAPPER_KEY, ctxrep_spell_outer_sample)
-        elif engine.config.cross_batch:
+        elif self.engine.config.cross_batch:
             logger.warning("[ctxrep] SPELL: this ComfyUI has no sampling wrappers; earlier runs are not remembered")
         return clone
 
     def _end_batch(self, last: torch.Tensor | None) -> None:
         if last is None:
             return
-        self.last_stats = self.engine.end_batch(last)
+        self.last_stats = self.end_batch(last)
         logger.info(f"[ctxrep] SPELL pushed {self.last_stats.summary()}")

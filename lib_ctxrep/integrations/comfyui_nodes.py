@@ -1,10 +1,10 @@
 """ComfyUI nodes: "Contextual Repulsion" and "SPELL", each MODEL -> MODEL, under ``model_patches``.
 
-UI and wiring only: the settings go through the same conversion as the Forge accordion's
-(:func:`lib_ctxrep.integrations.forge_args.parse`), the patching through :mod:`lib_ctxrep.integrations.comfyui`.
-Classic (V1) node classes, which every ComfyUI since 2023 loads: ``INPUT_TYPES`` with a tooltip on every input and
-ranges that ComfyUI checks at queue time, ``VALIDATE_INPUTS`` for the block range (also at queue time), so that no
-setting can fail mid-sampling. Importing this module imports no ``comfy`` module.
+UI and wiring only: the inputs are the settings of :mod:`lib_ctxrep.settings` (the same names, ranges, tooltips and
+validation as the Forge accordion and API), the patching is :mod:`lib_ctxrep.integrations.comfyui`. Classic (V1)
+node classes, which every ComfyUI since 2023 loads: ``INPUT_TYPES`` with a tooltip on every input and ranges that
+ComfyUI checks at queue time, ``VALIDATE_INPUTS`` for the block range (also at queue time), so that no setting can
+fail mid-sampling. Importing this module imports no ``comfy`` module.
 """
 
 from __future__ import annotations
@@ -12,39 +12,45 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
-from ..spell import DEFAULT_OVERCOMPENSATION, DEFAULT_RELATIVE_RADIUS, SpellConfig
-from . import forge_args
+from .. import families
+from .. import settings as S
+from ..spell import SpellConfig
 from .comfyui import ComfyRepulsion, ComfySpell, protected_latents, unsupported_message
 
 logger = logging.getLogger("lib_ctxrep")
 
 CATEGORY = "model_patches"
 #: Wider than the Forge slider (which the Forge API may exceed): a widget is the only way in here.
-SPELL_RADIUS_RANGE = (forge_args.SPELL_RADIUS_RANGE[0], 4.0, forge_args.SPELL_RADIUS_RANGE[2])
+SPELL_RADIUS_BOUNDS = (S.SETTINGS["spell_radius"].bounds[0], 4.0, S.SETTINGS["spell_radius"].bounds[2])
+#: What differs from the shared definition in a node: the memory spans queue runs, and a widget cannot be empty, so
+#: a per-block strength of 0 means "use the step strength".
+_TOOLTIPS = {
+    "memory": "Cross-batch memory: each queue run of this workflow is also pushed away from the earlier runs (up to "
+    "16 images), so batch size 1 gets diverse too. Changing any input of this node starts an empty memory.",
+    "block_strength": S.SETTINGS["block_strength"].tooltip.replace("Empty:", "0:"),
+}
 
 
-def _float(default: float, bounds: tuple[float, float, float], tooltip: str) -> tuple[str, dict[str, Any]]:
-    low, high, step = bounds
-    return ("FLOAT", {"default": default, "min": low, "max": high, "step": step, "tooltip": tooltip})
+def _input(name: str, kind: str | None = None, bounds: tuple | None = None, default: Any = None) -> tuple:
+    """A node input for setting ``name``: its type, default, range or choices and tooltip from the settings."""
+    setting = S.SETTINGS[name]
+    options: dict[str, Any] = {"default": setting.default if default is None else default}
+    options["tooltip"] = _TOOLTIPS.get(name, setting.tooltip)
+    if setting.choices is not None:
+        return (list(setting.choices), options)
+    low, high, step = bounds or setting.bounds or (None, None, None)
+    if low is not None:
+        options.update(min=low, max=high, step=step)
+    kind = kind or {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}[type(options["default"])]
+    return (kind, options)
 
 
-def _settings(**inputs: Any) -> forge_args.ScriptSettings:
-    """The node's inputs as validated settings (raises ``forge_args.ArgumentError`` naming a bad one)."""
-    strength = inputs.get("per_block_strength", 0.0)
-    values = {
-        "enabled": True,
-        "step_strength": inputs.get("strength", DEFAULT_STEP_STRENGTH),
-        "window": inputs.get("window", DEFAULT_WINDOW),
-        "blocks": inputs.get("blocks", "all"),
-        "custom_blocks": inputs.get("custom_blocks", ""),
-        "single_blocks": inputs.get("single_blocks", "all tokens"),
-        "memory": inputs.get("memory", True),
-        "strength": "" if not strength else strength,
-        "eta": inputs.get("eta", 0.0),
-        "iterations": inputs.get("iterations", RepulsionConfig.iterations),
-    }
-    return forge_args.parse(values)
+def _settings(**inputs: Any) -> S.Settings:
+    """The node's inputs as validated settings (raises ``SettingError`` naming a bad one)."""
+    values = {"enabled": True, **inputs}
+    if not values.get("block_strength"):
+        values["block_strength"] = ""  # 0: use the step strength
+    return S.parse(values)
 
 
 class _ModelPatchNode:
@@ -63,91 +69,19 @@ class ContextualRepulsionNode(_ModelPatchNode):
     DESCRIPTION = (
         "Contextual repulsion (arXiv 2603.28762): during the first sampling steps, after each transformer block, the "
         "batch's text-stream tokens are pushed apart, so a batch of one prompt varies in composition, pose and "
-        "style. Flux.1 / Kontext / Flux.2, Chroma, Qwen-Image (+ Edit), Z-Image, SD3 / SD3.5; other models pass "
-        "through unpatched."
+        f"style. {', '.join(families.families('comfyui'))}; other models pass through unpatched."
     )
     OUTPUT_TOOLTIPS = ("The model, patched; connect it to the KSampler (batch size 2 or more).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:  # noqa: N802 (ComfyUI's name)
-        presets, modes = list(forge_args.BLOCK_PRESETS), list(forge_args.SINGLE_MODES)
-        low, high, step = forge_args.ITERATIONS_RANGE
+        required = ("step_strength", "window", "blocks", "custom_blocks", "single_blocks", "memory")
         return {
-            "required": {
-                "model": cls.MODEL_INPUT,
-                "strength": _float(
-                    DEFAULT_STEP_STRENGTH,
-                    forge_args.STEP_STRENGTH_RANGE,
-                    "How far each image's text tokens turn away from the others in one step, summed over the "
-                    "repelled blocks; means the same on every model. 2.85 is moderate; raise it for more variety, "
-                    "lower it if images drift from the prompt. 0: no effect.",
-                ),
-                "window": _float(
-                    DEFAULT_WINDOW,
-                    forge_args.WINDOW_RANGE,
-                    "Fraction of the trajectory, from pure noise, during which it acts: 0.05 = the first step of 20 "
-                    "(the paper's setting). The first step is always included.",
-                ),
-                "blocks": (
-                    presets,
-                    {
-                        "default": "all",
-                        "tooltip": "Which dual-stream blocks repel: all, a third of them (the middle third is the "
-                        "paper's best trade-off), or custom (the range below).",
-                    },
-                ),
-                "custom_blocks": (
-                    "STRING",
-                    {
-                        "default": "",
-                        "tooltip": "With blocks = custom: a range start:stop (stop excluded), e.g. 6:13 for the "
-                        "middle third of Flux's 19 double blocks.",
-                    },
-                ),
-                "single_blocks": (
-                    modes,
-                    {
-                        "default": "all tokens",
-                        "tooltip": "Single-stream blocks of Flux, Chroma and Flux.2: repel all tokens (the paper's "
-                        "choice), only the text tokens, or none. Edit reference images are never repelled.",
-                    },
-                ),
-                "memory": (
-                    "BOOLEAN",
-                    {
-                        "default": True,
-                        "tooltip": "Cross-batch memory: each queue run of this workflow is also pushed away from "
-                        "the earlier runs (up to 16 images), so batch size 1 gets diverse too. Changing any input "
-                        "of this node starts an empty memory.",
-                    },
-                ),
-            },
+            "required": {"model": cls.MODEL_INPUT, **{name: _input(name) for name in required}},
             "optional": {
-                "per_block_strength": _float(
-                    0.0, (0.0, 10.0, 0.01), "Advanced: a strength per block instead; 0 = use strength."
-                ),
-                "eta": (
-                    "FLOAT",
-                    {
-                        "default": 0.0,
-                        "min": 0.0,
-                        "max": 1e12,
-                        "step": 1.0,
-                        "tooltip": "Advanced: the paper's raw step size eta (Flux-dev 5e6 to 8e9, SD3.5-Large 5e2 "
-                        "to 5e6); 0 = use the strengths.",
-                    },
-                ),
-                "iterations": (
-                    "INT",
-                    {
-                        "default": RepulsionConfig.iterations,
-                        "min": low,
-                        "max": high,
-                        "step": step,
-                        "tooltip": "Advanced: inner gradient steps per block, M (the paper: 50 on Flux). Costs "
-                        "only a little CPU time per block.",
-                    },
-                ),
+                "block_strength": _input("block_strength", "FLOAT", default=0.0),
+                "eta": _input("eta", "FLOAT"),
+                "iterations": _input("iterations", "INT"),
             },
         }
 
@@ -156,7 +90,7 @@ class ContextualRepulsionNode(_ModelPatchNode):
         """At queue time: the block preset and, with "custom", the range."""
         try:
             _settings(blocks=blocks, custom_blocks=custom_blocks)
-        except forge_args.ArgumentError as error:
+        except S.SettingError as error:
             return str(error)
         return True
 
@@ -188,18 +122,8 @@ class SpellNode(_ModelPatchNode):
         return {
             "required": {
                 "model": cls.MODEL_INPUT,
-                "radius": _float(
-                    DEFAULT_RELATIVE_RADIUS,
-                    SPELL_RADIUS_RANGE,
-                    "Shield radius as a fraction of the typical distance between two unrelated latents at this "
-                    "size. Larger: more images are pushed, further.",
-                ),
-                "overcompensation": _float(
-                    DEFAULT_OVERCOMPENSATION,
-                    forge_args.OVERCOMPENSATION_RANGE,
-                    "How far past the shield's edge a push goes: 1 lands on the edge; the paper's 1.6 leaves it "
-                    "sooner.",
-                ),
+                "radius": _input("spell_radius", "FLOAT", SPELL_RADIUS_BOUNDS),
+                "overcompensation": _input("spell_overcompensation", "FLOAT"),
                 "within_batch": (
                     "BOOLEAN",
                     {"default": True, "tooltip": "Push the images of one batch away from each other."},

@@ -1,99 +1,50 @@
 """diffusers front end: torch hooks on a diffusers transformer's blocks -> RepulsionEngine, through the block map.
 
 Works with diffusers 0.31 (what Forge pins) up to current releases; diffusers itself is never imported here (the
-supported classes are recognised by name in ``lib_ctxrep.blockmap``), and only plain torch hooks are used (diffusers'
-own hook registry only exists from 0.33).
+supported classes are recognised by name in :mod:`lib_ctxrep.families`), and only plain torch hooks are used
+(diffusers' own hook registry only exists from 0.33).
 
-What this file knows is only what the block map cannot: how each transformer's ``forward`` is called. A forward
-pre-hook on the transformer reads the call's timestep (as sigma), its row layout and its token layout (text length,
-text padding, the target's image tokens) and starts the engine's call; a forward hook on each selected block hands its
-output to :func:`lib_ctxrep.blockmap.repel_block`. The call state lasts until the next call, so
-gradient-checkpointing recomputation during backward repeats exactly the same update (keep the handle attached until
-backward is done). Hooks read only the output, so positional calls (gradient checkpointing) work too.
+This file names no family: how each transformer's ``forward`` is called is in its family's entry
+(:class:`lib_ctxrep.families.readers.DiffusersCall`). A forward pre-hook on the transformer reads the call's time (as
+sigma), its row layout and its token layout (text length, text padding, the target's image tokens) and starts the
+engine's call; a forward hook on each selected block hands its output to :func:`lib_ctxrep.blockmap.repel_block`.
+The call state lasts until the next call, so gradient-checkpointing recomputation during backward repeats exactly the
+same update (keep the handle attached until backward is done). Hooks read only the output, so positional calls
+(gradient checkpointing) work too.
 
-Row layouts: Flux.1, Chroma, Flux.2, Qwen-Image, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image,
-LongCat-Image and CogView4 pipelines call the transformer once per CFG branch, the prompt first (a second call at the
-same sigma is the negative prompt's, repelled within itself); SD3, HiDream, Bria 3, AuraFlow and CogView3-Plus batch
-[uncond; cond] and Z-Image [cond; uncond] when the pipeline's CFG is on (AuraFlow's pipeline has no
-``do_classifier_free_guidance``: its ``guidance_scale`` > 1 is read instead). Z-Image, Lumina 2, Krea 2 and Flux 3
-have no dual-stream blocks: their single-stream blocks play that role, chosen by ``blocks``, and only text tokens are
-repelled (``single_blocks`` has no effect there).
+Row layouts: a pipeline either calls the transformer once per CFG branch, the prompt first (a second call at the same
+sigma is the negative prompt's, repelled within itself), or batches the branches in one call in the order its entry's
+``cfg_rows`` says, when the pipeline's CFG is on (a pipeline without ``do_classifier_free_guidance`` is read through
+its ``guidance_scale`` > 1, or duplicated latents). Families with single-stream blocks only have their blocks play the
+dual blocks' role, chosen by ``blocks``, and only their text tokens are repelled.
 """
 
 from __future__ import annotations
 
-import inspect
-import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .. import blockmap
+from .. import blockmap, families
 from ..blockmap import Architecture, CallTokens
 from ..config import RepulsionConfig, as_config
 from ..engine import RepulsionEngine
+from ..families.readers import Args, CallNotReadable, diffusers_reads
 from ..schedule import progress_from_schedule, progress_from_sigma
 
-SUPPORTED_CLASSES = tuple(c for a in blockmap.ARCHITECTURES if a.host == "diffusers" for c in a.classes)
 _ATTR = "_ctxrep_handle"
-
-
-#: Model time per unit of sigma in families trained on 1000 discrete timesteps (SD3, HiDream, ...): t = 1000 sigma.
-_TIMESTEPS_PER_SIGMA = 1000.0
 #: Two calls whose sigmas differ by less are at the same step (the prompt's and the negative prompt's call); steps
 #: are far further apart, so this only absorbs rounding of the timestep.
 _SAME_SIGMA = 1e-7
-#: Z-Image's forward defaults when the call leaves them out: 2 x 2 spatial patches, one frame per patch.
-_Z_IMAGE_PATCH = 2
-_Z_IMAGE_FRAME_PATCH = 1
-
-
-def _per_mille(t: float) -> float:
-    return t / _TIMESTEPS_PER_SIGMA
-
-
-def _one_minus(t: float) -> float:
-    return 1.0 - t
-
-
-#: Model time -> sigma, per family whose pipeline does not pass sigma (sigma x 1000, or 1 - sigma).
-_SIGMA_OF_TIME: dict[str, Callable[[float], float]] = {
-    "SD3": _per_mille,
-    "Z-Image": _one_minus,
-    "HiDream": _per_mille,
-    "Lumina 2": _one_minus,
-    "HunyuanImage 2.1": _per_mille,
-    "Bria 3": _per_mille,
-    "CogView4": _per_mille,
-    "CogView3-Plus": _per_mille,
-}
-#: The forward argument holding the model time, where it is not ``timestep``.
-_TIME_ARG = {"Z-Image": "t", "HiDream": "timesteps"}
-#: The forward argument holding the text padding mask ([rows, text] or longer; nonzero = real), where it is not
-#: ``encoder_hidden_states_mask``.
-_MASK_ARG = {
-    "Chroma": "attention_mask",
-    "Lumina 2": "encoder_attention_mask",
-    "Krea 2": "encoder_attention_mask",
-    "HunyuanImage 2.1": "encoder_attention_mask",
-}
-#: Families whose pipelines pad the text with zero rows and pass no mask: the zero rows are the padding.
-_ZERO_PADDED = frozenset({"Ovis-Image", "Bria 3", "AuraFlow"})
-#: Families whose model time is not a sigma of the scheduler's (CogView4 passes unshifted timesteps while its
-#: scheduler steps shifted sigmas; CogView3-Plus is a DDPM): the step is found in ``scheduler.timesteps``.
-_STEP_BY_TIMESTEPS = frozenset({"CogView4", "CogView3-Plus"})
-#: Z-Image pads captions and images to a multiple of this many tokens (transformer_z_image.SEQ_MULTI_OF).
-_Z_IMAGE_SEQ_MULTIPLE = 32
 
 
 def _architecture(module: Any) -> Architecture:
-    arch = blockmap.recognise(module, "diffusers")
+    arch = families.recognise(module, "diffusers")
     if arch is None:
         raise TypeError(
             f"apply_contextual_repulsion: {type(module).__name__} is not supported; supported transformers are "
-            f"{', '.join(blockmap.supported('diffusers'))} (or a pipeline whose .transformer is one of them)"
+            f"{', '.join(families.supported('diffusers'))} (or a pipeline whose .transformer is one of them)"
         )
     return arch
 
@@ -155,24 +106,6 @@ def attached_handle(model: Any) -> ContextualRepulsionHandle | None:
     return getattr(transformer, _ATTR, None)
 
 
-class _Call:
-    """Reads one transformer's ``forward`` arguments by name, whether passed by keyword or by position."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        try:
-            self._names = list(inspect.signature(transformer.forward).parameters)
-        except (TypeError, ValueError):
-            self._names = []
-        self.args: tuple = ()
-        self.kwargs: dict[str, Any] = {}
-
-    def get(self, name: str) -> Any:
-        if name in self.kwargs:
-            return self.kwargs[name]
-        index = self._names.index(name) if name in self._names else -1
-        return self.args[index] if 0 <= index < len(self.args) else None
-
-
 def _rows(value: Any) -> int:
     return len(value) if isinstance(value, (list, tuple)) else int(value.shape[0])
 
@@ -186,96 +119,6 @@ def _duplicated(latents: Any) -> bool:
     return bool(torch.equal(latents[:half], latents[half:]))
 
 
-def _padded(tokens: int, multiple: int) -> int:
-    return tokens + (-tokens) % multiple
-
-
-def _per_chunk(values: torch.Tensor, chunks: int, reduce: Callable[[torch.Tensor], int]) -> tuple[int, ...]:
-    """``reduce`` of each chunk's rows of ``values`` ([rows, ...])."""
-    per_chunk = values.shape[0] // chunks
-    return tuple(reduce(values[c * per_chunk : (c + 1) * per_chunk]) for c in range(chunks))
-
-
-def _tokens(arch: Architecture, call: _Call, chunks: int, multiple: int, model: Any = None) -> CallTokens | None:
-    """The token layout of this call (None when it cannot be read: the call is then left unmodified)."""
-    if arch.family == "Z-Image":
-        return _z_image_tokens(call, chunks, multiple)
-    if arch.family == "HiDream":
-        return _hidream_tokens(call, model)
-    text = call.get("encoder_hidden_states")
-    if not isinstance(text, torch.Tensor):
-        return None
-    text_len = text.shape[1]
-    mask = call.get(_MASK_ARG.get(arch.family, "encoder_hidden_states_mask"))
-    if arch.family in _ZERO_PADDED:
-        mask = (text != 0).any(-1)
-    if arch.family == "AuraFlow":  # 8 learned register tokens lead the text stream
-        registers = int(model.register_tokens.shape[1])
-        mask = torch.cat([mask.new_ones(mask.shape[0], registers), mask], dim=1)
-        text_len += registers
-    valid: tuple[int, ...] = ()
-    if arch.family == "Lumina 2":  # each row's joint sequence holds its real caption tokens only, then the image
-        if not isinstance(mask, torch.Tensor):
-            return None
-        lengths = mask.bool().sum(1)
-        return CallTokens(int(lengths.max()), _per_chunk(lengths, chunks, lambda n: int(n.min())))
-    if arch.family == "HunyuanImage 2.1":
-        text_2, mask_2 = call.get("encoder_hidden_states_2"), call.get("encoder_attention_mask_2")
-        masks = isinstance(mask, torch.Tensor) and isinstance(mask_2, torch.Tensor)
-        if masks and isinstance(text_2, torch.Tensor) and getattr(model, "context_embedder_2", None) is not None:
-            # the model moves each row's valid byT5 and MLLM tokens first, padding after them
-            lengths = mask.bool().sum(1) + mask_2.bool().sum(1)
-            return CallTokens(text_len + text_2.shape[1], _per_chunk(lengths, chunks, lambda n: int(n.min())))
-    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-        valid = _per_chunk(mask, chunks, lambda rows: blockmap.leading_valid(rows, text_len))
-    if arch.text_tail:
-        valid = tuple(min(v, text_len - arch.text_tail) for v in valid or (text_len,))
-    image = call.get("hidden_states")
-    target = None
-    if isinstance(image, torch.Tensor) and image.ndim == 3 and arch.single is not None:
-        target = blockmap.target_span(call.get("img_ids"), image.shape[1], arch.target_id)
-    return CallTokens(text_len, valid, target=target)
-
-
-def _hidream_tokens(call: _Call, model: Any) -> CallTokens | None:
-    """HiDream's text stream in every block: [T5; last Llama layer; this block's Llama layer], the last part
-    discarded after the block (never repelled); its single-stream sequence: [image (padded to ``max_seq`` when not
-    square); that text]."""
-    t5, llama, image = (
-        call.get(n) for n in ("encoder_hidden_states_t5", "encoder_hidden_states_llama3", "hidden_states")
-    )
-    if not all(isinstance(x, torch.Tensor) for x in (t5, llama, image)):
-        return None
-    kept = t5.shape[1] + llama.shape[-2]
-    if image.ndim == 4:  # latents [rows, channels, height, width]: patchified in the model
-        patch = int(model.config.patch_size)
-        target = (image.shape[-2] // patch) * (image.shape[-1] // patch)
-        image_len = target if image.shape[-2] == image.shape[-1] else int(model.max_seq)
-    else:  # already patchified, with hidden_states_masks marking the real image tokens
-        image_len = image.shape[1]
-        target = blockmap.leading_valid(call.get("hidden_states_masks"), image_len)
-    return CallTokens(kept + llama.shape[-2], (kept,), image_len=image_len, target=(0, target))
-
-
-def _z_image_tokens(call: _Call, chunks: int, multiple: int) -> CallTokens | None:
-    """Z-Image's unified sequence per row: [image (padded), caption (padded)], each padded to a multiple of 32."""
-    images, captions = call.get("x"), call.get("cap_feats")
-    if not isinstance(images, (list, tuple)) or not isinstance(captions, (list, tuple)) or not images:
-        return None
-    if isinstance(images[0], (list, tuple)):
-        return None  # omni mode ([caption, images, siglip]): not supported
-    patch = int(call.get("patch_size") or _Z_IMAGE_PATCH)
-    frames = int(call.get("f_patch_size") or _Z_IMAGE_FRAME_PATCH)
-    image_lens = {_padded(math.prod(x.shape[-3:]) // (frames * patch * patch), multiple) for x in images}
-    if len(image_lens) != 1:
-        return None  # images of different sizes in one call: the caption starts at different places
-    lengths = [int(c.shape[0]) for c in captions]
-    per_chunk = len(lengths) // chunks
-    valid = tuple(min(lengths[c * per_chunk : (c + 1) * per_chunk]) for c in range(chunks))
-    text_len = max(_padded(n, multiple) for n in lengths)
-    return CallTokens(text_len, valid, image_len=image_lens.pop())
-
-
 def apply_contextual_repulsion(
     model: Any,
     config: RepulsionConfig | None = None,
@@ -287,13 +130,11 @@ def apply_contextual_repulsion(
     """Attach contextual repulsion to a diffusers transformer of a supported family, or to a pipeline that has one.
 
     Args:
-        model: a supported transformer (``blockmap.supported("diffusers")``: Flux.1, Chroma, Flux.2, Qwen-Image,
-            Z-Image, SD3, HiDream, Lumina 2, Krea 2, Flux 3, HunyuanImage 2.1, Ovis-Image, LongCat-Image, Bria 3,
-            AuraFlow, CogView4, CogView3-Plus), or a pipeline (FluxPipeline, FluxKontextPipeline, Flux2Pipeline,
-            QwenImagePipeline, ZImagePipeline, StableDiffusion3Pipeline, ...) whose ``.transformer`` is one. Given a
-            pipeline, the window is read from ``pipeline.scheduler`` (its ``timesteps`` for CogView4 and
-            CogView3-Plus) and batched CFG rows (SD3, Z-Image, HiDream, Bria 3, AuraFlow, CogView3-Plus) from the
-            pipeline's CFG state.
+        model: a supported transformer (``lib_ctxrep.families.supported("diffusers")``: Flux.1, Chroma, Flux.2,
+            Qwen-Image, Z-Image, SD3, and the README's table), or a pipeline (FluxPipeline, StableDiffusion3Pipeline,
+            ...) whose ``.transformer`` is one. Given a pipeline, the window is read from ``pipeline.scheduler`` (or
+            its ``timesteps``, for families whose model time is not the scheduler's sigma) and batched CFG rows from
+            the pipeline's CFG state.
         config: the settings; default ``RepulsionConfig()``.
         scheduler: the sampler's scheduler (with ``.sigmas``), for the exact "first tau steps" window. Without one the
             window is read from sigma with the time shift ``shift`` undone.
@@ -319,9 +160,7 @@ def apply_contextual_repulsion(
     calls = _TransformerCalls(arch, engine, transformer, pipeline, scheduler, shift)
     hooks = handle._hooks
     hooks.append(transformer.register_forward_pre_hook(calls.pre_hook, with_kwargs=True))
-    hooked = blockmap.hooked_blocks(arch, transformer, config)
-    engine.repelled_blocks = len(hooked)
-    for name, block, where, mode in hooked:
+    for name, block, where, mode in blockmap.select_blocks(arch, transformer, engine):
         hooks.append(block.register_forward_hook(calls.block_hook(name, where, mode), with_kwargs=True))
     setattr(transformer, _ATTR, handle)
     return handle
@@ -346,10 +185,8 @@ class _TransformerCalls:
         self.pipeline = pipeline
         self.scheduler = scheduler
         self.shift = shift
-        self.call = _Call(transformer)
-        self.sigma_of_time = _SIGMA_OF_TIME.get(arch.family, float)
-        module = sys.modules.get(type(transformer).__module__)
-        self.multiple = int(getattr(module, "SEQ_MULTI_OF", _Z_IMAGE_SEQ_MULTIPLE))
+        self.reads = diffusers_reads(arch)
+        self.call = Args(transformer.forward)
         self.sigma: float | None = None  # the previous call's
         self.calls = 0  # earlier calls at that sigma (the prompt's is the first)
         self.tokens: CallTokens | None = None  # the current call's token layout
@@ -367,7 +204,7 @@ class _TransformerCalls:
     def progress_of(self, sigma: float, time: float) -> float:
         """The call's progress along the trajectory: from the scheduler's table when there is one, else from sigma."""
         scheduler = self.scheduler
-        if self.arch.family in _STEP_BY_TIMESTEPS:
+        if self.reads.step_by_timesteps:
             timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
             if timesteps is not None and len(timesteps) > 0:
                 return progress_from_schedule(time, self.schedule(timesteps, (0.0,)))  # every timestep a step
@@ -381,12 +218,7 @@ class _TransformerCalls:
         arch = self.arch
         if arch.cfg_rows is None:  # one call per branch, the prompt's first
             return ("cond",) if self.calls == 0 else ("uncond",)
-        cfg_on = self._pipeline_cfg_on()
-        if arch.family == "SD3" and self.call.get("skip_layers") is not None:
-            cfg_on = False  # skip-layer guidance: an extra call on the prompt's rows alone
-        truncation = getattr(self.pipeline, "_cfg_truncation", None) if arch.family == "Z-Image" else None
-        if isinstance(truncation, (int, float)) and truncation <= 1 and time > truncation:
-            cfg_on = False  # ZImagePipeline drops CFG (the prompt's rows alone) once its t = 1 - sigma passes this
+        cfg_on = self._pipeline_cfg_on() and not self.reads.cfg_off(self.call, self.pipeline, time)
         return arch.cfg_rows if cfg_on and rows % len(arch.cfg_rows) == 0 else ("cond",)
 
     def _pipeline_cfg_on(self) -> bool:
@@ -417,27 +249,33 @@ class _TransformerCalls:
     def start_call(self, module: torch.nn.Module) -> None:
         """Read the call's time, rows and tokens and begin the engine's call; end it when a layout cannot be read."""
         arch, call, engine = self.arch, self.call, self.engine
-        timestep = call.get(_TIME_ARG.get(arch.family, "timestep"))
+        timestep = call.get(self.reads.time_arg)
         if timestep is None:
             engine.warn_once("timestep", "[ctxrep] the transformer was called without a timestep; repulsion skipped")
             engine.end_call()
             return
         value = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        sigma = self.sigma_of_time(value)
+        sigma = self.reads.sigma_of_time(value)
         if self.sigma is not None and abs(sigma - self.sigma) < _SAME_SIGMA:
             self.calls += 1
         else:
             self.sigma, self.calls = sigma, 0
-        first = call.get("hidden_states") if arch.family != "Z-Image" else call.get("x")
+        first = call.get(self.reads.rows_arg)
         chunks = self.chunks_of(_rows(first), value) if first is not None else ("cond",)
         if not engine.begin_call(self.progress_of(sigma, value), chunks):
             return
-        tokens = _tokens(arch, call, len(engine.chunks), self.multiple, module)
+        try:
+            tokens = self.reads.tokens(arch, call, len(engine.chunks), module)
+            reason = "" if tokens is not None else "no text it could read"
+        except CallNotReadable as error:
+            tokens, reason = None, str(error)
+        except Exception as error:  # a call of an unexpected form: the generation must go on
+            tokens, reason = None, f"{type(error).__name__}: {error}"
         if tokens is None:
             engine.warn_once(
                 "layout",
-                f"[ctxrep] {type(module).__name__}: the token layout of this call could not be read (text length, "
-                "padding, image tokens); the call runs unmodified",
+                f"[ctxrep] {type(module).__name__}: the token layout of this call could not be read ({reason}); "
+                "the call runs unmodified",
             )
             engine.end_call()
             return

@@ -1,7 +1,10 @@
-"""The Forge script's arguments: positional order, the API dict form, infotext keys, and their validation.
+"""The Forge script's arguments: positional order, the API dict form, infotext keys, and the pasted-batch record.
 
-Pure Python (no Forge, no gradio), so the UI, the API (``alwayson_scripts``), paste / "Send to" and the XYZ axes all
-go through the same conversions, and so they can be tested without a webui.
+What every host shares (names, labels, ranges, tooltips, validation) is in :mod:`lib_ctxrep.settings`; this module
+adds only what Forge has: the positional order of the script's arguments, the API's dict form over the defaults Forge
+pads it with, the infotext keys, and the hidden record of a pasted image's batch. Pure Python (no Forge, no gradio),
+so the UI, the API (``alwayson_scripts``), paste / "Send to" and the XYZ axes all go through the same conversions,
+and so they can be tested without a webui.
 """
 
 from __future__ import annotations
@@ -11,31 +14,23 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW, RepulsionConfig
-from ..spell import DEFAULT_OVERCOMPENSATION, DEFAULT_RELATIVE_RADIUS, SpellConfig
+from ..settings import AMBIGUOUS, BLOCK_PRESETS, SETTINGS, SINGLE_MODES, TITLE, SettingError, Settings, as_bool
+from ..settings import DEFAULTS as _SETTING_DEFAULTS
+from ..settings import parse as _parse_settings
 
-TITLE = "Contextual Repulsion"
+__all__ = ["BLOCK_PRESETS", "SINGLE_MODES", "TITLE", "ArgumentError", "ScriptSettings"]
 
-#: The controls' ranges (minimum, maximum, step), the Forge sliders' and the ComfyUI inputs'. Strength: up to about 5x
-#: the default push per step; window: a share of the steps; iterations: up to twice the paper's M = 50; SPELL's radius:
-#: a share of the typical distance between two latents; overcompensation: from the shield's exact boundary (1) to about
-#: twice the paper's 1.6.
-STEP_STRENGTH_RANGE = (0.0, 15.0, 0.05)
-WINDOW_RANGE = (0.01, 1.0, 0.01)
-ITERATIONS_RANGE = (1, 100, 1)
-SPELL_RADIUS_RANGE = (0.01, 1.0, 0.01)
-OVERCOMPENSATION_RANGE = (1.0, 3.0, 0.1)
-
-#: UI choices of the block preset, and what each means in RepulsionConfig.blocks.
-BLOCK_PRESETS = {"all": "all", "middle third": "middle", "first third": "first", "last third": "last", "custom": None}
-#: UI choices of the Flux single-block mode.
-SINGLE_MODES = {"all tokens": "all", "text only": "text", "off": "off"}
+#: The validation error (the message names the argument and what it accepts).
+ArgumentError = SettingError
+#: Validated settings of the script.
+ScriptSettings = Settings
 
 #: Positional order of the script's arguments (the ``ui()`` return order and the API's ``args`` list). New arguments
-#: are appended, so positional API calls written for an older version keep their meaning.
+#: are appended, so positional API calls written for an older version keep their meaning (position 1, the per-block
+#: strength, was named "strength" before 0.3).
 ARG_NAMES = (
     "enabled",
-    "strength",
+    "block_strength",
     "window",
     "blocks",
     "custom_blocks",
@@ -54,34 +49,15 @@ ARG_NAMES = (
     "pasted_batch",
 )
 DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    # Per block, as text: empty = the step strength shared out over the repelled blocks. Not None: Forge's API
-    # (modules/api/api.py apply_infotext) drops a pasted value whose component's default is None.
-    "strength": "",
-    "window": DEFAULT_WINDOW,
-    "blocks": "all",
-    "custom_blocks": "",
-    "single_blocks": "all tokens",
-    "memory": True,
-    "hires": False,
-    "eta": 0.0,
-    "iterations": RepulsionConfig.iterations,
-    "repulsion": True,
-    "spell": False,
-    "spell_radius": DEFAULT_RELATIVE_RADIUS,
-    "spell_overcompensation": DEFAULT_OVERCOMPENSATION,
-    "spell_protected": "",
-    "step_strength": DEFAULT_STEP_STRENGTH,
-    # Pasting an image of a coupled batch regenerates that batch (and the earlier ones its memory needs) and keeps
-    # the image. Not an infotext field: it is a choice of the user, not a property of the image.
-    "reproduce": True,
+    **{name: _SETTING_DEFAULTS[name] for name in ARG_NAMES if name in SETTINGS},
     # A hidden field: the pasted image's batch record (JSON, see pasted_batch_record), "" when nothing was pasted.
+    # "reproduce" is not an infotext field: it is a choice of the user, not a property of the image.
     "pasted_batch": "",
 }
 #: Readable infotext keys (no ',' or ':' in keys), per argument; "enabled" is implied by the presence of the keys.
 INFOTEXT_KEYS = {
     "enabled": "CtxRep",
-    "strength": "CtxRep strength",
+    "block_strength": "CtxRep block strength",
     "window": "CtxRep window",
     "blocks": "CtxRep blocks",
     "custom_blocks": "CtxRep block range",
@@ -97,69 +73,22 @@ INFOTEXT_KEYS = {
     "spell_protected": "CtxRep SPELL protected",
     "step_strength": "CtxRep step strength",
 }
+#: Infotext keys written before 0.3, read with the meaning they had then: "CtxRep strength" was always the per-block
+#: strength.
+OLD_INFOTEXT_KEYS = {"CtxRep strength": "block_strength"}
 #: Infotext keys written at sampling time (not arguments): SPELL's radius in latent units and its sparsity.
 SPELL_RADIUS_ABS_KEY = "CtxRep SPELL radius abs"
-#: Infotext key written at sampling time: the block-map family contextual repulsion ran on ("Flux.1", "SD3", ...).
+#: Infotext key written at sampling time: the family contextual repulsion ran on ("Flux.1", "Krea 2", ...).
 ARCHITECTURE_KEY = "CtxRep model"
 SPELL_PUSHED_KEY = "CtxRep SPELL pushed"
-
-
-@dataclass
-class ScriptSettings:
-    """The script's settings after validation."""
-
-    enabled: bool
-    hires: bool
-    config: RepulsionConfig
-    values: dict[str, Any]
-    repulsion: bool = True
-    spell: SpellConfig | None = None
-    protected: str = ""
-
-
-class ArgumentError(ValueError):
-    """A script argument is invalid; the message names it and says what is accepted."""
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    raise ArgumentError(f"{TITLE}: '{name}' must be true or false, got {value!r}")
-
-
-def _as_float(name: str, value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ArgumentError(f"{TITLE}: '{name}' must be a number, got {value!r}") from None
-
-
-def _as_optional_float(name: str, value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _as_float(name, value)
-
-
-def _as_choice(name: str, value: Any, choices: dict[str, Any]) -> str:
-    if isinstance(value, str):
-        if value in choices:
-            return value
-        for label, internal in choices.items():  # also accept the internal names ("middle", "text")
-            if internal == value:
-                return label
-    raise ArgumentError(f"{TITLE}: '{name}' must be one of {list(choices)}, got {value!r}")
 
 
 def normalise(args: list | tuple | dict) -> dict[str, Any]:
     """Script arguments as a dict of every argument, defaults filled in.
 
-    Accepts the UI / API positional list, the API dict form ``{"enabled": true, "strength": 0.1, ...}``, and the dict
-    as the first element of the list. Forge's API (``modules/api/api.py`` ``init_script_args``) always sends a full
-    list: the request's ``args`` in the first positions, then the UI default (or the value pasted from an
+    Accepts the UI / API positional list, the API dict form ``{"enabled": true, "step_strength": 4.0, ...}``, and the
+    dict as the first element of the list. Forge's API (``modules/api/api.py`` ``init_script_args``) always sends a
+    full list: the request's ``args`` in the first positions, then the UI default (or the value pasted from an
     ``infotext``) of every other argument. So with a dict first, the dict's keys win and the positions after it fill
     the rest. In the dict form "enabled" defaults to true: naming the script with settings asks for it.
     """
@@ -184,83 +113,43 @@ def normalise(args: list | tuple | dict) -> dict[str, Any]:
 
 
 def _known(values: dict) -> dict[str, Any]:
-    """The dict form's values, refusing unknown keys with the closest known name."""
+    """The dict form's values, refusing ambiguous keys with the ones to use, infotext-style keys with the argument
+    they stand for, and unknown keys with the closest known name."""
+    for key in values:
+        if key in AMBIGUOUS:
+            raise ArgumentError(f"{TITLE}: {AMBIGUOUS[key]}")
+    by_infotext = {label: name for name, label in INFOTEXT_KEYS.items()}
+    by_infotext.update(OLD_INFOTEXT_KEYS)
     unknown = sorted(str(key) for key in set(values) - set(ARG_NAMES))
     if unknown:
-        hints = [
-            f"{key!r} (did you mean {close[0]!r}?)"
-            if (close := difflib.get_close_matches(key, ARG_NAMES, 1))
-            else repr(key)
-            for key in unknown
-        ]
+        hints = []
+        for key in unknown:
+            if key in by_infotext:
+                hints.append(f"{key!r} (an infotext key: the argument is {by_infotext[key]!r})")
+            elif close := difflib.get_close_matches(key, ARG_NAMES, 1):
+                hints.append(f"{key!r} (did you mean {close[0]!r}?)")
+            else:
+                hints.append(repr(key))
         raise ArgumentError(f"{TITLE}: unknown argument(s) {', '.join(hints)}; known: {list(ARG_NAMES)}")
     return dict(values)
 
 
 def is_enabled(values: dict[str, Any]) -> bool:
     """Whether normalised arguments ask for the extension (``"enabled"`` read as :func:`parse` reads it)."""
-    return _as_bool("enabled", values["enabled"])
+    return as_bool("enabled", values["enabled"])
 
 
 def reproduce_requested(values: dict[str, Any]) -> bool:
     """Whether normalised arguments ask to reproduce a pasted image of a batch (``"reproduce"``)."""
-    return _as_bool("reproduce", values["reproduce"])
+    return as_bool("reproduce", values["reproduce"])
 
 
 def parse(args: list | tuple | dict) -> ScriptSettings:
     """Validate script arguments into settings; raises :class:`ArgumentError` naming the bad argument."""
     v = normalise(args)
-    enabled = _as_bool("enabled", v["enabled"])
-    hires = _as_bool("hires", v["hires"])
-    memory = _as_bool("memory", v["memory"])
-    blocks_label = _as_choice("blocks", v["blocks"], BLOCK_PRESETS)
-    single_label = _as_choice("single_blocks", v["single_blocks"], SINGLE_MODES)
-    eta = _as_float("eta", v["eta"])
-    iterations = _as_float("iterations", v["iterations"])
-    if not iterations.is_integer():
-        raise ArgumentError(f"{TITLE}: 'iterations' must be a whole number, got {v['iterations']!r}")
-    blocks: Any = BLOCK_PRESETS[blocks_label]
-    if blocks is None:
-        blocks = str(v["custom_blocks"]).strip()
-        if not blocks:
-            raise ArgumentError(f"{TITLE}: 'custom_blocks' must be a range 'start:stop' when blocks is 'custom'")
-    try:
-        config = RepulsionConfig(
-            strength=_as_optional_float("strength", v["strength"]),
-            step_strength=_as_float("step_strength", v["step_strength"]),
-            eta=eta if eta > 0 else None,
-            iterations=int(iterations),
-            window=_as_float("window", v["window"]),
-            blocks=blocks,
-            single_blocks=SINGLE_MODES[single_label],
-            memory=memory,
-        )
-    except ValueError as error:
-        raise ArgumentError(f"{TITLE}: {error}") from None
-    repulsion = _as_bool("repulsion", v["repulsion"])
-    spell_on = _as_bool("spell", v["spell"])
-    radius = _as_float("spell_radius", v["spell_radius"])
-    if not radius > 0:
-        raise ArgumentError(f"{TITLE}: 'spell_radius' (SPELL's relative shield radius) must be > 0, got {radius!r}")
-    overcompensation = _as_float("spell_overcompensation", v["spell_overcompensation"])
-    try:
-        spell = SpellConfig(relative_radius=radius, overcompensation=overcompensation)
-    except ValueError as error:
-        message = str(error).replace("SpellConfig.overcompensation", "'spell_overcompensation'")
-        raise ArgumentError(f"{TITLE}: {message}") from None
-    protected = v["spell_protected"]
-    if protected is None:
-        protected = ""
-    if not isinstance(protected, str):
-        raise ArgumentError(f"{TITLE}: 'spell_protected' must be a path (text), got {type(protected).__name__}")
-    values = {**v, "enabled": enabled, "hires": hires, "memory": memory, "blocks": blocks_label}
-    values.update(single_blocks=single_label, repulsion=repulsion, spell=spell_on, spell_radius=radius)
-    values.update(spell_overcompensation=overcompensation, spell_protected=protected.strip())
-    values.update(strength="" if config.strength is None else config.strength, step_strength=config.step_strength)
-    values.update(reproduce=_as_bool("reproduce", v["reproduce"]), pasted_batch=str(v["pasted_batch"] or ""))
-    return ScriptSettings(
-        enabled, hires, config, values, repulsion, spell if spell_on else None, protected.strip() if spell_on else ""
-    )
+    settings = _parse_settings({name: value for name, value in v.items() if name in SETTINGS})
+    settings.values["pasted_batch"] = str(v["pasted_batch"] or "")
+    return settings
 
 
 def infotext(settings: ScriptSettings, *, repulsion: bool = True, spell: bool = True) -> dict[str, Any]:
@@ -272,7 +161,7 @@ def infotext(settings: ScriptSettings, *, repulsion: bool = True, spell: bool = 
         for name in ("step_strength", "window", "blocks", "single_blocks", "memory", "hires", "iterations"):
             out[INFOTEXT_KEYS[name]] = v[name]
         if settings.config.strength is not None:
-            out[INFOTEXT_KEYS["strength"]] = settings.config.strength
+            out[INFOTEXT_KEYS["block_strength"]] = settings.config.strength
         if v["blocks"] == "custom":
             out[INFOTEXT_KEYS["custom_blocks"]] = str(v["custom_blocks"]).replace(":", "-")
         if settings.config.eta is not None:
@@ -289,11 +178,14 @@ def infotext(settings: ScriptSettings, *, repulsion: bool = True, spell: bool = 
 
 
 def from_infotext(params: dict[str, Any]) -> dict[str, Any]:
-    """Argument values recovered from pasted infotext ``params`` (missing keys give defaults; absent = disabled)."""
+    """Argument values recovered from pasted infotext ``params`` (missing keys give defaults; absent = disabled);
+    keys written by older versions keep their meaning."""
     values = dict(DEFAULTS)
     values["enabled"] = str(params.get(INFOTEXT_KEYS["enabled"], "False")).strip().lower() == "true"
-    for name, key in INFOTEXT_KEYS.items():
-        if name == "enabled" or key not in params:
+    keys = [(name, key) for name, key in INFOTEXT_KEYS.items() if name != "enabled"]
+    keys += [(name, key) for key, name in OLD_INFOTEXT_KEYS.items()]
+    for name, key in keys:
+        if key not in params:
             continue
         raw = params[key]
         if name == "custom_blocks":

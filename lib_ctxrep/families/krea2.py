@@ -1,0 +1,49 @@
+"""Krea 2 (Turbo, Raw): single-stream blocks over one [text; image] sequence. The text is the prompt, its padding,
+then 5 chat-template suffix tokens (``<|im_end|>\\n<|im_start|>assistant\\n``), none of which after the prompt is
+repelled.
+
+diffusers (transformer_krea2.py): padding marked by ``encoder_attention_mask``. Forge Neo 2.26 (backend/nn/krea.py,
+``SingleStreamDiT``: ``self.blocks``, each returning the [text; image] sequence): each prompt is encoded alone, so
+there is no padding, only the suffix; ``c_crossattn`` is [B, L, D] or, in some 2.26 trees, [B, 1, L, D] (the model
+squeezes it); the latent is [B, 16, 1, h, w] (Wan's layout), patchified 2 x 2 (``self.patch``). Calls with reference
+latents (an edit path that bypasses the blocks' ``forward``) are not read.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from ..blockmap import Architecture, Blocks, CallTokens
+from . import Family
+from .readers import CallNotReadable, DiffusersCall, text_stream_tokens
+
+#: Krea 2's chat template ends in this many tokens after the prompt's padding.
+TEMPLATE_SUFFIX = 5
+
+
+def _k_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
+    if args["c"].get("ref_latents"):
+        raise CallNotReadable("a call with reference latents runs its blocks outside their forward")
+    text = args["c"].get("c_crossattn")
+    if not hasattr(text, "shape") or text.ndim not in (3, 4):
+        raise CallNotReadable("no text ([B, L, D] or [B, 1, L, D]) in c_crossattn")
+    length = int(text.shape[-2])
+    return CallTokens(length, (max(0, length - TEMPLATE_SUFFIX),))
+
+
+_PADDING = "the 5 chat-template suffix tokens after the prompt (and diffusers' encoder_attention_mask padding)"
+
+FAMILY = Family(
+    "Krea 2",
+    order=90,
+    diffusers=Architecture(
+        ("Krea2Transformer2DModel",),
+        single=Blocks("transformer_blocks"),
+        padding=_PADDING,
+        reads=DiffusersCall(
+            mask_arg="encoder_attention_mask", tokens=partial(text_stream_tokens, tail=TEMPLATE_SUFFIX)
+        ),
+    ),
+    forge=Architecture(("SingleStreamDiT",), single=Blocks("blocks"), padding=_PADDING, reads=_k_tokens),
+)
