@@ -719,3 +719,54 @@ def test_ideogram4_pipeline_repels_the_prompts_text_only_never_its_left_padding(
             assert not (block_moved & ~text).any()  # never padding, never image tokens
             some |= bool(block_moved.any())
     assert some
+
+
+# ---- pipelines that batch the CFG branches in one call: the rows labelled cond are the prompt's
+
+
+def _run_sd3(pipe: Any) -> torch.Tensor:
+    from tests.test_diffusers_hooks import run_sd3
+
+    return run_sd3(pipe, 3.5)
+
+
+def _run_z_image(pipe: Any) -> torch.Tensor:
+    from tests.test_blockmap_models import run_z_image
+
+    return run_z_image(pipe)
+
+
+#: name: (pipeline class, build, run, hooked block list, the text's index in a block output (None: one sequence),
+#: whether the prompt's rows come second in the batch)
+BATCHED_CFG = {
+    "SD3": ("StableDiffusion3Pipeline", lambda: tiny.tiny_sd3_pipeline(tiny.tiny_sd3_transformer(layers=3)), _run_sd3,
+            "transformer_blocks", 0, True),
+    "Z-Image": ("ZImagePipeline", tiny.tiny_z_image_pipeline, _run_z_image, "layers", None, False),
+    "HiDream": ("HiDreamImagePipeline", tiny.tiny_hidream_pipeline, run_hidream, "double_stream_blocks", 1, True),
+    "AuraFlow": ("AuraFlowPipeline", tiny.tiny_auraflow_pipeline, run_auraflow, "joint_transformer_blocks", 0, True),
+    "CogView3-Plus": ("CogView3PlusPipeline", tiny.tiny_cogview3plus_pipeline, run_cogview, "transformer_blocks", 1,
+                      True),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(BATCHED_CFG))
+def test_with_branches_cond_only_the_prompts_rows_of_a_batched_cfg_call_move(name: str) -> None:
+    cls, build, run, blocks, text_at, prompt_second = BATCHED_CFG[name]
+    needs(cls)
+    pipe = build()
+    config = RepulsionConfig(strength=0.5, window=0.3, iterations=5, branches=("cond",))
+    with watching(getattr(pipe.transformer, blocks), lambda: apply_contextual_repulsion(pipe, config)) as seen:
+        run(pipe)
+    prompt = slice(B, 2 * B) if prompt_second else slice(0, B)
+    negative = slice(0, B) if prompt_second else slice(B, 2 * B)
+    prompt_moved = False
+    for block in seen:
+        for computed, handed_on in zip(block.computed, block.handed_on, strict=True):
+            before = computed if text_at is None else computed[text_at]
+            after = handed_on if text_at is None else handed_on[text_at]
+            if before is None or before.shape[0] != 2 * B:
+                continue  # SD3's last block (no text stream)
+            rows = moved(before, after).any(1)
+            assert not rows[negative].any(), "a negative prompt's row moved"
+            prompt_moved |= bool(rows[prompt].any())
+    assert prompt_moved

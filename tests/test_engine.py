@@ -401,3 +401,33 @@ def test_low_precision_rows_keep_their_dtype(dtype):
     x = features(4, seed=43, dtype=dtype)
     (out,) = run_call(RepulsionEngine(RepulsionConfig(iterations=10)), [x])
     assert out.dtype == dtype and out.shape == x.shape and torch.isfinite(out).all()
+
+
+# A bf16 group of 2 rows of n features costs 4.125 n bytes in the memory: a bf16 anchor (2 n), two int8 rows (2 n)
+# and a float32 scale per 64 values of each (n / 8).
+_TWO_BATCHES = 123_648  # two such batches: 1 020 096 bytes, under 1 MiB (1 048 576) and over 1 MB (10^6)
+_BIG_BATCH = 192_000  # 792 000 bytes: with it, even one of the two older batches would overflow 1 MiB
+
+
+def _remembered_batch(engine: RepulsionEngine, name: str, features: int) -> None:
+    assert engine.begin_call(0.0, ("cond",))
+    engine.process(name, [torch.randn(2, features, generator=torch.Generator().manual_seed(len(name))).bfloat16()])
+    engine.end_call()
+    engine.new_batch()
+
+
+def test_memory_mb_is_counted_in_mebibytes_through_the_engine():
+    engine = RepulsionEngine(RepulsionConfig(strength=0.5, window=1.0, memory=True, memory_mb=1))
+    _remembered_batch(engine, "double.0", _TWO_BATCHES)
+    _remembered_batch(engine, "double.1", _TWO_BATCHES)
+    assert engine.memory.nbytes == 2 * int(4.125 * _TWO_BATCHES) > 10**6  # both kept: 1 MiB, not 1 MB
+    assert len(engine.memory.keys()) == 2
+
+
+def test_a_batch_that_needs_more_than_one_old_batch_evicted_evicts_enough():
+    engine = RepulsionEngine(RepulsionConfig(strength=0.5, window=1.0, memory=True, memory_mb=1))
+    _remembered_batch(engine, "double.0", _TWO_BATCHES)
+    _remembered_batch(engine, "double.1", _TWO_BATCHES)
+    _remembered_batch(engine, "double.2", _BIG_BATCH)
+    assert engine.memory.nbytes == int(4.125 * _BIG_BATCH) <= 2**20
+    assert len(engine.memory.keys()) == 1  # only the newest batch's block is remembered
