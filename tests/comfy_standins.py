@@ -680,6 +680,90 @@ class OpenAISignatureMMDITWrapper(nn.Module):
         return _unpatchify(self.final_layer(tokens), c, h, w, self.patch_size)
 
 
+# --- comfy/ldm/krea2/model.py: SingleStreamDiT (Krea 2, ComfyUI 0.29) ----------------------------------------------
+class Krea2Block(nn.Module):
+    """``SingleStreamBlock.forward(x, vec, freqs, mask=None, timestep_zero_index=None, transformer_options={})`` on
+    the [text; target; references] sequence, out of place."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.joint = _Joint(dim)
+
+    def forward(self, x, vec, freqs, mask=None, timestep_zero_index=None, transformer_options={}):  # noqa: B006
+        return x + self.joint(x, vec)
+
+
+class SingleStreamDiT(nn.Module):
+    """Mirrors ``SingleStreamDiT`` (comfy/ldm/krea2/model.py): ``forward(x, timesteps, context, attention_mask=None,
+    ref_latents=None, transformer_options={}, **kwargs)`` on a 5-D latent [B, C, 1, H, W] (``latent_formats.Wan21``;
+    frames folded into the batch), patchified ``patch`` x ``patch``; reference latents (used only with a reference
+    method) appended after the target's tokens; ``combined = cat((context, img), 1)`` through ``self.blocks``, each
+    called ``block(combined, tvec, freqs, None, timestep_zero_index=..., transformer_options=...)``; the target's
+    tokens read back. No block patch point (only the model wrappers)."""
+
+    def __init__(self, features=32, channels=4, txtdim=16, layers=3, patch=2, default_ref_method="index"):
+        super().__init__()
+        self.patch, self.channels, self.default_ref_method = patch, channels, default_ref_method
+        self.first = nn.Linear(channels * patch * patch, features)
+        self.txtmlp, self.tmlp = nn.Linear(txtdim, features), nn.Linear(1, features)
+        self.blocks = nn.ModuleList(Krea2Block(features) for _ in range(layers))
+        self.last = nn.Linear(features, channels * patch * patch)
+
+    def forward(self, x, timesteps, context, attention_mask=None, ref_latents=None, transformer_options={}, **kw):  # noqa: B006
+        b, c, t, h, w = x.shape
+        x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        img = self.first(_patchify(x, self.patch))
+        tokens = img.shape[1]
+        if ref_latents and self.default_ref_method is not None:
+            refs = [self.first(_patchify(r.reshape(r.shape[0], c, *r.shape[-2:]), self.patch)) for r in ref_latents]
+            img = torch.cat([img] + [r.expand(img.shape[0], -1, -1) for r in refs], dim=1)
+        context = self.txtmlp(context)
+        tvec = self.tmlp(timesteps.reshape(-1, 1).to(img.dtype))
+        combined = torch.cat((context, img), dim=1)
+        for block in self.blocks:
+            combined = block(combined, tvec, None, None, timestep_zero_index=None,
+                             transformer_options=transformer_options)  # fmt: skip
+        out = self.last(combined[:, context.shape[1] : context.shape[1] + tokens])
+        return _unpatchify(out, c, h, w, self.patch).reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+# --- comfy/ldm/ernie/model.py: ErnieImageModel (Ernie-Image, ComfyUI 0.29) -----------------------------------------
+class ErnieBlock(nn.Module):
+    """``ErnieImageSharedAdaLNBlock.forward(x, rotary_pos_emb, temb, attention_mask=None)`` on the [image; text]
+    sequence, batch-first, out of place."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.joint = _Joint(dim)
+
+    def forward(self, x, rotary_pos_emb, temb, attention_mask=None):
+        return x + self.joint(x, temb)
+
+
+class ErnieImageModel(nn.Module):
+    """Mirrors ``ErnieImageModel`` (comfy/ldm/ernie/model.py): ``forward(x, timesteps, context, **kwargs)``, the
+    latent embedded per ``patch_size`` (1) patch, ``cat([image, text], 1)`` through ``self.layers``, each called
+    ``layer(hidden_states, rotary_pos_emb, temb)``; the image tokens read back. No patch point inside the model, not
+    even a DIFFUSION_MODEL wrapper."""
+
+    def __init__(self, in_channels=4, hidden_size=32, text_in_dim=16, num_layers=3) -> None:
+        super().__init__()
+        self.patch_size = 1
+        self.x_embedder = nn.Linear(in_channels, hidden_size)
+        self.text_proj, self.time = nn.Linear(text_in_dim, hidden_size), nn.Linear(1, hidden_size)
+        self.layers = nn.ModuleList(ErnieBlock(hidden_size) for _ in range(num_layers))
+        self.final_linear = nn.Linear(hidden_size, in_channels)
+
+    def forward(self, x, timesteps, context, **kwargs):
+        b, c, h, w = x.shape
+        img = self.x_embedder(_patchify(x, self.patch_size))
+        hidden_states = torch.cat([img, self.text_proj(context)], dim=1)
+        temb = self.time((timesteps / 1000.0).reshape(-1, 1).to(img.dtype))
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, None, temb)
+        return _unpatchify(self.final_linear(hidden_states[:, : img.shape[1]]), c, h, w, self.patch_size)
+
+
 # --- comfy/ldm/aura/mmdit.py: AuraFlow's class (named MMDiT), which contextual repulsion does not support ----------
 class MMDiT(nn.Module):
     """A diffusion model of another family: ``forward(x, timestep, context, transformer_options={}, **kwargs)``."""

@@ -6,6 +6,8 @@ sequence-first, [image + text, rows, width]; the text ``text_bth`` is right-padd
 ``text_lens`` (masked in attention); ``timestep`` is 1000 sigma; ErnieImagePipeline batches [uncond; cond].
 Forge Neo 2.26 (backend/nn/ernie.py, ``ErnieImageModel``: ``self.layers``, each returning the sequence, batch-first):
 no padding, no mask, no references; image tokens = (H / p) (W / p) of the [B, 128, H, W] latent, ``patch_size`` p = 1.
+ComfyUI (comfy/ldm/ernie/model.py, the same ``ErnieImageModel``): the same call, and no patch point inside the model
+(not even its DIFFUSION_MODEL wrapper), so its layers are hooked for the duration of each in-window call.
 """
 
 from __future__ import annotations
@@ -45,4 +47,7 @@ FAMILY = Family(
         reads=DiffusersCall(sigma_of_time=per_mille, tokens=_diffusers_tokens),
     ),
     forge=Architecture(("ErnieImageModel",), single=Blocks("layers", order=IMAGE_FIRST), reads=_k_tokens),
+    comfyui=Architecture(
+        ("ErnieImageModel",), single=Blocks("layers", order=IMAGE_FIRST), comfy_patch="hooks", reads=_k_tokens
+    ),
 )

@@ -6,7 +6,10 @@ diffusers (transformer_krea2.py): padding marked by ``encoder_attention_mask``. 
 ``SingleStreamDiT``: ``self.blocks``, each returning the [text; image] sequence): each prompt is encoded alone, so
 there is no padding, only the suffix; ``c_crossattn`` is [B, L, D] or, in some 2.26 trees, [B, 1, L, D] (the model
 squeezes it); the latent is [B, 16, 1, h, w] (Wan's layout), patchified 2 x 2 (``self.patch``). Calls with reference
-latents (an edit path that bypasses the blocks' ``forward``) are not read.
+latents (an edit path that bypasses the blocks' ``forward``) are not read. ComfyUI (comfy/ldm/krea2/model.py, also
+``SingleStreamDiT``, since June 2026): the same sequence, [text; target; references], and no block patch point (only
+model wrappers), so its blocks are hooked for the duration of each in-window call; references follow the target's
+tokens and are never repelled (text tokens only).
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ from .readers import CallNotReadable, DiffusersCall, text_stream_tokens
 TEMPLATE_SUFFIX = 5
 
 
-def _k_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
-    if args["c"].get("ref_latents"):
-        raise CallNotReadable("a call with reference latents runs its blocks outside their forward")
+def _text_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
+    """The prompt and the suffix from ``c_crossattn`` ([B, L, D] or [B, 1, L, D]); the suffix is never repelled."""
     text = args["c"].get("c_crossattn")
     if not hasattr(text, "shape") or text.ndim not in (3, 4):
         raise CallNotReadable("no text ([B, L, D] or [B, 1, L, D]) in c_crossattn")
     length = int(text.shape[-2])
     return CallTokens(length, (max(0, length - TEMPLATE_SUFFIX),))
+
+
+def _neo_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
+    if args["c"].get("ref_latents"):
+        raise CallNotReadable("a call with reference latents runs its blocks outside their forward")
+    return _text_tokens(arch, diffusion_model, args)
 
 
 _PADDING = "the 5 chat-template suffix tokens after the prompt (and diffusers' encoder_attention_mask padding)"
@@ -45,5 +53,13 @@ FAMILY = Family(
             mask_arg="encoder_attention_mask", tokens=partial(text_stream_tokens, tail=TEMPLATE_SUFFIX)
         ),
     ),
-    forge=Architecture(("SingleStreamDiT",), single=Blocks("blocks"), padding=_PADDING, reads=_k_tokens),
+    forge=Architecture(("SingleStreamDiT",), single=Blocks("blocks"), padding=_PADDING, reads=_neo_tokens),
+    comfyui=Architecture(
+        ("SingleStreamDiT",),
+        single=Blocks("blocks"),
+        padding=_PADDING,
+        references="reference latents after the target's tokens (never touched: text tokens only)",
+        comfy_patch="hooks",
+        reads=_text_tokens,
+    ),
 )
