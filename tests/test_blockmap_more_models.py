@@ -770,3 +770,20 @@ def test_with_branches_cond_only_the_prompts_rows_of_a_batched_cfg_call_move(nam
             assert not rows[negative].any(), "a negative prompt's row moved"
             prompt_moved |= bool(rows[prompt].any())
     assert prompt_moved
+
+
+def test_an_ideogram4_call_packing_two_samples_in_a_row_runs_unmodified_with_one_message(caplog) -> None:
+    needs("Ideogram4Transformer2DModel")
+    caplog.set_level("WARNING", logger="lib_ctxrep")
+    transformer = tiny.tiny_ideogram4_transformer()
+    inputs = ideogram4_inputs(B)
+    inputs["segment_ids"] = inputs["segment_ids"].clone()
+    inputs["segment_ids"][0, -4:] = 2  # a second sample packed into the first row
+    with torch.no_grad():
+        plain = transformer(**inputs)[0]
+        with apply_contextual_repulsion(transformer, STRONG):
+            out = transformer(**inputs)[0]
+            transformer(**inputs)
+    assert torch.equal(out, plain)
+    messages = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(messages) == 1 and "Ideogram4Transformer2DModel" in messages[0] and "packed" in messages[0]
