@@ -143,3 +143,37 @@ def test_a_krea2_call_with_reference_latents_runs_unmodified_with_one_message_na
     assert torch.equal(out, plain)
     messages = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
     assert len(messages) == 1 and "SingleStreamDiT" in messages[0] and "reference latents" in messages[0]
+
+
+def test_krea2_negative_prompt_tiled_to_the_prompts_length_moves_only_its_first_copys_prompt_tokens() -> None:
+    """Neo batches a 12-token prompt with a 6-token negative prompt by repeating the negative twice (each copy ends in
+    its own 5 template tokens): the negative's rows move their first prompt token only, the prompt's its 7."""
+    family = FAMILIES["Krea 2"]
+    unet = unet_of(family)
+    blocks = unet.model.diffusion_model.blocks
+    seen: dict = {}
+
+    def computed(module, args, output) -> None:
+        seen.setdefault("computed", output.clone())
+
+    def handed_on(module, args) -> None:
+        seen.setdefault("handed_on", args[0].clone())
+
+    g = torch.Generator().manual_seed(1)
+    cond = [{"c_crossattn": torch.randn(1, 12, 16, generator=g).expand(B, -1, -1)}]
+    uncond = [{"c_crossattn": torch.randn(1, 6, 16, generator=g).expand(B, -1, -1).repeat(1, 2, 1)}]
+    x = torch.randn(B, *family.latent, generator=torch.Generator().manual_seed(0))
+    hooks = [blocks[0].register_forward_hook(computed), blocks[1].register_forward_pre_hook(handed_on)]
+    try:
+        job = ForgeRepulsion(CONFIG)
+        clone = unet.clone()
+        assert job.patch(clone)
+        with torch.inference_mode():
+            sampling_function_inner(clone.model, x, torch.full((B,), 1.0), uncond, cond, 3.0, clone.model_options)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    before, after = seen["computed"], seen["handed_on"]
+    assert before.shape[0] == 2 * B  # one call: [uncond; cond] (Forge batches the higher chunk index first)
+    assert moved_positions(before[:B], after[:B]) == [0]
+    assert moved_positions(before[B:], after[B:]) == list(range(7))

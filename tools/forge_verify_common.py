@@ -217,8 +217,9 @@ class Scenario:
 
     Texts are one prompt for the whole batch, as the backend's engines return it (B identical rows): a dict of the
     T5 tensor (``crossattn``), the pooled CLIP vector (``vector``, unless ``vector=False``) and the distilled guidance
-    (``guidance``, unless ``guidance=False``), or, with ``tensor_text=True``, the T5 tensor alone. ``reference=True``
-    also draws a Kontext reference latent (``self.ref``, batch 1) right after the noise.
+    (``guidance``, unless ``guidance=False``), or, with ``tensor_text=True``, the T5 tensor alone; text tokens are
+    ``text_dim`` wide (32 unless said). ``reference=True`` also draws a Kontext reference latent (``self.ref``, batch
+    1) right after the noise.
     """
 
     def __init__(
@@ -233,6 +234,7 @@ class Scenario:
         vector: bool = True,
         tensor_text: bool = False,
         reference: bool = False,
+        text_dim: int = 32,
     ) -> None:
         self.backend, self.name, self.unet = backend, name, unet
         g = torch.Generator().manual_seed(1)
@@ -241,8 +243,8 @@ class Scenario:
 
         def text(length: int) -> dict | torch.Tensor:
             if tensor_text:
-                return torch.randn(1, length, 32, generator=g).repeat(B, 1, 1)
-            d = {"crossattn": torch.randn(1, length, 32, generator=g).repeat(B, 1, 1)}
+                return torch.randn(1, length, text_dim, generator=g).repeat(B, 1, 1)
+            d = {"crossattn": torch.randn(1, length, text_dim, generator=g).repeat(B, 1, 1)}
             if vector:
                 d["vector"] = torch.randn(1, 16, generator=g).repeat(B, 1)
             if guidance:
@@ -634,11 +636,18 @@ def snapshot(out: Any) -> Any:
 
 
 def observe(
-    sc: Scenario, config: RepulsionConfig, cfg: float, blocks: dict[str, torch.nn.Module], *, low_vram: bool = False
+    sc: Scenario,
+    config: RepulsionConfig,
+    cfg: float,
+    blocks: dict[str, torch.nn.Module],
+    *,
+    low_vram: bool = False,
+    text_len: Callable[[torch.Tensor], int] | None = None,
 ) -> dict[str, list[Seen]]:
     """One repelled run at SIGMA_IN recording, per model call, every block's inputs (a pre-hook) and its output
     before ForgeRepulsion's hook (a hook prepended ahead of it) and after it (a hook behind it). The observers are
-    attached inside each model call, after ForgeRepulsion's own hooks, and removed before the call returns."""
+    attached inside each model call, after ForgeRepulsion's own hooks, and removed before the call returns.
+    ``text_len(c_crossattn)`` gives a call's text tokens in the blocks (default: ``c_crossattn.shape[1]``)."""
     job = ForgeRepulsion(config)
     clone = sc.unet.clone()
     job.patch(clone)
@@ -646,12 +655,13 @@ def observe(
     seen: dict[str, list[Seen]] = {name: [] for name in blocks}
 
     def observing(apply_model, args):
-        text_len = int(args["c"]["c_crossattn"].shape[1])
+        text = args["c"]["c_crossattn"]
+        length = int(text.shape[1]) if text_len is None else int(text_len(text))
 
         def observed_apply_model(*a, **k):
             handles = []
             for name, block in blocks.items():
-                slot = Seen(text_len)
+                slot = Seen(length)
                 seen[name].append(slot)
 
                 def inputs(m, a_, k_, slot=slot):

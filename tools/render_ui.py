@@ -24,7 +24,7 @@ FORGE_JS_SHIMS = """
 window.gradioApp = () => document;
 window.onUiLoaded = (callback) => {
   const start = Date.now();
-  const poll = () => document.getElementById('ctxrep_txt2img_strength') ? setTimeout(callback, 200)
+  const poll = () => document.getElementById('ctxrep_txt2img_block_strength') ? setTimeout(callback, 200)
                      : (Date.now() - start < 20000 ? setTimeout(poll, 100) : null);
   poll();
 };
@@ -81,7 +81,7 @@ def main(out: str) -> int:
         page.on("response", lambda r: print("render_ui: HTTP", r.status, r.url) if r.status >= 400 else None)
         page.goto(url)
         try:
-            page.wait_for_selector("#ctxrep_txt2img_strength", state="attached", timeout=60000)
+            page.wait_for_selector("#ctxrep_txt2img_block_strength", state="attached", timeout=60000)
         except Exception:
             page.screenshot(path=out)
             print(f"render_ui: the controls never appeared; see {out}")

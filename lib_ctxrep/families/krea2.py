@@ -17,6 +17,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
+
 from ..blockmap import Architecture, Blocks, CallTokens
 from . import Family
 from .readers import CallNotReadable, DiffusersCall, text_stream_tokens
@@ -25,13 +27,35 @@ from .readers import CallNotReadable, DiffusersCall, text_stream_tokens
 TEMPLATE_SUFFIX = 5
 
 
+#: Forge Neo batches a prompt and a negative prompt of different lengths in one call when one length is at most this
+#: many times the other, tiling each text to a common length (backend/sampling/condition.py ConditionCrossAttn).
+_MAX_TILES = 4
+
+
+def _own_length(text: torch.Tensor) -> int:
+    """The length of one chunk's text before Neo tiled it ([rows, L, D]): its shortest period that divides L at most
+    ``_MAX_TILES`` times (L itself when it is not a repetition)."""
+    length = text.shape[1]
+    for tiles in range(_MAX_TILES, 1, -1):
+        if length % tiles == 0:
+            period = length // tiles
+            if torch.equal(text, text[:, :period].repeat(1, tiles, 1)):
+                return period
+    return length
+
+
 def _text_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
-    """The prompt and the suffix from ``c_crossattn`` ([B, L, D] or [B, 1, L, D]); the suffix is never repelled."""
+    """The prompt and the suffix from ``c_crossattn`` ([B, L, D] or [B, 1, L, D]); the suffix is never repelled. A
+    text tiled to a longer one's length (Neo) is repelled on its first copy's prompt tokens only: each copy ends in its
+    own suffix."""
     text = args["c"].get("c_crossattn")
     if not hasattr(text, "shape") or text.ndim not in (3, 4):
         raise CallNotReadable("no text ([B, L, D] or [B, 1, L, D]) in c_crossattn")
-    length = int(text.shape[-2])
-    return CallTokens(length, (max(0, length - TEMPLATE_SUFFIX),))
+    text = text.reshape(text.shape[0], text.shape[-2], text.shape[-1])
+    chunks = max(1, len(args.get("cond_or_uncond") or ()))
+    rows = text.shape[0] // chunks
+    own = [_own_length(text[c * rows : (c + 1) * rows]) for c in range(chunks)]
+    return CallTokens(int(text.shape[1]), tuple(max(0, n - TEMPLATE_SUFFIX) for n in own))
 
 
 def _neo_tokens(arch: Architecture, diffusion_model: Any, args: dict) -> CallTokens:
