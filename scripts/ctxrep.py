@@ -52,7 +52,7 @@ NPROBE_MAX = 256
 #: The accordion's opening paragraph.
 INTRO = (
     "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
-    "(Flux.1 and Kontext, Chroma, Flux.2, Qwen-Image, Z-Image, SD3/SD3.5): during the first steps, the "
+    f"({', '.join(families.families('forge'))}): during the first steps, the "
     "batch's text-stream tokens are pushed apart after each block. **SPELL** (any model): a sample whose "
     "predicted image comes too close to another sample, an earlier batch or a protected image is pushed "
     "away."
