@@ -3,22 +3,25 @@ classes, patched through the nodes, sampled with ComfyUI's own ``comfy.sample`` 
 
 Usage::
 
-    python tools/verify_comfyui.py /path/to/ComfyUI
+    OMP_NUM_THREADS=1 python tools/verify_comfyui.py /path/to/ComfyUI [--family NAME ...] [--no-server]
 
-The path is a ComfyUI tree (upstream comfyanonymous/ComfyUI, or the pip-installable fork
-hiddenswitch/pip-and-uv-installable-ComfyUI, whose ``comfy`` package this was written against: 0.12.1, upstream
-merged 2026-02). Run it with a Python that has ComfyUI's requirements and a CPU torch; nothing from ComfyUI is copied
-into this repository. The nodes are loaded the way ComfyUI loads a custom node pack: this repository's root
-``__init__.py`` as a package (first, to show that it imports no ``comfy`` module), then ComfyUI itself with ``--cpu``.
+The path is a ComfyUI tree: upstream comfyanonymous/ComfyUI (checked on 0.29.0, the silveroxides/ComfyUI fork that
+tracks it, 2026-07-29) or the pip-installable fork hiddenswitch/pip-and-uv-installable-ComfyUI (0.12.1, upstream
+merged 2026-02, which this was first written against). Run it with a Python that has ComfyUI's requirements and a CPU
+torch; nothing from ComfyUI is copied into this repository. The nodes are loaded the way ComfyUI loads a custom node
+pack: this repository's root ``__init__.py`` as a package (first, to show that it imports no ``comfy`` module), then
+ComfyUI itself with ``--cpu`` (upstream parses its command line only after ``comfy.options.enable_args_parsing()``,
+which the tool calls; the pip fork parses it on import).
 
 Each family is built from ``comfy.supported_models.<Family>(unet_config).get_model({})`` with tiny sizes and weights
 drawn with a fixed seed (ComfyUI's ops leave them uninitialised), wrapped in ``comfy.model_patcher.ModelPatcher`` and
 sampled with ``comfy.sample.sample`` (Euler, "simple", 4 steps, CFG 3, a batch of 4, fixed noise): Flux.1, Flux.1
 Kontext (a reference latent), Chroma, Flux.2 (a reference latent), Qwen-Image, Qwen-Image-Edit (a reference latent),
-Z-Image and SD3. Checks, for each:
+Z-Image, SD3, and, where the tree has them (upstream, not 0.12.1: a note says they are skipped), Krea 2, Krea 2 with a
+reference latent and ``reference_latents_method`` "index", and Ernie-Image. Checks, for each:
 
 1. the node at strength 0, or absent, gives output bit-identical to plain (twice, deterministic);
-2. on (strength 8, window 0.5), the batch changes;
+2. on (step strength 8, window 0.5), the batch changes;
 3. the original model is untouched: no patch or wrapper in its options, the same weights, and plain sampling after the
    patched one is bit-identical to before;
 4. cond and uncond are repelled separately: one call holds both (a probe wrapper that the node chains, never drops,
@@ -29,10 +32,25 @@ Z-Image and SD3. Checks, for each:
    (window 0.5 of 4 steps: the first two);
 6. another node's block patch (a replace patch on a block, or a post-block patch) is chained, never dropped;
 7. edit reference tokens are never repelled: an outer probe patch compares the node's output of a single-stream block
-   with the plain block's: the text and the target's tokens move, the reference's not; on Qwen-Image-Edit (dual-
-   stream only) the image stream, reference included, is never changed;
+   with the plain block's (run first, on copies of the streams: upstream's Flux blocks update their inputs in place):
+   the text and the target's tokens move, the reference's not; on Qwen-Image-Edit (dual-stream only) the image
+   stream, reference included, is never changed;
 8. cross-batch memory: a second run of the same patched model differs from a fresh model's first run; its first
    equals it.
+
+Krea 2 and Ernie-Image have no block patch point in ComfyUI: the node hooks their blocks for the duration of each
+in-window call, so 6 and 7 are replaced by:
+
+- the node sets no block patch, and no forward hook stays on the shared diffusion model after a run;
+- a block observation: an inner model-function wrapper (chained inside the node's, so it runs while the node's hooks
+  are on) puts a forward hook ahead of the node's on every block and one behind it, and compares, per token: the
+  node's hooks are on all blocks during the two in-window calls and on none outside; the blocks' sequence has the
+  expected layout; the prompt's tokens move at every hooked block; nothing else ever moves. Krea 2: [text; image],
+  ComfyUI's 5-D latent [B, 16, 1, H, W], the 5 chat-template suffix tokens and the image tokens never move; with a
+  reference ("index", and again with "index_timestep_zero"), [text; target; reference] and the reference tokens never
+  move. Ernie-Image: [image; text], the image tokens never move;
+- an exception raised inside the model (a block's forward, in an in-window call, with the node's hooks on) reaches
+  the caller, no forward hook stays on the shared diffusion model, and plain sampling afterwards is bit-identical.
 
 Then SPELL (on Flux.1 and on an unsupported model): a protected LATENT (the plain run's output) is escaped (every
 output lands farther than the shield radius from each protected latent); a LATENT of another channel count or size
@@ -46,6 +64,10 @@ text encoders and VAEs, so none loads tiny; the VAE decode is replaced by ``Save
 under ``model_patches`` with tooltips; every example workflow uses only nodes it has; the Flux.1-dev example POSTed to
 ``/prompt`` runs, changes the batch, and at strength 0 equals the node bypassed bit for bit; out-of-range and invalid
 inputs are refused at queue time.
+
+Results (2026-12-07, CPU, ``OMP_NUM_THREADS=1``, 2 shared cores): ComfyUI 0.29.0 (silveroxides/ComfyUI 4f874c5e,
+torch 2.13.0) 250 checks pass in 62 s (92 of them Krea 2, Krea 2 with a reference, Ernie-Image); the pip fork
+0.12.1 158 pass in 57 s (Krea 2 and Ernie-Image skipped: it has neither). Timings vary by a third with the load.
 
 Prints one line per check and ends with ``VERIFIED: <n> checks passed`` (exit 0) or the failures (exit 1); exit 2
 when the path is not a ComfyUI tree.
@@ -71,14 +93,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 TOOLS = Path(__file__).resolve().parent
 if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
 import torch  # noqa: E402
-from forge_verify_common import REPO_ROOT, Checks, die  # noqa: E402
+from forge_verify_common import REPO_ROOT, Checks, die, removing  # noqa: E402
 
 #: The name ComfyUI gives this repository's package (its folder name under custom_nodes/).
 PACKAGE = "ctxrep-nodes"
@@ -86,6 +108,33 @@ CTX = 32  # the text feature width of every tiny model
 BATCH, STEPS, CFG = 4, 4, 3.0
 ON = {"step_strength": 8.0, "window": 0.5}
 SPELL_RADIUS = 0.5
+
+
+class Hooked(NamedTuple):
+    """A family whose ComfyUI model has no block patch point (the node hooks its blocks for the duration of each
+    in-window call): its block list, the order of its one sequence, and the text tokens after the prompt that are
+    never repelled (Krea 2's chat-template suffix)."""
+
+    attr: str
+    text_first: bool
+    suffix: int = 0
+
+
+class Spec(NamedTuple):
+    """How to build and sample one tiny family: the ``comfy.supported_models`` class, its unet_config, the latent
+    [C, H, W], the extra conditioning, whether it holds reference tokens; for a hooked family, its layout; for a
+    family that older trees lack, when ComfyUI got it; the spread of its random weights."""
+
+    cls: str
+    config: dict[str, Any]
+    latent: tuple[int, ...]
+    extra: Callable[[], dict]
+    references: bool = False
+    hooked: Hooked | None = None
+    since: str = ""
+    #: The weights' spread: at 0.02 a tiny Ernie-Image's text barely reaches its output (another prompt moves it by
+    #: 4e-5), so what repulsion does to the text could not show in the images.
+    std: float = 0.02
 
 
 def _flux(**extra: Any) -> dict[str, Any]:
@@ -103,10 +152,17 @@ def _qwen() -> dict[str, Any]:
     )  # fmt: skip
 
 
-#: name -> (comfy.supported_models class, unet_config, latent [C, H, W], extra conditioning, reference tokens)
-FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dict], bool]] = {
-    "Flux.1": ("Flux", _flux(), (16, 8, 8), lambda: {"pooled_output": torch.randn(1, 32), "guidance": 3.5}, False),
-    "Flux.1 Kontext": (
+def _krea2() -> dict[str, Any]:
+    """Krea 2's SingleStreamDiT: head dim 32 (rope axes [8, 12, 12]); its text is txtlayers x txtdim = CTX wide."""
+    return dict(
+        image_model="krea2", features=64, heads=2, kvheads=1, multiplier=2, layers=3, patch=2, channels=16, tdim=32,
+        txtdim=16, txtlayers=2, txtheads=2, txtkvheads=2, theta=1000,
+    )  # fmt: skip
+
+
+FAMILIES: dict[str, Spec] = {
+    "Flux.1": Spec("Flux", _flux(), (16, 8, 8), lambda: {"pooled_output": torch.randn(1, 32), "guidance": 3.5}, False),
+    "Flux.1 Kontext": Spec(
         "Flux",
         _flux(),
         (16, 8, 8),
@@ -117,7 +173,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dic
         },
         True,
     ),
-    "Chroma": (
+    "Chroma": Spec(
         "Chroma",
         dict(
             image_model="chroma",
@@ -144,7 +200,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dic
         lambda: {"pooled_output": None},
         False,
     ),
-    "Flux.2 (edit)": (
+    "Flux.2 (edit)": Spec(
         "Flux2",
         dict(
             image_model="flux2",
@@ -173,15 +229,15 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dic
         lambda: {"pooled_output": None, "guidance": 4.0, "reference_latents": [torch.randn(1, 128, 3, 5)]},
         True,
     ),
-    "Qwen-Image": ("QwenImage", _qwen(), (16, 8, 8), dict, False),
-    "Qwen-Image-Edit": (
+    "Qwen-Image": Spec("QwenImage", _qwen(), (16, 8, 8), dict, False),
+    "Qwen-Image-Edit": Spec(
         "QwenImage",
         _qwen(),
         (16, 8, 8),
         lambda: {"reference_latents": [torch.randn(1, 16, 1, 6, 10)]},
         True,
     ),
-    "Z-Image": (
+    "Z-Image": Spec(
         "ZImage",
         dict(
             image_model="lumina2",
@@ -206,7 +262,7 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dic
         dict,
         False,
     ),
-    "SD3": (
+    "SD3": Spec(
         "SD3",
         dict(
             in_channels=16,
@@ -226,8 +282,41 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], tuple[int, ...], Callable[[], dic
         lambda: {"pooled_output": torch.randn(1, 32)},
         False,
     ),
+    "Krea 2": Spec(
+        "Krea2", _krea2(), (16, 8, 8), dict, hooked=Hooked("blocks", text_first=True, suffix=5), since="2026-06"
+    ),
+    "Krea 2 (edit)": Spec(
+        "Krea2",
+        _krea2(),
+        (16, 8, 8),
+        lambda: {"reference_latents": [torch.randn(1, 16, 1, 6, 10)], "reference_latents_method": "index"},
+        True,
+        Hooked("blocks", text_first=True, suffix=5),
+        "2026-06",
+    ),
+    "Ernie-Image": Spec(
+        "ErnieImage",
+        dict(
+            image_model="ernie",
+            hidden_size=64,
+            num_attention_heads=2,
+            num_layers=3,
+            ffn_hidden_size=128,
+            in_channels=128,
+            out_channels=128,
+            patch_size=1,
+            text_in_dim=CTX,
+            rope_theta=256,
+            rope_axes_dim=(8, 12, 12),
+        ),  # fmt: skip
+        (128, 4, 4),
+        dict,
+        hooked=Hooked("layers", text_first=False),
+        since="2026-04",
+        std=0.1,
+    ),
 }
-UNSUPPORTED = (
+UNSUPPORTED = Spec(
     "AuraFlow",
     dict(
         cond_seq_dim=CTX,
@@ -272,6 +361,12 @@ def load_comfy(path: Path) -> Any:
     sys.path.insert(0, str(path))
     argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
     try:
+        # Upstream ComfyUI parses its command line only once asked to (comfy/options.py: args_parsing = False; its
+        # main.py calls enable_args_parsing() first): without this, comfy.cli_args parses [] and --cpu is lost. The
+        # pip fork (0.12.1) parses sys.argv on import; its enable_args_parsing, where there is one, changes nothing.
+        options = importlib.import_module("comfy.options")
+        if hasattr(options, "enable_args_parsing"):
+            options.enable_args_parsing()
         for name in ("comfy.model_management", "comfy.model_patcher", "comfy.sample", "comfy.supported_models"):
             importlib.import_module(name)
     finally:
@@ -285,29 +380,30 @@ def load_comfy(path: Path) -> Any:
 class Family:
     """One tiny model of a family in ComfyUI, and how to sample it."""
 
-    def __init__(self, comfy: Any, name: str, spec: tuple) -> None:
-        cls, unet_config, latent, extra, references = spec
-        self.comfy, self.name, self.latent, self.extra, self.references = comfy, name, latent, extra, references
-        model = getattr(comfy.supported_models, cls)(dict(unet_config)).get_model({})
+    def __init__(self, comfy: Any, name: str, spec: Spec) -> None:
+        self.comfy, self.name, self.spec = comfy, name, spec
+        self.latent, self.extra, self.references, self.hooked = spec.latent, spec.extra, spec.references, spec.hooked
+        model = getattr(comfy.supported_models, spec.cls)(dict(spec.config)).get_model({})
         torch.manual_seed(0)
         with torch.no_grad():
             for p in model.parameters():
-                p.normal_(0, 0.02)
+                p.normal_(0, spec.std)
             for b in model.diffusion_model.buffers():  # not model_sampling's sigma table
                 if b.is_floating_point() and b.numel():
-                    b.normal_(0, 0.02)
+                    b.normal_(0, spec.std)
         model.eval()
         cpu = torch.device("cpu")
         self.model = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
-    def conds(self, same_length: bool = True) -> tuple[list, list]:
+    def conds(self, update: dict | None = None) -> tuple[list, list]:
+        """Cond and uncond, 7 tokens each; ``update`` changes their extra conditioning."""
         torch.manual_seed(1)
-        pos = [[torch.randn(1, 7, CTX), self.extra()]]
-        neg = [[torch.randn(1, 7 if same_length else 5, CTX), self.extra()]]
+        pos = [[torch.randn(1, 7, CTX), {**self.extra(), **(update or {})}]]
+        neg = [[torch.randn(1, 7, CTX), {**self.extra(), **(update or {})}]]
         return pos, neg
 
-    def sample(self, model: Any, *, seed: int = 42, same_length: bool = True) -> torch.Tensor:
-        pos, neg = self.conds(same_length)
+    def sample(self, model: Any, *, seed: int = 42, update: dict | None = None) -> torch.Tensor:
+        pos, neg = self.conds(update)
         latent = self.comfy.sample.fix_empty_latent_channels(model, torch.zeros(BATCH, *self.latent))
         noise = self.comfy.sample.prepare_noise(latent, seed)
         return self.comfy.sample.sample(
@@ -377,6 +473,14 @@ def check_family(comfy: Any, pack: Any, family: Family, check: Checks) -> None:
     on = family.sample(patched)
     changed, detail = differs(on, plain)
     check(f"{name}: on, the batch changes", changed, detail)
+    if family.hooked:
+        transformer = patched.model_options.get("transformer_options", {})
+        check(
+            f"{name}: the node sets no block patch (the model has no patch point: its blocks are hooked)",
+            not transformer.get("patches_replace") and not transformer.get("patches"),
+        )
+        left = hooks_on(base.model.diffusion_model)
+        check(f"{name}: no forward hook stays on the shared diffusion model after the run", left == 0, f"{left} left")
     check(f"{name}: the original model's options hold no patch", options_clean(base))
     same = all(torch.equal(v, weights[k]) for k, v in base.model.state_dict().items())
     check(f"{name}: the original model's weights are untouched", same)
@@ -407,10 +511,162 @@ def check_family(comfy: Any, pack: Any, family: Family, check: Checks) -> None:
     close = float((split - batched).abs().max())
     check(f"{name}: separate calls give the batched result (to 1e-4)", close < 1e-4, f"max |diff| {close:.2g}")
 
-    check_chaining(pack, family, check, plain)
-    if family.references:
-        check_references(pack, family, check)
+    if family.hooked:  # no block patch point: nothing for another node's block patch to chain with
+        check_blocks(pack, family, check)
+        if family.references:
+            check_blocks(pack, family, check, {"reference_latents_method": "index_timestep_zero"})
+        check_exception(pack, family, check, plain)
+    else:
+        check_chaining(pack, family, check, plain)
+        if family.references:
+            check_references(pack, family, check)
     check_memory(pack, family, check)
+
+
+def hooks_on(module: torch.nn.Module) -> int:
+    """Forward hooks and pre-hooks on ``module`` and everything in it."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def image_tokens(shape: tuple[int, ...], patch: int) -> int:
+    """Tokens of a latent [..., H, W] patchified ``patch`` x ``patch`` (padded up, as Krea 2 pads)."""
+    return -(-shape[-2] // patch) * -(-shape[-1] // patch)
+
+
+def check_blocks(pack: Any, family: Family, check: Checks, update: dict | None = None) -> None:
+    """What the node does at each hooked block of a sampled run (a model with no block patch point, whose blocks
+    the node hooks during each in-window call). An inner model-function wrapper (chained inside the node's, so it
+    runs while the node's hooks are on) puts a forward hook ahead of the node's on every block (it keeps the plain
+    output) and one behind it (it measures what moved, per token), and removes both before the call returns."""
+    layout, base = family.hooked, family.model
+    name = family.name + (f" [{update['reference_latents_method']}]" if update else "")
+    diffusion_model = base.model.diffusion_model
+    blocks = list(getattr(diffusion_model, layout.attr))
+    patch = int(getattr(diffusion_model, "patch", None) or getattr(diffusion_model, "patch_size", 1))
+    calls: list[dict] = []
+
+    def observer(apply_model: Callable, args: dict) -> torch.Tensor:
+        x = args["input"]
+        call = {"input": tuple(x.shape), "text": int(args["c"]["c_crossattn"].shape[1]), "moved": {}}
+        call["hooks"] = [len(b._forward_hooks) for b in blocks]  # the node's, before ours
+        plain: dict[int, torch.Tensor] = {}
+
+        def before(i: int) -> Callable:
+            def keep_plain(module: Any, inputs: Any, output: torch.Tensor) -> None:
+                plain[i] = output.detach().clone()
+
+            return keep_plain
+
+        def after(i: int) -> Callable:
+            def measure(module: Any, inputs: Any, output: torch.Tensor) -> None:
+                call["moved"][i] = (output - plain[i]).abs().amax(dim=(0, 2))  # per token, over rows and features
+
+            return measure
+
+        handles = [b.register_forward_hook(before(i), prepend=True) for i, b in enumerate(blocks)]
+        handles += [b.register_forward_hook(after(i)) for i, b in enumerate(blocks)]
+        with removing(handles):
+            out = apply_model(x, args["timestep"], **args["c"])
+        calls.append(call)
+        return out
+
+    probe = base.clone()
+    probe.set_model_unet_function_wrapper(observer)
+    family.sample(repulsion_node(pack, probe, **ON), update=update)
+    left = hooks_on(diffusion_model)
+
+    conds = {**family.extra(), **(update or {})}
+    references = [image_tokens(r.shape, patch) for r in conds.get("reference_latents", [])]
+    hooked = [c for c in calls if any(c["hooks"])]
+    n = len(blocks)
+    pattern = ["all" if c["hooks"] == [1] * n else "none" if not any(c["hooks"]) else c["hooks"] for c in calls]
+    check(
+        f"{name}: the node's hooks are on all {n} blocks during the in-window calls only (2 of {STEPS})",
+        pattern == ["all", "all"] + ["none"] * (STEPS - 2),
+        pattern,
+    )
+    check(f"{name}: ... and none stays on the shared diffusion model after the run", left == 0, f"{left} left")
+    spans: dict[str, list[float]] = {}
+    lengths = set()
+    for c in calls:
+        text, target = c["text"], image_tokens(c["input"], patch)
+        for moved in c["moved"].values():
+            lengths.add(len(moved))
+            if layout.text_first:  # [text (prompt; suffix); target; references]
+                parts = {"prompt": (0, text - layout.suffix), "suffix": (text - layout.suffix, text)}
+                parts |= {"target": (text, text + target), "reference": (text + target, len(moved))}
+            else:  # [image; text]
+                parts = {"image": (0, target), "prompt": (target, len(moved))}
+            for part, (a, b) in parts.items():
+                if b > a:
+                    value = float(moved[a:b].max())
+                    spans.setdefault(f"{part} {'in' if any(c['hooks']) else 'out'}", []).append(value)
+    text, target = calls[0]["text"], image_tokens(calls[0]["input"], patch)
+    if layout.text_first:
+        expected = text + target + sum(references)
+        what = f"[text {text} ({text - layout.suffix} + {layout.suffix} suffix); target {target}" + (
+            f"; reference {sum(references)}]" if references else "]"
+        )
+        dims = {len(c["input"]) for c in calls}
+        check(f"{name}: the model gets ComfyUI's 5-D latent [B, 16, 1, H, W]", dims == {5}, calls[0]["input"])
+    else:
+        expected, what = target + text, f"[image {target}; text {text}]"
+    check(f"{name}: every block's sequence is {what} = {expected}", lengths == {expected}, sorted(lengths))
+    prompt = spans.get("prompt in", [0.0])
+    check(
+        f"{name}: the prompt's tokens move at every hooked block ({len(prompt)} = {len(hooked)} calls x {n})",
+        len(prompt) == len(hooked) * n and min(prompt) > 0,
+        f"least max |change| {min(prompt):.3g}",
+    )
+    fixed = ["suffix", "target", "reference"] if layout.text_first else ["image"]
+    labels = {
+        "suffix": f"the {layout.suffix} chat-template suffix tokens",
+        "target": "the image (target) tokens",
+        "reference": "the reference tokens",
+        "image": "the image tokens",
+    }
+    for part in fixed:
+        if part == "reference" and not references:
+            continue
+        values = spans.get(f"{part} in", [])
+        biggest = max(values, default=float("nan"))
+        check(f"{name}: {labels[part]} never move", values and biggest == 0, f"max |change| {biggest:.3g}")
+    outside = [v for k, vs in spans.items() if k.endswith(" out") for v in vs]
+    check(f"{name}: outside the window no block output changes", outside and max(outside) == 0)
+
+
+class RaisedInsideTheModel(Exception):
+    """Raised by :func:`check_exception` from a block's forward."""
+
+
+def check_exception(pack: Any, family: Family, check: Checks, plain: torch.Tensor) -> None:
+    """An exception raised inside the model (a block's forward, during an in-window call, with the node's hooks on)
+    reaches the caller, and no hook stays on the shared diffusion model."""
+    name, base = family.name, family.model
+    diffusion_model = base.model.diffusion_model
+    blocks = list(getattr(diffusion_model, family.hooked.attr))
+    hooked: list[int] = []
+
+    def raising(apply_model: Callable, args: dict) -> torch.Tensor:
+        def fail(module: Any, inputs: Any) -> None:
+            hooked.append(sum(len(b._forward_hooks) for b in blocks))
+            raise RaisedInsideTheModel(f"raised by {type(module).__name__} 1")
+
+        with removing([blocks[1].register_forward_pre_hook(fail)]):
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+    probe = base.clone()
+    probe.set_model_unet_function_wrapper(raising)
+    try:
+        family.sample(repulsion_node(pack, probe, **ON))
+        raised = "nothing raised"
+    except RaisedInsideTheModel as error:
+        raised = str(error)
+    check(f"{name}: an exception raised inside the model (block 1) reaches the caller", "raised by" in raised, raised)
+    check(f"{name}: ... it was raised with the node's hooks on the blocks", hooked == [len(blocks)], hooked)
+    left = hooks_on(diffusion_model)
+    check(f"{name}: ... and no forward hook stays on the shared diffusion model", left == 0, f"{left} left")
+    check(f"{name}: ... plain sampling afterwards is bit-identical", torch.equal(family.sample(base), plain))
 
 
 def check_chaining(pack: Any, family: Family, check: Checks, plain: torch.Tensor) -> None:
@@ -451,7 +707,12 @@ def check_references(pack: Any, family: Family, check: Checks) -> None:
     target, references = tokens[0], sum(tokens[1:])
 
     def outer_probe(args: dict, extra: dict) -> dict:
-        out, original = ours(args, extra), extra["original_block"](args)
+        # The plain block first, on copies of the streams: upstream Flux blocks update their inputs in place
+        # (SingleStreamBlock: x += ..., DoubleStreamBlock: img += ..., txt += ...), so a block run after ours on the
+        # same args would see its own output.
+        fresh = {k: (v.clone() if k in ("img", "txt") and isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+        original = extra["original_block"](fresh)
+        out = ours(args, extra)
         if "txt" in out:  # dual-stream: the whole image stream
             moved["text"].append(float((out["txt"] - original["txt"]).abs().max()))
             moved["image"].append(float((out["img"] - original["img"]).abs().max()))
@@ -788,10 +1049,15 @@ def main(argv: list[str] | None = None) -> int:
     pack = load_node_pack(check)
     comfy = load_comfy(comfyui)
     torch.set_num_threads(min(4, torch.get_num_threads()))
+    skipped = []
     for name, spec in FAMILIES.items():
         if args.family and name not in args.family:
             continue
         print(f"\n== {name} ==")
+        if not hasattr(comfy.supported_models, spec.cls):
+            skipped.append(name)
+            print(f"  [NOTE] no comfy.supported_models.{spec.cls} here (upstream since {spec.since}): skipped")
+            continue
         family = Family(comfy, name, spec)
         print(f"  {type(family.model.model.diffusion_model).__name__}, latent {family.latent}")
         check_family(comfy, pack, family, check)
@@ -802,6 +1068,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n== ComfyUI's server: an example workflow through /prompt ==")
         check_server(comfy, comfyui, check)
     print(f"\nwall time {time.monotonic() - started:.0f} s")
+    if skipped:
+        print(f"not in this ComfyUI, skipped: {', '.join(skipped)}")
     return check.report()
 
 
