@@ -108,6 +108,7 @@ def select_blocks(arch: Architecture, model: Any, engine: Any) -> list[HookedBlo
     out: list[HookedBlock] = []
     if arch.dual is not None:
         blocks = getattr(model, arch.dual.attr)
+        _check_range(engine, model, len(blocks), "dual-stream")
         selected = config.block_indices(len(blocks))
         if not arch.dual.last_has_text:
             selected = [i for i in selected if i != len(blocks) - 1]
@@ -117,9 +118,24 @@ def select_blocks(arch: Architecture, model: Any, engine: Any) -> list[HookedBlo
             out += [HookedBlock(f"single.{i}", b, arch.single, config.single_blocks) for i, b in enumerate(singles)]
     elif arch.single is not None:
         blocks = getattr(model, arch.single.attr)
+        _check_range(engine, model, len(blocks), "single-stream")
         out += [HookedBlock(f"single.{i}", blocks[i], arch.single, "text") for i in config.block_indices(len(blocks))]
     engine.repelled_blocks = max(1, len(out))
     return out
+
+
+def _check_range(engine: Any, model: Any, count: int, kind: str) -> None:
+    """Say once when a block range (``config.blocks = (start, stop)``) reaches past the model's ``count`` blocks."""
+    blocks = engine.config.blocks
+    if not isinstance(blocks, tuple) or blocks[1] <= count:
+        return
+    start, stop = blocks
+    kept = "none of them is repelled" if start >= count else f"only blocks {start} to {count - 1} are repelled"
+    engine.warn_once(
+        f"range:{start}:{stop}:{count}",
+        f"[ctxrep] blocks {start}:{stop} reach past {type(model).__name__}'s {count} {kind} blocks (0 to "
+        f"{count - 1}): {kept}",
+    )
 
 
 @dataclass(frozen=True)

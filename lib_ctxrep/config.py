@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -29,6 +31,35 @@ def _fail(name: str, accepted: str, value: Any) -> ValueError:
     return ValueError(f"RepulsionConfig.{name} must be {accepted}, got {value!r}")
 
 
+def unknown_fields(cls: type, names: Any) -> str:
+    """A message naming each of ``names`` that is not a field of the dataclass ``cls``, with the closest field; ""
+    when all are fields."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(str(name) for name in names if name not in known)
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, 1)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    return f"{cls.__name__}: unknown field(s) {', '.join(hints)}; its fields are {known}" if unknown else ""
+
+
+def named_fields(cls: type) -> type:
+    """Make the dataclass ``cls`` refuse a mistyped keyword with the closest field's name (a TypeError, as Python's
+    own, but saying which field was meant)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807
+        message = unknown_fields(cls, kwargs)
+        if message:
+            raise TypeError(message)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    return cls
+
+
+@named_fields
 @dataclass
 class RepulsionConfig:
     """Settings of contextual repulsion (arXiv 2603.28762) for one job.
@@ -167,10 +198,9 @@ class RepulsionConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RepulsionConfig:
         """Build from :meth:`to_dict` output; unknown keys raise ValueError naming them."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"RepulsionConfig: unknown field(s) {unknown}; known fields are {sorted(names)}")
+        message = unknown_fields(cls, data)
+        if message:
+            raise ValueError(message)
         data = dict(data)
         for key in ("blocks", "branches", "chunks"):
             if isinstance(data.get(key), list):

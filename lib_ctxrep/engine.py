@@ -35,6 +35,8 @@ _KEY_DECIMALS = 6
 #: How far below the previous call's progress a call must be to start a new batch: calls of one step (CFG branches,
 #: low-VRAM chunks) differ at most by rounding.
 _BATCH_RESTART_TOLERANCE = 1e-9
+#: The warning key of a batch of one without memory (said once per job).
+_BATCH_OF_ONE = "batch-of-one"
 #: Bytes per MiB (``memory_mb`` is in MiB).
 _MIB = 2**20
 
@@ -138,6 +140,7 @@ class RepulsionEngine:
         """Forget the memory and the window state (a new job starts)."""
         self._read_flags()
         self.memory.clear()
+        self._warned.discard(_BATCH_OF_ONE)  # said once per job
         self._last_progress = None
         self._active = False
 
@@ -192,6 +195,12 @@ class RepulsionEngine:
                 if size < 2 and remembered is None:
                     if cfg.memory:
                         self.memory.stage(key, rows[:kept])
+                    else:
+                        self.warn_once(
+                            _BATCH_OF_ONE,
+                            "[ctxrep] a batch of 1 without cross-batch memory: contextual repulsion has nothing to "
+                            "push apart, so nothing changes (raise the batch size, or turn memory on for batch count)",
+                        )
                     continue
                 moving = rows if remembered is None else rows[:kept]
                 within = len(moving) < len(rows) and size >= 2  # the parts the memory does not hold, in the batch

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .config import named_fields
+
 #: The paper's overcompensation factor.
 DEFAULT_OVERCOMPENSATION = 1.6
 #: Above this many references the exact search (a scan of every reference per query and step) gives way to faiss's
@@ -202,6 +204,11 @@ class ReferenceSet:
         nprobe: int = DEFAULT_NPROBE,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        if not isinstance(latents, torch.Tensor):
+            raise TypeError(
+                f"ReferenceSet: latents must be a torch.Tensor [K, ...] (K latents), got {type(latents).__name__}; "
+                "build it with torch.tensor(...) or torch.stack(list_of_latents)"
+            )
         if latents.ndim < 2 or latents.shape[0] == 0:
             raise ValueError(f"ReferenceSet: latents must be a non-empty [K, ...] tensor, got {tuple(latents.shape)}")
         self.sample_shape = tuple(latents.shape[1:])
@@ -307,6 +314,7 @@ class ReferenceSet:
 DEFAULT_RELATIVE_RADIUS = 0.35
 
 
+@named_fields
 @dataclass
 class SpellConfig:
     """Settings of SPELL for one job.
@@ -358,6 +366,21 @@ class SpellConfig:
         return self.radius if self.radius is not None else self.relative_radius * typical_distance(sample_shape)
 
 
+def _check_spell_arguments(config: Any, protected: Any) -> None:
+    """Refuse, when SPELL is set up, what would only fail mid-generation: a config that is not a SpellConfig instance
+    or a protected set that is not a ReferenceSet, with a TypeError saying how to build the right one."""
+    if config is SpellConfig:
+        raise TypeError("SPELL: got the class SpellConfig itself; pass an instance: SpellConfig(...)")
+    if config is not None and not isinstance(config, SpellConfig):
+        hint = "SpellConfig(**settings)" if isinstance(config, dict) else "SpellConfig(relative_radius=..., ...)"
+        raise TypeError(f"SPELL: config must be a SpellConfig, got {type(config).__name__}; build one with {hint}")
+    if protected is not None and not isinstance(protected, ReferenceSet):
+        raise TypeError(
+            f"SPELL: protected must be a ReferenceSet, got {type(protected).__name__}; build one with "
+            "ReferenceSet(latents) from a [K, ...] tensor of latents"
+        )
+
+
 class SpellEngine:
     """SPELL for one job: intra-batch, earlier batches (cross-batch memory) and an optional protected set.
 
@@ -366,6 +389,7 @@ class SpellEngine:
     """
 
     def __init__(self, config: SpellConfig | None = None, protected: ReferenceSet | None = None) -> None:
+        _check_spell_arguments(config, protected)
         self.config = config if config is not None else SpellConfig()
         self.protected = protected
         self.stats = SpellStats()  # the whole job

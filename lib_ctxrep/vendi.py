@@ -24,12 +24,14 @@ EIG_FLOOR = 1e-12
 def cosine_kernel(x: torch.Tensor) -> torch.Tensor:
     """Cosine-similarity kernel [B, B] (float64) of the rows of ``x`` [B, ...], each flattened to one vector.
 
-    A row of zeros has no direction; it is given similarity 0 to every other row and 1 to itself.
+    A row of zeros has no direction; rows of zeros are the same sample (similarity 1 to each other) and unlike every
+    other row (similarity 0), so a batch of identical rows has a Vendi score of 1 whether or not they are zero.
     """
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    norms = flat.norm(dim=1).clamp_min(torch.finfo(torch.float64).tiny)
-    unit = flat / norms[:, None]
-    kernel = unit @ unit.T
+    norms = flat.norm(dim=1)
+    unit = flat / norms.clamp_min(torch.finfo(torch.float64).tiny)[:, None]
+    zero = (norms == 0).to(torch.float64)
+    kernel = unit @ unit.T + zero[:, None] * zero[None, :]
     # Exact unit diagonal (also for zero rows) without an in-place write, so the kernel stays differentiable.
     return (
         kernel

@@ -169,3 +169,28 @@ def test_a_sequence_first_block_moves_the_same_tokens_as_its_batch_first_twin():
     assert out.shape == (20, 4, 8) and out.is_contiguous()
     assert moved(seq, out.transpose(0, 1)) == [12, 13, 14, 15, 16]
     torch.testing.assert_close(out.transpose(0, 1), batch_first, rtol=0, atol=1e-6)
+
+
+class _FourBlockModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.transformer_blocks = torch.nn.ModuleList(torch.nn.Identity() for _ in range(4))
+
+
+@pytest.mark.parametrize(
+    "blocks, said", [((5, 9), "none of them is repelled"), ((2, 9), "only blocks 2 to 3 are repelled"), ((0, 4), None)]
+)
+def test_a_block_range_past_the_model_says_once_how_many_blocks_it_has(caplog, blocks, said):
+    from lib_ctxrep.blockmap import Architecture, select_blocks
+
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    engine = RepulsionEngine(RepulsionConfig(blocks=blocks))
+    arch = Architecture(("_FourBlockModel",), Blocks("transformer_blocks"))
+    for _ in range(2):
+        select_blocks(arch, _FourBlockModel(), engine)
+    messages = [r.getMessage() for r in caplog.records if "reach past" in r.getMessage()]
+    if said is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and "_FourBlockModel's 4 dual-stream blocks (0 to 3)" in messages[0]
+        assert said in messages[0]

@@ -196,3 +196,17 @@ def test_the_config_class_in_place_of_an_instance_says_to_call_it():
         TypeError, match=r"got the class RepulsionConfig itself; pass an instance: RepulsionConfig\(\.\.\.\)"
     ):
         RepulsionEngine(RepulsionConfig)
+
+
+def test_a_mistyped_field_is_named_with_the_closest_one():
+    with pytest.raises(TypeError, match=r"unknown field\(s\) 'strenght' \(did you mean 'strength'\?\)"):
+        RepulsionConfig(strenght=3)
+    with pytest.raises(ValueError, match=r"'windw' \(did you mean 'window'\?\)"):
+        RepulsionConfig.from_dict({"windw": 0.1})
+
+
+def test_a_mistyped_spell_field_is_named_with_the_closest_one():
+    from lib_ctxrep.spell import SpellConfig
+
+    with pytest.raises(TypeError, match=r"'overcompensaton' \(did you mean 'overcompensation'\?\)"):
+        SpellConfig(overcompensaton=1.2)

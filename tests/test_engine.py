@@ -431,3 +431,20 @@ def test_a_batch_that_needs_more_than_one_old_batch_evicted_evicts_enough():
     _remembered_batch(engine, "double.2", _BIG_BATCH)
     assert engine.memory.nbytes == int(4.125 * _BIG_BATCH) <= 2**20
     assert len(engine.memory.keys()) == 1  # only the newest batch's block is remembered
+
+
+def test_a_batch_of_one_without_memory_warns_once_per_job_that_nothing_changes(caplog):
+    caplog.set_level(logging.WARNING, logger="lib_ctxrep")
+    engine = RepulsionEngine(RepulsionConfig(strength=0.5, window=1.0))
+
+    def said() -> int:
+        return sum("a batch of 1 without cross-batch memory" in r.getMessage() for r in caplog.records)
+
+    for _ in range(3):
+        assert run_call(engine, [features(1, seed=8)]) is None
+    assert said() == 1
+    engine.new_job()
+    run_call(engine, [features(1, seed=8)])
+    assert said() == 2
+    run_call(RepulsionEngine(RepulsionConfig(strength=0.5, window=1.0, memory=True)), [features(1, seed=8)])
+    assert said() == 2  # with memory, later batches are repelled from this one

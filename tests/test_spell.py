@@ -270,3 +270,34 @@ def test_engine_skips_a_protected_set_of_another_shape_with_one_warning():
     engine = SpellEngine(SpellConfig(radius=10.0, intra_batch=False), ReferenceSet(torch.zeros(2, 3)))
     with pytest.warns(UserWarning, match="do not match the protected set"):
         assert torch.equal(engine.delta(torch.ones(1, 4)), torch.zeros(1, 4))
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [({"relative_radius": 0.3}, "SpellConfig(**settings)"), ("0.3", "got str"), (None, None)],
+    ids=["dict", "string", "none"],
+)
+def test_spell_refuses_a_config_that_is_not_a_spell_config_when_it_is_set_up(config, named):
+    from lib_ctxrep.spell import SpellConfig, SpellEngine
+
+    if named is None:
+        assert SpellEngine(config).config == SpellConfig()
+        return
+    with pytest.raises(TypeError, match=named.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        SpellEngine(config)
+    with pytest.raises(TypeError, match="pass an instance"):
+        SpellEngine(SpellConfig)
+
+
+def test_spell_refuses_a_protected_set_that_is_not_a_reference_set():
+    from lib_ctxrep.spell import SpellEngine
+
+    with pytest.raises(TypeError, match=r"ReferenceSet\(latents\)"):
+        SpellEngine(None, torch.zeros(3, 4))
+
+
+def test_a_reference_set_of_a_list_says_how_to_build_a_tensor():
+    from lib_ctxrep.spell import ReferenceSet
+
+    with pytest.raises(TypeError, match=r"torch.tensor\(...\) or torch.stack"):
+        ReferenceSet([[1.0, 2.0]])

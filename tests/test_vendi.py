@@ -166,3 +166,13 @@ def test_identity_kernel_has_entropy_log_r():
 def test_vendi_score_of_something_other_than_a_tensor_says_how_to_make_one():
     with pytest.raises(TypeError, match=r"torch.Tensor \[B, \.\.\.\], got list; .*torch.stack"):
         vendi_score([torch.ones(3), torch.zeros(3)])
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5], ids=["zero", "nonzero"])
+def test_identical_rows_have_a_vendi_score_of_one_zero_rows_included(value):
+    assert vendi_score(torch.full((4, 3, 2), value)).item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_zero_rows_are_unlike_every_other_row():
+    x = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    assert vendi_score(x).item() == pytest.approx(2.0, rel=1e-12)  # two distinct samples: zero, and (1, 0)
