@@ -1,5 +1,5 @@
-"""Command line: ``python -m lib_ctxrep demo`` (the main job), ``bench`` (every method side by side on the reference
-model) and ``overhead`` (the cost of the hooks at realistic widths)."""
+"""Command line: python -m lib_ctxrep demo (the main job), bench (every method side by side on the reference model)
+and overhead (the cost of the hooks at realistic widths)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run the chosen command."""
     from .evaluation import bench, demo, overhead
+    from .evaluation.cli import HelpFormatter
 
     parser = _Parser(prog="python -m lib_ctxrep", description=__doc__)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-    kw = dict(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    kw = dict(formatter_class=HelpFormatter)
     demo.add_arguments(
         sub.add_parser("demo", help="one batch with and without repulsion on the reference model", **kw)
     )

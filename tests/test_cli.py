@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("PIL")
@@ -112,7 +113,13 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
         (["demo", "--window", "2"], "argument --window: must be in (0, 1], got 2"),
         (["bench", "--batch", "1"], "argument --batch: must be >= 2, got 1"),
         (["overhead", "--heads", "x"], "argument --heads: must be a whole number, got 'x'"),
-    ],
+        (["demo", "--weights", "/nonexistent.safetensors"], "argument --weights: no such file"),
+        (["bench", "--weights", "/nonexistent.safetensors"], "argument --weights: no such file"),
+        (["overhead", "--device", "foo"], "argument --device: must be a torch device such as cpu or cuda, got 'foo'"),
+        (["demo", "--classes", "9"], "argument --classes: must be from 1 to 4, got 9"),
+        (["bench", "--classes", "5"], "argument --classes: must be from 1 to 4, got 5"),
+    ]
+    + ([] if torch.cuda.is_available() else [(["overhead", "--device", "cuda"], "this torch has no CUDA device")]),
 )
 def test_an_argument_error_is_one_line_naming_the_argument(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -122,20 +129,22 @@ def test_an_argument_error_is_one_line_naming_the_argument(capsys, argv, message
     assert err.count("\n") == 1 and message in err and "--help" in err and "Traceback" not in err
 
 
-def test_every_option_has_help_with_its_default(capsys):
-    for command in ("demo", "bench", "overhead"):
+def test_every_option_shows_its_default_once_and_the_help_is_plain_text(capsys):
+    for command in (None, "demo", "bench", "overhead"):
         with pytest.raises(SystemExit):
-            main([command, "--help"])
+            main([command, "--help"] if command else ["--help"])
         text = capsys.readouterr().out
-        options = [line.split()[0] for line in text.splitlines() if line.strip().startswith("--")]
-        assert options and text.count("(default:") >= len(options) - 1  # --readme is a flag: no default to show
+        assert "``" not in text  # no reST markup
+        for entry in re.split(r"\n  (?=-)", text)[1:]:  # one option's help, wrapped over lines
+            flat = " ".join(entry.split())
+            assert flat.count("default") <= 1, flat
+            if entry.startswith("--") and not entry.startswith(("--help", "--readme ")):
+                assert "default" in flat, flat
 
 
-def test_values_that_are_clamped_or_cannot_act_are_named(capsys, tmp_path):
-    main(["demo", "--classes", "5", "--batch", "1", "--steps", "1", "--out", str(tmp_path / "g.png")])
-    out = capsys.readouterr().out
-    assert "--classes 5: the reference model has 4 classes; using 4" in out
-    assert "--batch 1: contextual repulsion acts within a batch" in out
+def test_a_batch_of_one_is_named(capsys, tmp_path):
+    main(["demo", "--classes", "1", "--batch", "1", "--steps", "1", "--out", str(tmp_path / "g.png")])
+    assert "--batch 1: contextual repulsion acts within a batch" in capsys.readouterr().out
 
 
 def test_no_command_says_it_runs_the_demo(capsys, tmp_path):

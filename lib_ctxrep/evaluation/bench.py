@@ -427,10 +427,6 @@ def run(args: argparse.Namespace) -> list[Result]:
     from .reference.model import load_reference_model
 
     methods = select_methods(args)
-    if args.classes > len(CLASSES):
-        print(
-            f"[bench] --classes {args.classes}: the reference model has {len(CLASSES)} classes; using {len(CLASSES)}"
-        )
     torch.manual_seed(0)
     model = load_reference_model(args.weights)
     classes = list(range(min(args.classes, len(CLASSES))))
@@ -539,12 +535,16 @@ def _windows(text: str) -> tuple[float, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep bench``."""
-    from .cli import fraction, new_file, non_negative, whole
+    from .cli import existing_file, fraction, new_file, non_negative, whole
+    from .reference.data import CLASSES
     from .reference.model import DEFAULT_GUIDANCE, DEFAULT_SHIFT, DEFAULT_STEPS
 
     parser.add_argument("--batches", type=whole(1), default=8, help="batches per class (seeds differ per batch)")
     parser.add_argument("--batch", type=whole(2), default=8, help="samples per batch")
-    parser.add_argument("--classes", type=whole(1), default=4, help="how many of the 4 classes (prompts)")
+    parser.add_argument(
+        "--classes", type=whole(1, len(CLASSES)), default=len(CLASSES),
+        help=f"how many of the {len(CLASSES)} classes (prompts)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=whole(1), default=DEFAULT_STEPS, help="sampling steps")
     parser.add_argument("--guidance", type=non_negative, default=DEFAULT_GUIDANCE, help="true-CFG scale")
     parser.add_argument("--shift", type=non_negative, default=DEFAULT_SHIFT, help="flow-matching time shift")
@@ -554,7 +554,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--methods", default="", help="comma-separated families to run (default: all)")
-    parser.add_argument("--weights", default=None, help="a reference-weights file instead of the committed one")
+    parser.add_argument(
+        "--weights", type=existing_file, default=None, help="a reference-weights file (default: the committed one)"
+    )
     parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png (created)")
     parser.add_argument("--readme", action="store_true", help="write the results table into docs/benchmark.md")
     parser.add_argument(

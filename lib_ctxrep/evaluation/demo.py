@@ -323,10 +323,6 @@ def _title(args: argparse.Namespace, model: Any, prompts: list[Prompt], scale: i
 
 
 def _announce(args: argparse.Namespace, prompts: int) -> None:
-    from .reference.data import CLASSES
-
-    if args.classes > len(CLASSES):
-        print(f"[demo] --classes {args.classes}: the reference model has {len(CLASSES)} classes; using {len(CLASSES)}")
     if args.batch == 1:
         print("[demo] --batch 1: contextual repulsion acts within a batch, so one image per batch cannot change")
     print(
@@ -375,22 +371,28 @@ def run(args: argparse.Namespace) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep demo``."""
-    from .cli import fraction, new_file, non_negative, whole
+    from .cli import existing_file, fraction, new_file, non_negative, whole
+    from .reference.data import CLASSES
     from .reference.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-    parser.add_argument("--classes", type=whole(1), default=4, help="prompts: the first N of the 4 object classes")
+    parser.add_argument(
+        "--classes", type=whole(1, len(CLASSES)), default=len(CLASSES),
+        help=f"prompts: the first N of the {len(CLASSES)} object classes",
+    )  # fmt: skip
     parser.add_argument("--batch", type=whole(1), default=8, help="images per batch (repulsion acts within a batch)")
     parser.add_argument("--steps", type=whole(1), default=DEFAULT_STEPS, help="sampling steps")
     parser.add_argument("--guidance", type=non_negative, default=DEFAULT_GUIDANCE, help="true-CFG scale")
     parser.add_argument(
         "--strength", type=non_negative, default=REPULSION_STRENGTH,
-        help="per-block strength; the default is the reference model's setting",
+        help="per-block strength (the reference model's setting)",
     )  # fmt: skip
     parser.add_argument(
         "--window", type=fraction, default=REPULSION_WINDOW, help="share of the steps; the reference model's setting"
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed (each prompt and image has its own)")
-    parser.add_argument("--weights", default=None, help="a reference-weights file instead of the committed one")
+    parser.add_argument(
+        "--weights", type=existing_file, default=None, help="a reference-weights file (default: the committed one)"
+    )
     parser.add_argument(
         "--out",
         type=new_file,

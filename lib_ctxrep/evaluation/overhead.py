@@ -626,9 +626,11 @@ def spell_search(n: int, dim: int, *, queries: int = 64, k: int = 16, nprobe: in
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep overhead``."""
-    from .cli import whole
+    from .cli import device, whole
 
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    parser.add_argument(
+        "--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu", help="torch device"
+    )
     parser.add_argument(
         "--dtype", default=None, choices=sorted(DTYPES), help="default: bfloat16 on GPU, float32 on CPU"
     )
