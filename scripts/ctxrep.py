@@ -10,7 +10,9 @@ the folder configured in Settings (``lib_ctxrep.protected``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,24 @@ BATCH_SIZE_MAX = 8
 #: The largest nprobe in Settings: a quarter of the sqrt(K) = 1000 cells of a million-latent set; searching more cells
 #: approaches the cost of an exact scan.
 NPROBE_MAX = 256
+
+
+#: What the accordion and the console say on a webui without Forge's backend (AUTOMATIC1111's): the extension patches
+#: Forge's UNet patcher (``p.sd_model.forge_objects``), which only Forge main and Forge Neo have.
+NEEDS_FORGE = (
+    "needs Forge (main or Neo): this webui has no Forge backend (no modules_forge, no sd_model.forge_objects), so "
+    "the extension does nothing here and writes nothing into the infotext"
+)
+
+
+def _on_forge() -> bool:
+    """Whether this webui is Forge main or Forge Neo (both ship the ``modules_forge`` package; A1111 does not)."""
+    if "modules_forge" in sys.modules:
+        return sys.modules["modules_forge"] is not None
+    try:
+        return importlib.util.find_spec("modules_forge") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 #: The accordion's opening paragraph.
@@ -146,7 +166,7 @@ class ContextualRepulsionScript(scripts.Script):
             return f"ctxrep_{tab}_{name}"
 
         with InputAccordion(False, label=self.title(), elem_id=eid("enabled")) as enabled:
-            gr.Markdown(INTRO)
+            gr.Markdown(INTRO if _on_forge() else f"**Contextual Repulsion {NEEDS_FORGE}.**")
             controls = {"enabled": enabled, **_repulsion_controls(d, eid)}
             with gr.Accordion("Advanced: the paper's parameters", open=False, elem_id=eid("advanced")):
                 controls.update(_advanced_controls(d, eid))
@@ -240,6 +260,9 @@ class ContextualRepulsionScript(scripts.Script):
         p._ctxrep_spell = None
         p._ctxrep_batch = None
         settings = self._settings(p, args)
+        if settings is not None and not (_on_forge() and hasattr(getattr(p, "sd_model", None), "forge_objects")):
+            print(f"{PREFIX} {NEEDS_FORGE}")
+            return
         self._check_rebuild(p, settings)
         if settings is None:
             return

@@ -524,3 +524,28 @@ def test_the_protected_root_cannot_be_changed_through_the_api(ctxrep):
     assert opts.data_labels[ctxrep.ROOT_OPTION].restrict_api
     assert not opts.set(ctxrep.ROOT_OPTION, "/", is_api=True)  # /sdapi/v1/options and override_settings
     assert getattr(opts, ctxrep.ROOT_OPTION) in ("", None)
+
+
+def test_on_a_webui_without_forge_the_accordion_and_console_say_so_and_the_infotext_has_nothing(
+    ctxrep, capsys, monkeypatch
+):
+    # AUTOMATIC1111's webui has no modules_forge package, and its sd_model (modules/sd_models.py, a LatentDiffusion)
+    # has no forge_objects; it never calls process_before_every_sampling.
+    monkeypatch.setitem(sys.modules, "modules_forge", None)
+    script = ctxrep.ContextualRepulsionScript()
+    with gr.Blocks() as blocks:
+        script.ui(is_img2img=False)
+    texts = [getattr(c, "value", "") for c in blocks.blocks.values() if isinstance(c, gr.Markdown)]
+    assert any("needs Forge (main or Neo)" in str(t) for t in texts)
+    p = SimpleNamespace(sd_model=SimpleNamespace(), extra_generation_params={}, is_hr_pass=False)
+    script.process(p, *args(spell=True))
+    script.before_process_batch(p, *args(spell=True), batch_number=1)
+    assert not any(key.startswith("CtxRep") for key in p.extra_generation_params)
+    assert capsys.readouterr().out.count("needs Forge (main or Neo)") == 1
+
+
+def test_on_forge_the_accordion_says_nothing_of_needing_forge(ctxrep):
+    with gr.Blocks() as blocks:
+        ctxrep.ContextualRepulsionScript().ui(is_img2img=False)
+    texts = [str(getattr(c, "value", "")) for c in blocks.blocks.values() if isinstance(c, gr.Markdown)]
+    assert texts and not any("needs Forge" in t for t in texts)
