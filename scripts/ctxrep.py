@@ -69,6 +69,19 @@ def _on_forge() -> bool:
         return False
 
 
+def _makes_video(p: Any) -> bool:
+    """Whether Forge Neo runs a video model (Wan), whose batch is one video's frames: its engine sets ``is_wan`` and
+    its loader ``backend.args.dynamic_args.wan`` (modules/processing.py). Neo's Krea 2 engine also sets ``is_wan``,
+    for its latent layout only, and makes images."""
+    if not getattr(getattr(p, "sd_model", None), "is_wan", False):
+        return False
+    try:
+        from backend.args import dynamic_args
+    except ImportError:
+        return True  # a Neo before dynamic_args.wan: is_wan meant Wan
+    return bool(getattr(dynamic_args, "wan", True))
+
+
 #: The accordion's opening paragraph.
 INTRO = (
     "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
@@ -216,7 +229,7 @@ class ContextualRepulsionScript(scripts.Script):
                 self._report(p, message, info=True)
             return
         limit = int(getattr(shared.opts, REBUILD_MAX_OPTION, REBUILD_MAX_DEFAULT))
-        problem = forge_reproduce.rebuild_problem(p, pasted, limit, self._max_batch_size())
+        problem = forge_reproduce.rebuild_problem(p, pasted, limit, self._max_batch_size(), video=_makes_video(p))
         if problem == "":
             return  # not this image any more (another seed, an upscale of a gallery image, ...): nothing to say
         if problem is not None:

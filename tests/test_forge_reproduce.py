@@ -7,6 +7,8 @@ Forge's modules/processing.py; pasting goes through the script's ``infotext_fiel
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -85,12 +87,12 @@ def spell_settings(**kw):
 
 def run(ctxrep, script_args, *, before=(), after=(), sample=sampler, **kw):
     """One generation; ``before`` / ``after``: other scripts running before / after ours (each with no arguments);
-    ``kw``: Processing fields (batch_size, n_iter, seed, ...)."""
+    ``kw``: Processing fields (batch_size, n_iter, seed, ...), and ``engine``: attributes of ``p.sd_model``."""
     script = ctxrep.ContextualRepulsionScript()
     script.args_from, script.args_to = 0, len(script_args)
     for other in (*before, *after):
         other.args_from = other.args_to = len(script_args)
-    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=unet()))
+    sd_model = SimpleNamespace(forge_objects=SimpleNamespace(unet=unet()), **kw.pop("engine", {}))
     p = Processing(sd_model, list(script_args), **{"sd_model_hash": MODEL, **kw})
     p.scripts = ScriptRunner([*before, script, *after])
     processed = process_images(p, sample)
@@ -330,6 +332,21 @@ def test_upscaling_a_gallery_image_regenerates_nothing(ctxrep):
     for upscale in ({"txt2img_upscale": True}, {"firstpass_image": object()}):
         result, p = paste(ctxrep, original, 2, **upscale)
         assert p.sampled == 1 and "CtxRep note" not in result.infotexts[0]
+
+
+@pytest.mark.parametrize("wan, rebuilt", [(False, True), (True, False)], ids=["krea-2", "wan-video"])
+def test_a_neo_engine_with_wan_latents_is_rebuilt_unless_it_makes_videos(ctxrep, monkeypatch, wan, rebuilt):
+    """Neo sets ``sd_model.is_wan`` for Wan (a batch is one video's frames) and for Krea 2 (its latent layout only);
+    ``backend.args.dynamic_args.wan`` (modules/processing.py) tells the video model apart."""
+    backend, args = types.ModuleType("backend"), types.ModuleType("backend.args")
+    args.dynamic_args = SimpleNamespace(wan=wan)
+    backend.args = args
+    monkeypatch.setitem(sys.modules, "backend", backend)
+    monkeypatch.setitem(sys.modules, "backend.args", args)
+    original, _ = run(ctxrep, settings(), batch_size=4, seed=100, engine={"is_wan": True})
+    result, p = paste(ctxrep, original, 2, engine={"is_wan": True})
+    assert p.sampled == (4 if rebuilt else 1)
+    assert torch.equal(result.images[0], original.images[2]) == rebuilt
 
 
 def paste_changed_and_plain(ctxrep, made: dict, changed: dict):

@@ -95,13 +95,16 @@ def _size_problem(p: Any, pasted: forge_args.PastedBatch, max_images: int, max_b
     return None
 
 
-def rebuild_problem(p: Any, pasted: forge_args.PastedBatch, max_images: int, max_batch_size: int) -> str | None:
+def rebuild_problem(
+    p: Any, pasted: forge_args.PastedBatch, max_images: int, max_batch_size: int, *, video: bool = False
+) -> str | None:
     """None when ``p`` is the pasted image alone and its batch can be rebuilt; "" when ``p`` is no longer that image
-    (another seed, an upscale of a gallery image, a video model): nothing to say; otherwise why it is not rebuilt.
-    ``max_images``: the most images a rebuild may generate; ``max_batch_size``: the largest batch size allowed."""
+    (another seed, an upscale of a gallery image, a video model, ``video``): nothing to say; otherwise why it is not
+    rebuilt. ``max_images``: the most images a rebuild may generate; ``max_batch_size``: the largest batch size
+    allowed; ``video``: the model makes videos (Forge Neo's Wan: the batch is a video's frames)."""
     if getattr(p, "txt2img_upscale", False) or getattr(p, "firstpass_image", None) is not None:
         return ""
-    if getattr(getattr(p, "sd_model", None), "is_wan", False):  # Forge Neo: the batch is a video's frames
+    if video:
         return ""
     problem = _same_image_problem(p, pasted)
     if problem is not None:
