@@ -17,6 +17,7 @@ import ast
 import contextlib
 import copy
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Set
@@ -72,6 +73,18 @@ def tiny_flux_config() -> dict[str, Any]:
 def die(message: str) -> None:
     print(message, file=sys.stderr)
     raise SystemExit(2)
+
+
+def shrink_configs(tree: Path, configs: dict[str, dict]) -> None:
+    """Overwrite sizes in the ``config.json`` of each component folder of ``configs`` (relative to ``tree``), refusing
+    a config that lacks one of them (another version than the tool was written against)."""
+    for component, sizes in configs.items():
+        path = tree / component / "config.json"
+        config = json.loads(path.read_text())
+        missing = set(sizes) - set(config)
+        if missing:
+            die(f"{path}: no {sorted(missing)}; not the config this script was written against")
+        path.write_text(json.dumps({**config, **sizes}, indent=2))
 
 
 def load_function(path: Path, source: str, name: str) -> Callable:

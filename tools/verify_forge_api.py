@@ -82,7 +82,7 @@ if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
 import numpy as np  # noqa: E402
-from forge_verify_common import REPO_ROOT, Checks, die  # noqa: E402
+from forge_verify_common import REPO_ROOT, Checks, die, shrink_configs  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib_ctxrep.integrations.forge_args import ARG_NAMES, DEFAULTS  # noqa: E402
@@ -255,13 +255,7 @@ def copy_tree(source: Path, target: Path) -> None:
 
 def shrink(tree: Path) -> None:
     """Tiny component configs and a huggingface_guess that reads the Flux sizes from the state dict (copy only)."""
-    for component, sizes in TINY_CONFIGS.items():
-        path = tree / component / "config.json"
-        config = json.loads(path.read_text())
-        missing = set(sizes) - set(config)
-        if missing:
-            die(f"{path}: no {sorted(missing)}; not the config this script was written against")
-        path.write_text(json.dumps({**config, **sizes}, indent=2))
+    shrink_configs(tree, TINY_CONFIGS)
     detection = tree / "repositories/huggingface_guess/huggingface_guess/detection.py"
     lines = detection.read_text().splitlines()
     start = next((i for i, line in enumerate(lines) if "double_blocks.0.img_attn.norm.key_norm.scale" in line), None)

@@ -101,7 +101,7 @@ if str(TOOLS) not in sys.path:
     sys.path.insert(0, str(TOOLS))
 
 import numpy as np  # noqa: E402
-from forge_verify_common import REPO_ROOT, Checks, die  # noqa: E402
+from forge_verify_common import REPO_ROOT, Checks, die, shrink_configs  # noqa: E402
 from PIL import Image  # noqa: E402
 from verify_forge_api import (  # noqa: E402  # noqa: E402
     BASE_REQUEST,
@@ -463,13 +463,7 @@ def shrink_dataclass(text: str, name: str, sizes: dict[str, Any], where: Path) -
 
 def shrink(tree: Path) -> None:
     """Tiny model sizes in the copy (and nothing else): see the module's docstring."""
-    for component, sizes in TINY_CONFIGS.items():
-        path = tree / component / "config.json"
-        config = json.loads(path.read_text())
-        missing = set(sizes) - set(config)
-        if missing:
-            die(f"{path}: no {sorted(missing)}; not the config this script was written against")
-        path.write_text(json.dumps({**config, **sizes}, indent=2))
+    shrink_configs(tree, TINY_CONFIGS)
     llama = tree / "backend/nn/llm/llama.py"
     text = llama.read_text()
     for name, sizes in LLM_CONFIGS.items():
