@@ -635,10 +635,11 @@ class Notes:
         self.lines.append(text)
 
 
-#: Fields Neo 2.26's API-only server does not fill from an img2img request's "infotext" (its img2img paste fields
-#: lack them; the request's defaults, 512 x 512, CFG 7 and denoising strength 0.75, stay): the pasted request gives
-#: them.
-IMG2IMG_PASTE_GIVEN = ("width", "height", "cfg_scale", "denoising_strength")
+#: Fields Neo 2.26's API-only server does not fill from an img2img request's "infotext": its ``apply_infotext``
+#: (modules/api/api.py) fills only paste fields that have an ``api`` name, and img2img's (modules/ui.py
+#: ``img2img_paste_fields``) have none, so the prompt, the negative prompt, the size, CFG and denoising strength stay
+#: at the request's defaults: the pasted request gives them.
+IMG2IMG_PASTE_GIVEN = ("prompt", "negative_prompt", "width", "height", "cfg_scale", "denoising_strength")
 
 
 def img2img_round_trip(
@@ -669,7 +670,9 @@ def img2img_round_trip(
     note = again.ctxrep.get("CtxRep note", "")
     check(f"{label}: the note says 'regenerated {cost} images to reproduce 1'", f"{cost} images to" in note, note)
     if not same and again.ok:
-        # What the rebuild runs, as a plain request: the batches up to the pasted one.
+        # What the rebuild runs, as a plain request: the batches up to the pasted one. Neo's img2img VAE encode
+        # (backend/nn/vae.py posterior.sample()) draws from the global RNG that the previous request's last noise
+        # left seeded, so compare only requests that follow the same one.
         rebuilt = {**shape, "n_iter": cost // shape["batch_size"], **alwayson([values])}
         twice = [session.txt2img(f"{label}: the rebuilt job, {n}", rebuilt) for n in ("once", "again")]
         if all(r.ok for r in twice):
@@ -694,8 +697,9 @@ def family_checks(
     print(f"\n== {family.name} ({family.checkpoint}, /sdapi/v1/{family.endpoint}) ==")
     status, answer = server.call("POST", "/sdapi/v1/options", {"sd_model_checkpoint": family.checkpoint})
     check(f"{family.name}: model selected through /sdapi/v1/options", status == 200, "" if status == 200 else answer)
-    # Neo 2.26's first PiD request after the server starts differs from later identical ones (seen without the
-    # extension; cause not traced): a first request loads the model, and the checks compare the later ones.
+    # Neo 2.26's img2img encodes the init image with posterior.sample() (backend/nn/vae.py) on the global RNG, which
+    # the previous request's last noise left seeded: a first request after the start differs from the next identical
+    # one (no extension involved). A first request loads the model, and the checks compare later ones.
     warm = session.txt2img("plain (loads the model)")
     plain = session.txt2img("plain (first)")
     check(f"{family.name}: plain request: HTTP 200 with {plain.expected} images", plain.ok, plain.error)
