@@ -118,6 +118,9 @@ def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(c
         (["overhead", "--device", "foo"], "argument --device: must be a torch device such as cpu or cuda, got 'foo'"),
         (["demo", "--classes", "9"], "argument --classes: must be from 1 to 4, got 9"),
         (["bench", "--classes", "5"], "argument --classes: must be from 1 to 4, got 5"),
+        (["bench", "--methods", "ours,foo"], "argument --methods: unknown ['foo']; choose from"),
+        (["bench", "--windows", "0.2,x"], "argument --windows: must be a number, got 'x'"),
+        (["bench", "--windows", "0.2,2"], "argument --windows: must be in (0, 1], got 2"),
     ]
     + ([] if torch.cuda.is_available() else [(["overhead", "--device", "cuda"], "this torch has no CUDA device")]),
 )

@@ -535,7 +535,7 @@ def _windows(text: str) -> tuple[float, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Command-line options of ``python -m lib_ctxrep bench``."""
-    from .cli import existing_file, fraction, new_file, non_negative, whole
+    from .cli import existing_file, fraction, fractions, new_file, non_negative, one_of_each, whole
     from .reference.data import CLASSES
     from .reference.model import DEFAULT_GUIDANCE, DEFAULT_SHIFT, DEFAULT_STEPS
 
@@ -550,10 +550,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shift", type=non_negative, default=DEFAULT_SHIFT, help="flow-matching time shift")
     parser.add_argument("--window", type=fraction, default=0.05, help="contextual repulsion's window (the default's)")
     parser.add_argument(
-        "--windows", default="0.2,0.3", help="comma-separated longer windows, each swept at three strengths"
+        "--windows",
+        type=fractions,
+        default="0.2,0.3",
+        help="comma-separated longer windows, each swept at three strengths",
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed")
-    parser.add_argument("--methods", default="", help="comma-separated families to run (default: all)")
+    families = {m.family for m in default_methods(0.05, (0.2,))}
+    parser.add_argument(
+        "--methods", type=one_of_each(families), default="", help="comma-separated families to run (default: all)"
+    )
     parser.add_argument(
         "--weights", type=existing_file, default=None, help="a reference-weights file (default: the committed one)"
     )

@@ -23,6 +23,25 @@ def whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
+def fractions(text: str) -> str:
+    """A comma-separated list of numbers in (0, 1] (kept as the text)."""
+    for item in (w for w in text.split(",") if w.strip()):
+        fraction(item.strip())
+    return text
+
+
+def one_of_each(known: set[str]) -> Callable[[str], str]:
+    """A comma-separated list of names from ``known`` (kept as the text)."""
+
+    def parse(text: str) -> str:
+        unknown = sorted({w.strip() for w in text.split(",") if w.strip()} - known)
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {sorted(known)}")
+        return text
+
+    return parse
+
+
 def existing_file(text: str) -> str:
     """The path of a file that exists."""
     if not Path(text).expanduser().is_file():
