@@ -82,6 +82,13 @@ def _makes_video(p: Any) -> bool:
     return bool(getattr(dynamic_args, "wan", True))
 
 
+def _on_webui_with_forge(p: Any) -> bool:
+    """Whether this generation runs on Forge's backend: Forge main or Neo, whose ``sd_model`` has ``forge_objects``
+    (AUTOMATIC1111's LatentDiffusion has none, and its modules/scripts.py never calls
+    process_before_every_sampling)."""
+    return _on_forge() and hasattr(getattr(p, "sd_model", None), "forge_objects")
+
+
 #: The accordion's opening paragraph.
 INTRO = (
     "Makes the images of one batch differ in composition, pose and style. **Contextual repulsion** "
@@ -212,6 +219,8 @@ class ContextualRepulsionScript(scripts.Script):
         its own seed, becomes its batch again (and the earlier batches its memory needs) (``forge_reproduce``).
         Nothing is rebuilt when the settings are invalid or both methods are off (process() says so)."""
         p._ctxrep_rebuild = None
+        if not _on_webui_with_forge(p):
+            return  # process() says that the extension needs Forge
         try:
             values = self._values(p, args)
             if not forge_args.is_enabled(values) or not str(values["pasted_batch"] or "").strip():
@@ -273,7 +282,7 @@ class ContextualRepulsionScript(scripts.Script):
         p._ctxrep_spell = None
         p._ctxrep_batch = None
         settings = self._settings(p, args)
-        if settings is not None and not (_on_forge() and hasattr(getattr(p, "sd_model", None), "forge_objects")):
+        if settings is not None and not _on_webui_with_forge(p):
             print(f"{PREFIX} {NEEDS_FORGE}")
             return
         self._check_rebuild(p, settings)

@@ -529,17 +529,27 @@ def test_the_protected_root_cannot_be_changed_through_the_api(ctxrep):
 def test_on_a_webui_without_forge_the_accordion_and_console_say_so_and_the_infotext_has_nothing(
     ctxrep, capsys, monkeypatch
 ):
-    # AUTOMATIC1111's webui has no modules_forge package, and its sd_model (modules/sd_models.py, a LatentDiffusion)
-    # has no forge_objects; it never calls process_before_every_sampling.
+    # AUTOMATIC1111's webui (036500223) has no modules_forge package and its sd_model (modules/sd_models.py, a
+    # LatentDiffusion) has no forge_objects; its modules/scripts.py Script calls before_process, process,
+    # before_process_batch, post_sample, postprocess_batch_list and postprocess, never process_before_every_sampling.
     monkeypatch.setitem(sys.modules, "modules_forge", None)
     script = ctxrep.ContextualRepulsionScript()
     with gr.Blocks() as blocks:
         script.ui(is_img2img=False)
     texts = [getattr(c, "value", "") for c in blocks.blocks.values() if isinstance(c, gr.Markdown)]
     assert any("needs Forge (main or Neo)" in str(t) for t in texts)
-    p = SimpleNamespace(sd_model=SimpleNamespace(), extra_generation_params={}, is_hr_pass=False)
-    script.process(p, *args(spell=True))
-    script.before_process_batch(p, *args(spell=True), batch_number=1)
+    p = SimpleNamespace(
+        sd_model=SimpleNamespace(), extra_generation_params={}, is_hr_pass=False, batch_size=1, n_iter=1, seed=5
+    )
+    record = json.dumps({"CtxRep batch size": "4", "CtxRep batch image": "2", "CtxRep batch number": "1",
+                         "CtxRep batch seed": "4", "CtxRep earlier batches": "0", "Seed": "5"})  # fmt: skip
+    pasted = args(spell=True, pasted_batch=record)
+    script.before_process(p, *pasted)
+    script.process(p, *pasted)
+    script.before_process_batch(p, *pasted, batch_number=1)
+    script.post_sample(p, ctxrep_scripts().PostSampleArgs(torch.zeros(1, 4, 3, 3)), *pasted)
+    script.postprocess(p, None, *pasted)
+    assert (p.batch_size, p.n_iter) == (1, 1)  # no pasted batch rebuilt
     assert not any(key.startswith("CtxRep") for key in p.extra_generation_params)
     assert capsys.readouterr().out.count("needs Forge (main or Neo)") == 1
 
