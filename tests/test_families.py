@@ -90,3 +90,46 @@ def test_an_unknown_model_is_named_with_the_families_the_host_supports() -> None
     reason = families.unsupported_reason(torch.nn.Linear(2, 2), "comfyui")
     supported = ", ".join(families.families("comfyui"))
     assert reason == f"Linear is not supported by contextual repulsion (supported: {supported})"
+
+
+def _failing_reader(*_: object) -> None:
+    raise ZeroDivisionError("an unexpected call")
+
+
+def test_a_reader_that_fails_unexpectedly_leaves_a_diffusers_call_unmodified_with_one_message(monkeypatch, caplog):
+    from lib_ctxrep.families.readers import DiffusersCall
+    from tests.test_blockmap_models import MODELS as CORE
+
+    caplog.set_level("WARNING", logger="lib_ctxrep")
+    model = CORE["SD3"]
+    transformer = model.build()
+    plain = model.run(transformer)
+    broken = tuple(
+        dataclasses.replace(a, reads=dataclasses.replace(a.reads, tokens=_failing_reader))
+        if a.host == "diffusers" and isinstance(a.reads, DiffusersCall)
+        else a
+        for a in families.ARCHITECTURES
+    )
+    monkeypatch.setattr(families, "ARCHITECTURES", broken)
+    with apply_contextual_repulsion(transformer, CONFIG):
+        assert torch.equal(model.run(transformer), plain)
+        model.run(transformer)
+    messages = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(messages) == 1 and "SD3Transformer2DModel" in messages[0] and "ZeroDivisionError" in messages[0]
+
+
+def test_a_reader_that_fails_unexpectedly_leaves_a_forge_call_unmodified_with_one_message(monkeypatch, caplog):
+    from lib_ctxrep.integrations.forge import ForgeRepulsion
+    from tests.test_forge_adapter import flux_unet, sample
+
+    caplog.set_level("WARNING", logger="lib_ctxrep")
+    plain = sample(flux_unet())
+    broken = tuple(
+        dataclasses.replace(a, reads=_failing_reader) if a.host == "forge" else a for a in families.ARCHITECTURES
+    )
+    monkeypatch.setattr(families, "ARCHITECTURES", broken)
+    clone = flux_unet().clone()
+    assert ForgeRepulsion(CONFIG).patch(clone)
+    assert torch.equal(sample(clone), plain) and torch.equal(sample(clone), plain)
+    messages = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(messages) == 1 and "IntegratedFluxTransformer2DModel" in messages[0]

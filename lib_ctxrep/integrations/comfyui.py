@@ -89,8 +89,6 @@ def _write(where: Blocks, out: dict, new: Any) -> dict:
 class ComfyRepulsion(KRepulsion):
     """Contextual repulsion for one ComfyUI node output: :meth:`patch` returns a patched clone of a MODEL."""
 
-    host = "comfyui"
-
     def patch(self, model: Any) -> Any | None:
         """A clone of ``model`` (a ComfyUI ``ModelPatcher``) with the wrapper and block patches; None (and nothing
         cloned) when its diffusion model is not one the block map covers."""
@@ -122,6 +120,8 @@ class ComfyRepulsion(KRepulsion):
 
         def ctxrep_block_patch(args: dict, extra: dict) -> dict:
             out = previous(args, extra) if previous is not None else extra["original_block"](args)
+            if not self.in_call:  # outside the window: no tuple built, nothing read
+                return out
             new = self.repel(name, where, _read(where, out), mode, inputs=args)
             return out if new is None else _write(where, out, new)
 
@@ -132,7 +132,7 @@ class ComfyRepulsion(KRepulsion):
         selected = {_block_key(block.name)[1]: block for block in hooked}
 
         def ctxrep_post_block_patch(args: dict) -> dict:
-            block = selected.get(args.get("block_index"))
+            block = selected.get(args.get("block_index")) if self.in_call else None
             if block is None:
                 return {}
             new = self.repel(block.name, block.where, _read(block.where, args), block.mode)

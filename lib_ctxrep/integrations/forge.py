@@ -43,8 +43,6 @@ class ForgeRepulsion(KRepulsion):
     cross-batch memory) lives as long as this object: make one per job.
     """
 
-    host = "forge"
-
     def supports(self, unet: Any) -> bool:
         """Whether ``unet``'s diffusion model has blocks this front end can hook."""
         return architecture_of(unet.model.diffusion_model) is not None

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..settings import AMBIGUOUS, BLOCK_PRESETS, SETTINGS, SINGLE_MODES, TITLE, SettingError, Settings, as_bool
+from ..settings import BLOCK_PRESETS, SETTINGS, SINGLE_MODES, TITLE, SettingError, Settings, as_bool, refuse_ambiguous
 from ..settings import DEFAULTS as _SETTING_DEFAULTS
 from ..settings import parse as _parse_settings
 
@@ -115,9 +115,7 @@ def normalise(args: list | tuple | dict) -> dict[str, Any]:
 def _known(values: dict) -> dict[str, Any]:
     """The dict form's values, refusing ambiguous keys with the ones to use, infotext-style keys with the argument
     they stand for, and unknown keys with the closest known name."""
-    for key in values:
-        if key in AMBIGUOUS:
-            raise ArgumentError(f"{TITLE}: {AMBIGUOUS[key]}")
+    refuse_ambiguous(values)
     by_infotext = {label: name for name, label in INFOTEXT_KEYS.items()}
     by_infotext.update(OLD_INFOTEXT_KEYS)
     unknown = sorted(str(key) for key in set(values) - set(ARG_NAMES))

@@ -108,8 +108,6 @@ class KRepulsion:
     token layout, and the blocks' forward hooks while a call is in the window. A host's front end subclasses it and
     installs :meth:`wrapper` on its patcher."""
 
-    host = ""  # the families' host key: "forge" or "comfyui"
-
     def __init__(self, config: RepulsionConfig, *, record_stats: bool = False) -> None:
         self.engine = RepulsionEngine(config, record_stats=record_stats)
         self.architecture: Architecture | None = None
@@ -153,9 +151,15 @@ class KRepulsion:
         )
         return None
 
+    @property
+    def in_call(self) -> bool:
+        """Whether a model call inside the window, with a readable token layout, is under way: the only time a block
+        is repelled (one attribute check per block otherwise)."""
+        return self.engine.active and self.tokens is not None
+
     def repel(self, name: str, where: Blocks, output: Any, mode: str, inputs: Any = None) -> Any:
         """A block's output repelled inside the window (None: unchanged)."""
-        if not self.engine.active or self.tokens is None:
+        if not self.in_call:
             return None
         return blockmap.repel_block(self.engine, name, where, output, self.tokens, mode, inputs=inputs)
 
