@@ -32,6 +32,19 @@ _MIN_SCALE = 1e-30
 _SCALE_BYTES = 4
 
 
+def sample_bytes(features: int) -> int:
+    """Bytes one remembered sample costs in one key holding rows of ``features`` values: the int8 residual, padded to
+    whole groups of 64 values, and one float32 scale per group (about 1.06 bytes per value)."""
+    groups = -(-int(features) // _GROUP)
+    return groups * (_GROUP + _SCALE_BYTES)
+
+
+def key_bytes(features: int, samples: int, stream_bytes: int) -> int:
+    """Bytes one key holds with ``samples`` remembered samples of ``features`` values: the anchor row in the stream
+    dtype (``stream_bytes`` per value) and each sample's :func:`sample_bytes`."""
+    return int(features) * int(stream_bytes) + int(samples) * sample_bytes(features)
+
+
 @dataclass
 class _Entry:
     seq: int

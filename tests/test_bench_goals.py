@@ -55,3 +55,24 @@ def test_goals_whose_methods_were_not_run_are_left_out_not_judged_on_nothing():
 def test_pareto_front_keeps_only_undominated_points():
     a, b, c = _r("a", "ours", 0.12, 0.50), _r("b", "pg", 0.10, 0.55), _r("c", "cads", 0.09, 0.45)
     assert {r.name for r in pareto_front([a, b, c])} == {"a", "b"}
+
+
+def _sets(r: Result, recalls: list[float], gain_ci: tuple[float, float] = (0.01, 0.04)) -> Result:
+    r.per_set = [{"seed": 1000 * j, "recall": v, "fidelity": r.fidelity} for j, v in enumerate(recalls)]
+    r.gain, r.gain_ci = r.recall - BASE.recall, gain_ci
+    return r
+
+
+def test_the_recall_goal_reports_the_gains_interval_and_each_seed_sets_gain():
+    base = _sets(_r("base", "base", 0.100, 0.50), [0.1, 0.1, 0.1], (0.0, 0.0))
+    ours = _sets(_r("ours", "ours", 0.130, 0.50, 0.5, 0.3), [0.12, 0.13, 0.14])
+    (check,) = goals([base, ours])
+    assert check[1] and "95 % CI [+10%, +40%]" in check[2] and "per seed set +20%, +30%, +40%" in check[2]
+
+
+def test_the_memory_goal_reports_each_seed_sets_share_of_the_batch_gain():
+    base = _sets(_r("base", "base", 0.100, 0.50), [0.1, 0.1], (0.0, 0.0))
+    batch = _sets(_r("ours", "ours", 0.120, 0.50, 0.7, 0.3), [0.12, 0.12])
+    memory = _sets(_r("memory", "memory", 0.117, 0.50, 0.7, 0.3), [0.11, 0.124])
+    check = goals([base, batch, memory])[-1]
+    assert check[1] and "per seed set (text tokens): 50%, 120%" in check[2]

@@ -51,7 +51,7 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     main(
         [
             "bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "2", "--windows", "0.5",
-            "--out", str(tmp_path), "--readme", "--readme-path", str(readme),
+            "--seed-sets", "2", "--out", str(tmp_path), "--readme", "--readme-path", str(readme),
         ]
     )  # fmt: skip
     text = capsys.readouterr().out
@@ -61,11 +61,13 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     assert len(data["results"]) == len(default_methods(0.05, (0.5,)))
     assert {r["window"] for r in data["results"] if r["family"] in ("ours", "memory")} == {0.05, 0.5}
     assert {r["window"] for r in data["results"] if r["family"] == "memory_image"} == {0.5}
+    assert all(len(r["per_set"]) == 2 and len(r["batch_recalls"]) == 2 for r in data["results"])
+    assert [s["seed"] for s in data["results"][0]["per_set"]] == [0, 1000]
     assert (tmp_path / "pareto.png").stat().st_size > 1000
     assert "goal" in text and "| base |" in text
     written = readme.read_text()
     assert written.startswith("before\n") and written.endswith("after\n") and "| method |" in written
-    assert "old" not in written
+    assert "old" not in written and "--seed-sets 2" in written and "95 % CI" in written
 
 
 def test_overhead_reports_ratio_cost_per_block_m_independence_and_spell_search(capsys):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lib_ctxrep.memory import ContextMemory
+from lib_ctxrep.memory import ContextMemory, key_bytes, sample_bytes
 
 
 def near_identical(b: int, shape: tuple[int, ...], seed: int, spread: float = 0.01, scale: float = 1.0, dtype=None):
@@ -225,6 +225,22 @@ def test_a_row_costs_one_int8_byte_per_feature_and_a_float32_scale_per_64_beside
     assert memory.nbytes == anchor_bytes + rows * row_bytes(features)
     if features % 64 == 0:
         assert (memory.nbytes - anchor_bytes) / (rows * features) == 1 + 4 / 64  # about one byte per feature
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_key_bytes_the_formula_the_docs_cost_with_is_what_the_memory_holds(dtype):
+    """docs/design.md sizes the memory at Flux-dev, Qwen-Image and Z-Image scale with ``key_bytes``; it must be the
+    memory's own count, for parts of any size and several keys and batches."""
+    memory = ContextMemory()
+    keys = {"a": [(3, 77)], "b": [(5,), (2, 64)], "c": [(1, 129)]}
+    for batch in (2, 3):
+        for seed, (key, shapes) in enumerate(keys.items()):
+            memory.stage(key, [near_identical(batch, shape, seed=seed, dtype=dtype) for shape in shapes])
+        memory.commit()
+    features = {key: sum(torch.Size(shape).numel() for shape in shapes) for key, shapes in keys.items()}
+    element = torch.tensor([], dtype=dtype).element_size()
+    assert memory.nbytes == sum(key_bytes(f, 5, element) for f in features.values())
+    assert sample_bytes(64) == 68 and sample_bytes(65) == 136
 
 
 def test_a_new_row_size_replaces_the_slot():

@@ -88,16 +88,50 @@ def test_garbage_is_invalid(dataset):
     assert r.valid.float().mean() < 0.5
 
 
-def test_text_encoder():
+def test_text_encoder_is_deterministic_and_ignores_case():
     embeds, pooled = text.encode(["square", "", "A Cross"])
     assert embeds.shape == (3, text.SEQ_LEN, text.TEXT_DIM) and pooled.shape == (3, text.POOLED_DIM)
-    again, _ = text.encode(["square", "", "cross"])
+    again, _ = text.encode(["square", "", "a cross"])
     assert torch.equal(embeds, again)
     assert not torch.equal(embeds[0], embeds[1])
     e2, p2 = text.encode_classes(torch.tensor([0, 0]), drop=torch.tensor([False, True]))
     assert torch.equal(e2[0], embeds[0]) and torch.equal(e2[1], embeds[1]) and torch.equal(p2[1], pooled[1])
-    with pytest.raises(ValueError, match="square"):
+
+
+def test_text_encoder_refuses_unknown_words_naming_them():
+    with pytest.raises(ValueError, match="'red'.*square"):
         text.encode(["a red square"])
+    with pytest.raises(ValueError, match="at most"):
+        text.encode(["a " * text.SEQ_LEN + "square"])
+
+
+def test_prompts_are_padded_like_t5_and_the_mask_marks_their_words_and_end_token():
+    prompts = ["square", "", "a picture of a cross"]
+    mask = text.token_mask(prompts)
+    assert mask.shape == (3, text.SEQ_LEN) and mask.sum(1).tolist() == [2, 1, 6]
+    assert all(bool(row[: int(row.sum())].all()) for row in mask)  # real tokens first, then padding
+
+
+def test_the_padding_carries_the_prompt_but_never_reaches_the_real_tokens():
+    """As in T5 with its attention mask: the real tokens' outputs do not depend on how much padding follows (the
+    padding is masked out of the keys), while the padding outputs differ from prompt to prompt, as Flux sees them."""
+    square, cross = text.encode(["square", "cross"])[0]
+    assert not torch.allclose(square[5:], cross[5:])  # padding differs with the prompt
+    ids, mask = text._ids(["a square"])
+    wider = text._encode_ids(ids, mask)
+    longer_mask = mask.clone()
+    longer_mask[0, 3] = True  # one more position counted as real: the real tokens' outputs change
+    assert not torch.allclose(text._encode_ids(ids, longer_mask)[0, :3], wider[0, :3])
+    shorter = ids.clone()
+    shorter[0, 5:] = len(text.VOCABULARY) - 1  # other words in the padded positions: the real tokens do not see them
+    torch.testing.assert_close(text._encode_ids(shorter, mask)[0, :3], wider[0, :3], rtol=0, atol=0)
+
+
+def test_every_training_template_names_its_class_and_fits():
+    for k in range(len(data.CLASSES)):
+        for t in range(len(text.TEMPLATES)):
+            prompt = text.class_prompt(k, t)
+            assert data.CLASSES[k] in prompt.split() and len(text.tokenize(prompt)) <= text.SEQ_LEN
 
 
 def test_metrics_on_the_data_itself(dataset):

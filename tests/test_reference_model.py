@@ -77,7 +77,7 @@ def test_sampler_deterministic_and_batch_invariant(reference):
     assert not torch.allclose(other_seed[0], a[2])
     with pytest.raises(ValueError, match="seed"):
         model.sample(reference, prompts, seeds[:2], steps=2)
-    with pytest.raises(ValueError, match="unknown prompt"):
+    with pytest.raises(ValueError, match="unknown word 'dog'"):
         model.sample(reference, ["a dog"], [0], steps=2)
 
 
@@ -120,19 +120,35 @@ def test_a_training_run_is_reproduced_from_the_settings_it_saves(tmp_path):
     assert all(torch.equal(loaded.state_dict()[k], a[k]) for k in a)
 
 
-@pytest.mark.parametrize("pooled", ["shared", "class"])
-def test_the_sampler_conditions_loaded_weights_the_way_they_were_trained(tmp_path, pooled):
-    """Weights trained with one pooled vector for every prompt (``--pooled shared``) get that vector, the null
-    prompt's, on every row; weights trained with a pooled vector per prompt get each prompt's own."""
-    path = tmp_path / f"{pooled}.safetensors"
-    train(path, seed=1, steps=1, batch=4, config=TINY, quiet=True, pooled=pooled)
+def test_a_training_run_resumed_from_its_state_equals_one_uninterrupted_run(tmp_path):
+    stopped = tmp_path / "resumed.safetensors"
+    train(stopped, seed=2, steps=4, batch=4, config=TINY, quiet=True, stop_after=2)
+    resumed = train(stopped, seed=2, steps=4, batch=4, config=TINY, quiet=True, resume=True)
+    whole = train(tmp_path / "whole.safetensors", seed=2, steps=4, batch=4, config=TINY, quiet=True)
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    assert model.read_metadata(stopped)["steps"] == 4
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(tmp_path):
+    path = tmp_path / "w.safetensors"
+    train(path, seed=2, steps=4, batch=4, config=TINY, quiet=True, stop_after=1)
+    with pytest.raises(ValueError, match="lr"):
+        train(path, seed=2, steps=4, batch=4, config=TINY, quiet=True, resume=True, lr=1e-2)
+    with pytest.raises(FileNotFoundError, match="training state"):
+        train(tmp_path / "none.safetensors", seed=2, steps=4, batch=4, config=TINY, quiet=True, resume=True)
+
+
+def test_every_prompt_gets_the_same_pooled_vector_so_the_prompt_reaches_the_model_through_its_tokens(tmp_path):
+    path = tmp_path / "w.safetensors"
+    train(path, seed=1, steps=1, batch=4, config=TINY, quiet=True)
     seen = []
     loaded = model.load_reference_model(path)
-    loaded.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["pooled_projections"]), with_kwargs=True)
+    loaded.register_forward_pre_hook(lambda m, a, kw: seen.append(kw), with_kwargs=True)
     prompts = ["square", "diamond", "triangle"]
     model.sample(loaded, prompts, [0, 1, 2], steps=2)
-    null, own = text.encode([""] * 3)[1], text.encode(prompts)[1]
+    null = text.encode([""] * 3)
     for call in seen:  # each call: [uncond rows; cond rows]
-        assert torch.equal(call[:3], null)
-        assert torch.equal(call[3:], null if pooled == "shared" else own)
-    assert len(seen) == 2 and not torch.equal(own, null)
+        assert torch.equal(call["pooled_projections"], torch.cat([null[1], null[1]]))
+        assert torch.equal(call["encoder_hidden_states"][:3], null[0])
+        assert not torch.equal(call["encoder_hidden_states"][3:], null[0])
+    assert len(seen) == 2

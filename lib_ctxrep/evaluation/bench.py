@@ -37,6 +37,9 @@ from ..config import DEFAULT_STEP_STRENGTH, RepulsionConfig
 from ..vendi import vendi_score
 from .reference.model import REPULSION_STRENGTH
 
+NAN = float("nan")
+SEED_SET_STRIDE = 1000
+"""Seed set ``j`` starts at ``seed + j * SEED_SET_STRIDE`` (a set of 8 batches of 8 uses 64 seeds per class)."""
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 MEMORY_LABELS = {"memory": "text tokens", "memory_image": "all tokens"}
@@ -59,7 +62,11 @@ class Method:
 
 @dataclass
 class Result:
-    """What one method achieved."""
+    """What one method achieved: means over every batch of every seed set, and their 95 % intervals.
+
+    ``batch_recalls`` / ``batch_fidelities``: per batch (seed set by seed set, class by class), the units of the
+    intervals; ``gain``: the mean per-batch recall gain over base on the same seeds, ``gain_ci`` its interval;
+    ``per_set``: recall and fidelity of each seed set."""
 
     name: str
     family: str
@@ -73,6 +80,13 @@ class Result:
     seconds: float
     ratio: float = 1.0
     window: float | None = None
+    recall_ci: tuple[float, float] = (NAN, NAN)
+    fidelity_ci: tuple[float, float] = (NAN, NAN)
+    gain: float = NAN
+    gain_ci: tuple[float, float] = (NAN, NAN)
+    batch_recalls: list[float] = field(default_factory=list)
+    batch_fidelities: list[float] = field(default_factory=list)
+    per_set: list[dict[str, float]] = field(default_factory=list)
 
 
 def default_methods(window: float, windows: tuple[float, ...] = ()) -> list[Method]:
@@ -166,7 +180,8 @@ def _mode_features(result, rows: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(images: torch.Tensor, classes: torch.Tensor, batch: int) -> dict[str, float]:
-    """The benchmark's columns for ``images`` [N, 3, H, W] prompted with ``classes`` [N], in batches of ``batch``.
+    """The benchmark's columns for ``images`` [N, 3, H, W] prompted with ``classes`` [N], in batches of ``batch``,
+    with the per-batch recall and fidelity (``batch_recalls``, ``batch_fidelities``).
 
     Vendi (modes) is the mean over the batches with at least one accepted sample: a Vendi score is >= 1 for any
     non-empty set and undefined for an empty one, so a batch without accepted samples has none (and does not count as
@@ -183,8 +198,12 @@ def evaluate(images: torch.Tensor, classes: torch.Tensor, batch: int) -> dict[st
         if len(good):
             vendi_modes.append(float(vendi_score(_mode_features(result, good))))
         vendi_pixels.append(float(vendi_score(images[rows])))
+    recalls = metrics.batch_mode_recalls(result, classes, batch)
+    fidelities = [float(ok[i : i + batch].float().mean()) for i in range(0, len(images) - batch + 1, batch)]
     return dict(
-        recall=metrics.batch_mode_recall(result, classes, batch),
+        recall=sum(recalls) / len(recalls) if recalls else NAN,
+        batch_recalls=recalls,
+        batch_fidelities=fidelities,
         recall_all=metrics.mode_recall(result, classes),
         vendi_modes=sum(vendi_modes) / len(vendi_modes) if vendi_modes else float("nan"),
         vendi_pixels=sum(vendi_pixels) / len(vendi_pixels),
@@ -205,22 +224,48 @@ def run_method(
     shift: float,
     seed: int,
     progress: Callable[[str], None] | None = None,
+    seed_sets: int = 1,
 ) -> Result:
-    """Generate and evaluate one method (class-major, batch by batch)."""
-    images, prompted = [], []
+    """Generate and evaluate one method (seed set by seed set, class-major, batch by batch)."""
+    from .stats import interval
+
+    images, prompted, per_set = [], [], []
     start = time.perf_counter()
-    for c in classes:
-        for k in range(batches):
-            seeds = [seed + 100_000 * c + batch * k + i for i in range(batch)]
-            images.append(generate(model, method, c, seeds, steps=steps, guidance=guidance, shift=shift))
-            prompted.append(torch.full((batch,), c))
-            if progress is not None:
-                progress(method.name)
+    for j in range(seed_sets):
+        first = seed + j * SEED_SET_STRIDE
+        set_images, set_classes = [], []
+        for c in classes:
+            for k in range(batches):
+                seeds = [first + 100_000 * c + batch * k + i for i in range(batch)]
+                set_images.append(generate(model, method, c, seeds, steps=steps, guidance=guidance, shift=shift))
+                set_classes.append(torch.full((batch,), c))
+                if progress is not None:
+                    progress(method.name)
+        images += set_images
+        prompted += set_classes
+        part = evaluate(torch.cat(set_images), torch.cat(set_classes), batch)
+        per_set.append({"seed": first, "recall": part["recall"], "fidelity": part["fidelity"]})
     seconds = time.perf_counter() - start
     images_t, classes_t = torch.cat(images), torch.cat(prompted)
     columns = evaluate(images_t, classes_t, batch)
     window = method.options.get("window") if method.family in ("ours", *MEMORY_FAMILIES) else None
-    return Result(method.name, method.family, method.knob, seconds=seconds, window=window, **columns)
+    _, *recall_ci = interval(columns["batch_recalls"])
+    _, *fidelity_ci = interval(columns["batch_fidelities"])
+    return Result(
+        method.name, method.family, method.knob, seconds=seconds, window=window, per_set=per_set,
+        recall_ci=tuple(recall_ci), fidelity_ci=tuple(fidelity_ci), **columns,
+    )  # fmt: skip
+
+
+def paired_gains(results: list[Result]) -> None:
+    """Set each result's ``gain`` and ``gain_ci``: its per-batch recall minus base's, on the same seeds."""
+    from .stats import paired_interval
+
+    base = results[0]
+    for r in results:
+        if len(r.batch_recalls) == len(base.batch_recalls) and r.batch_recalls:
+            r.gain, *ci = paired_interval(r.batch_recalls, base.batch_recalls)
+            r.gain_ci = tuple(ci)
 
 
 def pareto_front(results: list[Result], x: str = "fidelity", y: str = "recall") -> list[Result]:
@@ -252,16 +297,28 @@ def goals(results: list[Result]) -> list[Goal]:
     near = [r for r in ours if r.fidelity >= base.fidelity - 0.02]
     best = max(near, key=lambda r: r.recall, default=None)
     gain = (best.recall / base.recall - 1) if best is not None and base.recall > 0 else float("nan")
+    found = f"{best.name} {best.recall:.3f} @ {best.fidelity:.3f} ({gain:+.1%}{_spread(best, base)})" if best else ""
     recall: Goal = (
         "at fidelity within 2 points of base, ours raises batch mode recall by >= 25 % relative",
         best is not None and gain >= 0.25,
-        f"base {base.recall:.3f} @ fidelity {base.fidelity:.3f}; best ours within 2 points: "
-        + (f"{best.name} {best.recall:.3f} @ {best.fidelity:.3f} ({gain:+.1%})" if best else "none"),
+        f"base {base.recall:.3f} @ fidelity {base.fidelity:.3f}; best ours within 2 points: {found or 'none'}",
     )
     others = [r for r in results if r.family in ("pg", "cads")]
     memories = [r for r in results if r.family in MEMORY_FAMILIES]
     later = (_dominance_goal(ours, others), _memory_goal(memories, ours, base))
     return [recall, *(check for check in later if check is not None)]
+
+
+def _spread(r: Result, base: Result) -> str:
+    """The gain's 95 % interval and each seed set's gain, where there are several sets."""
+    if r.gain != r.gain or len(r.per_set) < 2 or len(base.per_set) != len(r.per_set) or not base.recall > 0:
+        return ""
+    low, high = (g / base.recall for g in r.gain_ci)
+    sets = ", ".join(
+        f"{(m['recall'] / b['recall'] - 1) if b['recall'] > 0 else NAN:+.0%}"
+        for m, b in zip(r.per_set, base.per_set, strict=True)
+    )
+    return f", 95 % CI [{low:+.0%}, {high:+.0%}]; per seed set {sets}"
 
 
 def _dominance_goal(ours: list[Result], others: list[Result]) -> Goal | None:
@@ -296,32 +353,59 @@ def _memory_goal(memories: list[Result], ours: list[Result], base: Result) -> Go
     every = "; ".join(
         f"window {m.window:g}, {MEMORY_LABELS[m.family]}: {up(s):+.3f} vs {up(m):+.3f}" for m, s in pairs
     )
+    sets = ""
+    if len(single.per_set) > 1 and len(base.per_set) == len(single.per_set):
+        top = max(there, key=lambda m: share[m.name])
+        shares = []
+        for m, s1, b in zip(top.per_set, single.per_set, base.per_set, strict=True):
+            shares.append(f"{(m['recall'] - b['recall']) / (s1['recall'] - b['recall']):.0%}"
+                          if s1["recall"] > b["recall"] else "no gain to keep")  # fmt: skip
+        sets = f"; per seed set ({MEMORY_LABELS[top.family]}): {', '.join(shares)}"
     return (
         "cross-batch memory at batch size 1 x 8 reaches >= 80 % of the gain of one batch of 8",
         gain > 0 and best >= 0.8,
-        f"where one batch of 8 gains most ({single.name}): {gain:+.3f}; 1 x 8 with memory: {kept}; "
+        f"where one batch of 8 gains most ({single.name}): {gain:+.3f}; 1 x 8 with memory: {kept}{sets}; "
         f"gains (batch of 8 vs 1 x 8) per window: {every}",
     )
 
 
 # ---- output ------------------------------------------------------------------------------------------------------
-COLUMNS = (
-    ("method", "name", "{}"),
-    ("batch mode recall", "recall", "{:.3f}"),
-    ("mode recall (all)", "recall_all", "{:.3f}"),
-    ("Vendi (modes)", "vendi_modes", "{:.2f}"),
-    ("Vendi (pixels)", "vendi_pixels", "{:.3f}"),
-    ("fidelity", "fidelity", "{:.3f}"),
-    ("adherence", "adherence", "{:.3f}"),
-    ("time vs base", "ratio", "{:.2f}"),
+def _with_ci(value: float, ci: tuple[float, float], fmt: str) -> str:
+    if value != value:
+        return "-"
+    if ci[0] != ci[0] or ci[0] == ci[1]:
+        return fmt.format(value)
+    return f"{fmt.format(value)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+
+def _gain(r: Result, base: Result) -> str:
+    if r is base or r.gain != r.gain or not base.recall > 0:
+        return "-"
+    low, high = (g / base.recall for g in r.gain_ci)
+    return f"{r.gain / base.recall:+.1%} [{low:+.0%}, {high:+.0%}]"
+
+
+COLUMNS: tuple[tuple[str, Callable[[Result, Result], str]], ...] = (
+    ("method", lambda r, b: r.name),
+    ("batch mode recall [95 % CI]", lambda r, b: _with_ci(r.recall, r.recall_ci, "{:.3f}")),
+    ("gain vs base [95 % CI]", _gain),
+    ("fidelity [95 % CI]", lambda r, b: _with_ci(r.fidelity, r.fidelity_ci, "{:.3f}")),
+    ("mode recall (all)", lambda r, b: _cell("{:.3f}", r.recall_all)),
+    ("Vendi (modes)", lambda r, b: _cell("{:.2f}", r.vendi_modes)),
+    ("Vendi (pixels)", lambda r, b: _cell("{:.3f}", r.vendi_pixels)),
+    ("adherence", lambda r, b: _cell("{:.3f}", r.adherence)),
+    ("time vs base", lambda r, b: _cell("{:.2f}", r.ratio)),
 )
+"""The table's columns: header and cell of a result (given base's). The gain is the paired per-batch gain over base
+relative to base's recall; its interval is the paired interval divided by base's mean recall."""
 
 
 def table(results: list[Result]) -> str:
     """The results as a Markdown table (every column but time: higher is better; "-": not measurable)."""
+    base = results[0]
     lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
-        lines.append("| " + " | ".join(_cell(fmt, getattr(r, key)) for _, key, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cell(r, base) for _, cell in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -363,7 +447,8 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
     w, h, m = 860, 560, 70
     img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    xs, ys = [r.fidelity for r in results], [r.recall for r in results]
+    xs = [v for r in results for v in (r.fidelity, *r.fidelity_ci) if v == v]
+    ys = [v for r in results for v in (r.recall, *r.recall_ci) if v == v]
     x0, x1 = min(xs) - 0.02, max(xs) + 0.02
     y0, y1 = min(ys) - 0.02, max(ys) + 0.02
 
@@ -377,7 +462,7 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
         _, py = at(x0, fy)
         d.text((px - 12, h - m + 6), f"{fx:.2f}", fill=(0, 0, 0))
         d.text((m - 34, py - 6), f"{fy:.2f}", fill=(0, 0, 0))
-    d.text(((w - 280) // 2 - 40, h - 30), "fidelity (accepted share)", fill=(0, 0, 0))
+    d.text(((w - 280) // 2 - 80, h - 30), "fidelity (accepted share); bars: 95 % intervals", fill=(0, 0, 0))
     d.text((8, m - 30), "batch mode recall (diversity)", fill=(0, 0, 0))
     groups: dict[tuple[str, float | None], list[Result]] = {}
     for r in results:
@@ -395,6 +480,11 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
         coords = [at(r.fidelity, r.recall) for r in points]
         if len(coords) > 1:
             d.line(coords, fill=colour, width=2)
+        for r in members:  # 95 % intervals, where there are several batches
+            if r.recall_ci[0] == r.recall_ci[0] and r.fidelity_ci[0] == r.fidelity_ci[0]:
+                cx, cy = at(r.fidelity, r.recall)
+                d.line([at(r.fidelity, r.recall_ci[0]), at(r.fidelity, r.recall_ci[1])], fill=_pale(colour), width=1)
+                d.line([at(r.fidelity_ci[0], r.recall), at(r.fidelity_ci[1], r.recall)], fill=_pale(colour), width=1)
         for (px, py), r in zip(coords, points, strict=True):
             d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
             d.text((px + 6, py - 12), f"{r.knob:g}", fill=colour)
@@ -408,6 +498,10 @@ def pareto_plot(results: list[Result], path: str | Path) -> None:
         d.ellipse([w - m - 262, y, w - m - 254, y + 8], fill=colour)
         d.text((w - m - 248, y - 2), label, fill=(0, 0, 0))
     img.save(str(path))
+
+
+def _pale(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    return tuple(int(c + (255 - c) * 0.6) for c in colour)  # type: ignore[return-value]
 
 
 def write_readme(path: Path, text: str) -> None:
@@ -433,7 +527,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     results = run_methods(model, methods, classes, args)
     print(
         f"[bench] reference model, {len(classes)} classes x {args.batches} batches of {args.batch}, {args.steps} "
-        f"steps, CFG {args.guidance}, seed {args.seed}"
+        f"steps, CFG {args.guidance}, seed {args.seed}, {getattr(args, 'seed_sets', 1)} seed set(s)"
     )
     text = table(results)
     print(text)
@@ -443,7 +537,9 @@ def run(args: argparse.Namespace) -> list[Result]:
     write_outputs(args, results, checks)
     if args.readme:
         write_readme(Path(args.readme_path), readme_block(args, text, checks))
-        print(f"[bench] results table written into {args.readme_path}")
+        plot = Path(args.readme_path).with_name("pareto.png")
+        pareto_plot(results, plot)
+        print(f"[bench] results table written into {args.readme_path}, the plot into {plot}")
     return results
 
 
@@ -480,7 +576,8 @@ def progress_printer(total: int) -> Callable[[str], None]:
 def run_methods(model: Any, methods: list[Method], classes: list[int], args: argparse.Namespace) -> list[Result]:
     """Every method on the same prompts and seeds, with a progress bar; each result's time is set against base's
     (the first method)."""
-    progress = progress_printer(len(methods) * len(classes) * args.batches)
+    seed_sets = getattr(args, "seed_sets", 1)
+    progress = progress_printer(len(methods) * len(classes) * args.batches * seed_sets)
     # Warm-up (first calls pay for allocations and thread start-up), so base is not charged for it.
     warm = [args.seed + i for i in range(args.batch)]
     for _ in range(2):
@@ -489,13 +586,14 @@ def run_methods(model: Any, methods: list[Method], classes: list[int], args: arg
     for method in methods:
         result = run_method(
             model, method, classes=classes, batches=args.batches, batch=args.batch, steps=args.steps,
-            guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress,
+            guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress, seed_sets=seed_sets,
         )  # fmt: skip
         results.append(result)
     print()
     base = results[0]
     for r in results:
         r.ratio = r.seconds / base.seconds if base.seconds > 0 else float("nan")
+    paired_gains(results)
     return results
 
 
@@ -516,9 +614,18 @@ def readme_block(args: argparse.Namespace, text: str, checks: list[Goal]) -> str
     """The Markdown written between the bench markers: the command that reproduces it, the table and the goals."""
     command = (
         f"python -m lib_ctxrep bench --batches {args.batches} --steps {args.steps} --guidance {args.guidance} "
-        f"--window {args.window:g} --windows {args.windows} --seed {args.seed} --readme"
+        f"--window {args.window:g} --windows {args.windows} --seed {args.seed} "
+        f"--seed-sets {getattr(args, 'seed_sets', 1)} --readme"
     )
-    lines = [f"Reproduce: `{command}` (same numbers for the same seed and thread count).", "", text, ""]
+    sets = getattr(args, "seed_sets", 1)
+    lines = [
+        f"Reproduce: `{command}` (same numbers for the same seed and thread count). Means over {sets} seed set(s) "
+        f"(seeds from {args.seed}, sets {SEED_SET_STRIDE} apart) of {args.batches} batches of {args.batch} per class; "
+        "95 % intervals over the batches (Student t); the gain is paired with base on the same seeds.",
+        "",
+        text,
+        "",
+    ]
     lines += [f"- {'met' if met else '**not met**'}: {name} — {numbers}" for name, met, numbers in checks]
     return "\n".join(lines)
 
@@ -556,6 +663,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated longer windows, each swept at three strengths",
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument(
+        "--seed-sets", type=whole(1), default=3,
+        help=f"seed sets, each of its own seeds ({SEED_SET_STRIDE} apart): the intervals span them all",
+    )  # fmt: skip
     families = {m.family for m in default_methods(0.05, (0.2,))}
     parser.add_argument(
         "--methods", type=one_of_each(families), default="", help="comma-separated families to run (default: all)"
@@ -564,7 +675,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights", type=existing_file, default=None, help="a reference-weights file (default: the committed one)"
     )
     parser.add_argument("--out", default="bench_out", help="folder for bench.json and pareto.png (created)")
-    parser.add_argument("--readme", action="store_true", help="write the results table into docs/benchmark.md")
+    parser.add_argument(
+        "--readme", action="store_true", help="write the results table into docs/benchmark.md and the plot beside it"
+    )
     parser.add_argument(
         "--readme-path", type=new_file, default=str(Path(__file__).resolve().parents[2] / "docs" / "benchmark.md"),
         help="the Markdown file (with the bench markers) to write the table into",

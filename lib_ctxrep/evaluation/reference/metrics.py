@@ -151,13 +151,13 @@ def total_variation(
     return float(0.5 * (dist - MODE_PROBS[present]).abs().sum(1).mean())
 
 
-def batch_mode_recall(
+def batch_mode_recalls(
     images_or_result: torch.Tensor | ClassifierResult,
     class_ids: torch.Tensor | list[int] | int,
     batch: int = 8,
     min_prob: float = DEFAULT_MIN_PROB,
-) -> float:
-    """Mean :func:`mode_recall` over consecutive chunks of ``batch`` samples (each chunk should be one class)."""
+) -> list[float]:
+    """:func:`mode_recall` of each consecutive chunk of ``batch`` samples (each chunk should be one class)."""
     r = _result(images_or_result)
     n = r.valid.shape[0]
     classes = _classes(class_ids, n)
@@ -166,4 +166,15 @@ def batch_mode_recall(
         sl = slice(i, i + batch)
         part = ClassifierResult(*(getattr(r, f)[sl] for f in ClassifierResult.__dataclass_fields__))
         values.append(mode_recall(part, classes[sl], min_prob))
+    return values
+
+
+def batch_mode_recall(
+    images_or_result: torch.Tensor | ClassifierResult,
+    class_ids: torch.Tensor | list[int] | int,
+    batch: int = 8,
+    min_prob: float = DEFAULT_MIN_PROB,
+) -> float:
+    """Mean :func:`mode_recall` over consecutive chunks of ``batch`` samples (each chunk should be one class)."""
+    values = batch_mode_recalls(images_or_result, class_ids, batch, min_prob)
     return sum(values) / len(values) if values else float("nan")
