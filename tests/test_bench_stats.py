@@ -1,4 +1,4 @@
-"""The benchmark's 95 % intervals (``evaluation.stats``) against a plain float64 reference and published t quantiles."""
+"""The benchmark's 95 % intervals (``evaluation.stats``) against a plain float64 reference and published t values."""
 
 from __future__ import annotations
 
