@@ -30,6 +30,21 @@ def test_demo_writes_a_grid_and_reports_diversity_and_fidelity(capsys, tmp_path)
         assert grid.size[0] > 2 * 16 * 6 and grid.size[1] >= 2 * 16 * 6  # 2 rows of 2 images scaled 6x
 
 
+def test_demo_readme_writes_the_table_into_the_readme_and_the_picture_into_docs(capsys, tmp_path, monkeypatch):
+    from lib_ctxrep.evaluation import demo
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{demo.README_START}\nold\n{demo.README_END}\nafter\n")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.setattr(demo, "README", readme)
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--readme"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[demo] square ")]
+    written = readme.read_text()
+    assert written.startswith("before\n") and written.endswith("after\n") and "old" not in written
+    assert all(row in written for row in rows) and len(rows) == 2
+    assert (tmp_path / "docs" / "demo_grid.png").is_file()
+
+
 def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
     from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
     from lib_ctxrep.evaluation.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW

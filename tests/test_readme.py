@@ -35,7 +35,7 @@ def test_readme_demo_table_is_what_the_default_demo_prints(tmp_path):
     expected = readme_demo_table()
     start = out.index(expected[0])
     assert out[start : start + len(expected)] == expected, (
-        "the README's demo table is stale: run 'python -m lib_ctxrep demo --out docs/demo_grid.png' and paste it"
+        "the README's demo table is stale: run 'python -m lib_ctxrep demo --readme' (writes the table and picture)"
     )
     assert (tmp_path / "grid.png").is_file()
 
@@ -43,4 +43,4 @@ def test_readme_demo_table_is_what_the_default_demo_prints(tmp_path):
 def test_readme_shows_the_demo_picture_and_the_command_that_regenerates_it():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert "](docs/demo_grid.png)" in readme and (ROOT / "docs" / "demo_grid.png").is_file()
-    assert "python -m lib_ctxrep demo --out docs/demo_grid.png" in readme
+    assert "python -m lib_ctxrep demo --readme" in readme

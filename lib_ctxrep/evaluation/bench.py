@@ -50,9 +50,10 @@ MEMORY_FAMILIES = tuple(MEMORY_LABELS)
 @dataclass
 class Method:
     """One configuration of one method. ``family``: base, ours, memory, memory_image, spell, pg or cads; ``knob``: the
-    value swept for the Pareto front (strength, relative radius, guidance scale, noise scale). ``options`` of ours and
-    the memory families: ``window``, ``single_blocks`` and ``batch_size`` (a group of seeds is generated as batches of
-    that size, one after another: default the whole group for ours, 1 for the memory families)."""
+    value swept for the Pareto front (step strength, relative radius, guidance scale, noise scale; None: the library's
+    default step strength). ``options`` of ours and the memory families: ``window``, ``single_blocks``,
+    ``batch_size`` (a group of seeds is generated as batches of that size, one after another: default the whole group
+    for ours, 1 for the memory families) and ``config`` (further ``RepulsionConfig`` fields)."""
 
     name: str
     family: str
@@ -141,12 +142,13 @@ def generate(
         return sample(model, prompts, seeds, **kw)
     if family in ("ours", *MEMORY_FAMILIES):
         config = RepulsionConfig(
-            strength=None if method.knob is None else float(method.knob),  # None: the default step strength
+            step_strength=DEFAULT_STEP_STRENGTH if method.knob is None else float(method.knob),
             window=method.options.get("window", 0.05),
             chunks=("uncond", "cond") if guidance != 1.0 else None,
             memory=family in MEMORY_FAMILIES,
             memory_image=family == "memory_image",
             single_blocks=method.options.get("single_blocks", "all"),
+            **method.options.get("config", {}),
         )
         size = method.options.get("batch_size", 1 if config.memory else len(seeds))
         with apply_contextual_repulsion(model, config, scheduler=_scheduler(steps, shift)) as handle:

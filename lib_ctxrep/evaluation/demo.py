@@ -361,12 +361,33 @@ def run(args: argparse.Namespace) -> dict:
             print(f"\r[demo] [{bar:20}] {done}/{total}", end="" if sys.stdout.isatty() else "\n", flush=True)
         prompts.append(Prompt(CLASSES[c], seeds, *batches))
     print()
-    print("\n".join(table_lines(prompts)))
+    lines = table_lines(prompts)
+    print("\n".join(lines))
     out = Path(args.out)
+    if getattr(args, "readme", False):
+        out = README.parent / "docs" / "demo_grid.png"
+        write_readme_table(README, lines)
+        print(f"[demo] table written into {README}")
     grid_image(prompts, _title(args, model, prompts, SCALE), SCALE).save(out)
     print(f"[demo] picture: {out} (per prompt, base above repulsion, a column per seed; marks explained in it)")
     print(f"[demo] {time.perf_counter() - start:.1f} s")
     return {(p.name, b.method): b.numbers for p in prompts for b in (p.base, p.repulsion)}
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+README_START = "<!-- demo:start -->"
+README_END = "<!-- demo:end -->"
+
+
+def write_readme_table(path: Path, lines: list[str]) -> None:
+    """Replace the demo table in ``path`` (a ```text block between the demo markers) with ``lines``."""
+    text = path.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    table = "\n".join(lines)
+    path.write_text(f"{head}{README_START}\n```text\n{table}\n```\n{README_END}{tail}", encoding="utf-8")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -399,3 +420,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="demo_grid.png",
         help="where to write the PNG picture (the README's: docs/demo_grid.png)",
     )
+    parser.add_argument(
+        "--readme", action="store_true",
+        help="write the table into the README and the picture into docs/demo_grid.png (what the README shows)",
+    )  # fmt: skip
