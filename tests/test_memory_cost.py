@@ -23,7 +23,7 @@ def test_the_cost_model_counts_what_the_memory_holds_for_a_scaled_down_model():
     scale = memory_cost.Scale("tiny", dual=3, single=2, width=8, text=5, image=12)
     for image_blocks in (0, 1, None):
         memory = ContextMemory(max_rows=16, max_bytes=2**40)
-        for batch in range(3):
+        for _ in range(3):
             for key, features in enumerate(memory_cost.rows(scale, image_blocks)):
                 memory.stage(key, [torch.randn(1, features).to(torch.bfloat16)])
             memory.commit()
@@ -35,5 +35,5 @@ def test_the_default_budget_holds_the_stated_samples_and_one_more_would_exceed_i
     budget = 512 * memory_cost.MIB
     for scale in memory_cost.SCALES:
         held = memory_cost.samples_held(scale)
-        cost = memory_cost.anchors(scale)
-        assert cost + held * memory_cost.per_sample(scale) <= budget < cost + (held + 1) * memory_cost.per_sample(scale)
+        cost, each = memory_cost.anchors(scale), memory_cost.per_sample(scale)
+        assert cost + held * each <= budget < cost + (held + 1) * each
