@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 #: Default push per denoising step, summed over the repelled blocks: 0.05 per block on Flux-dev's 57 blocks, and about
-#: the reference model's best per-block strength on its 4 (docs/benchmark.md, "Default strength and window").
+#: reference model v1's best per-block strength on its 4 (docs/benchmark.md, "Default strength and window (v1)").
 DEFAULT_STEP_STRENGTH = 2.85
 #: The per-block strength that DEFAULT_STEP_STRENGTH gives on Flux-dev (19 + 38 repelled blocks), for comparing a
 #: per-block ``strength`` setting with the default.
@@ -68,7 +68,7 @@ class RepulsionConfig:
         enabled: master switch; when False the hooks do nothing and outputs are bit-identical to no hooks.
         step_strength: the push per denoising step, summed over the repelled blocks (>= 0): each repelled block
             gets ``step_strength / number of repelled blocks`` as its strength, so the same value means the same
-            total push on every architecture (4 blocks on the reference model, 30 on Z-Image, 57 on Flux-dev, 60 on
+            total push on every architecture (12 blocks on the reference model, 30 on Z-Image, 57 on Flux-dev, 60 on
             Qwen-Image) and every block selection. Ignored when ``strength`` or ``eta`` is set.
         strength: the per-block scale-free (angular) strength gamma >= 0, for experts and per-block settings: each
             inner step uses eta_i = gamma * ||c_i||^2, the same rotation of the contextual vectors on every model,

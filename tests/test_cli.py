@@ -45,19 +45,24 @@ def test_demo_readme_writes_the_table_into_the_readme_and_the_picture_into_docs(
     assert (tmp_path / "docs" / "demo_grid.png").is_file()
 
 
-def test_demo_runs_at_the_reference_models_setting_and_names_it_against_the_library_default(capsys, tmp_path):
+def test_demo_runs_at_the_reference_models_setting_and_says_in_one_line_why_it_is_not_the_library_default(
+    capsys, tmp_path
+):
     from lib_ctxrep.config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
-    from lib_ctxrep.evaluation.reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
+    from lib_ctxrep.evaluation.reference.model import REPULSION_STEP_STRENGTH, REPULSION_WHY, REPULSION_WINDOW
 
     main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--out", str(tmp_path / "g.png")])
     text = capsys.readouterr().out
-    assert f"strength {REPULSION_STRENGTH}, window {REPULSION_WINDOW}" in text
-    assert f"library default is the step strength {DEFAULT_STEP_STRENGTH} shared out" in text
-    assert f"in window {DEFAULT_WINDOW}" in text
-    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--strength", "0.05", "--window", "0.05",
-          "--out", str(tmp_path / "g.png")])  # fmt: skip
+    assert f"step strength {REPULSION_STEP_STRENGTH:g}, window {REPULSION_WINDOW}" in text
+    why = [line for line in text.splitlines() if "not the library defaults" in line]
+    assert len(why) == 1 and REPULSION_WHY in why[0] and f"window {DEFAULT_WINDOW}" in why[0]
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--step-strength", str(DEFAULT_STEP_STRENGTH),
+          "--window", str(DEFAULT_WINDOW), "--out", str(tmp_path / "g.png")])  # fmt: skip
     text = capsys.readouterr().out
-    assert "strength 0.05, window 0.05" in text and "library default" not in text
+    assert f"window {DEFAULT_WINDOW}" in text and "not the library defaults" not in text
+    main(["demo", "--classes", "1", "--batch", "2", "--steps", "2", "--strength", "0.05", "--out",
+          str(tmp_path / "g.png")])  # fmt: skip
+    assert "strength 0.05 per block" in capsys.readouterr().out
 
 
 def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys, tmp_path):
@@ -74,8 +79,10 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     families = {r["family"] for r in data["results"]}
     assert families == {"base", "ours", "memory", "memory_image", "spell", "pg", "cads"}
     assert len(data["results"]) == len(default_methods(0.05, (0.5,)))
-    assert {r["window"] for r in data["results"] if r["family"] in ("ours", "memory")} == {0.05, 0.5}
-    assert {r["window"] for r in data["results"] if r["family"] == "memory_image"} == {0.5}
+    from lib_ctxrep.evaluation.reference.model import REPULSION_WINDOW
+
+    assert {r["window"] for r in data["results"] if r["family"] == "ours"} == {0.05, 0.5}
+    assert {r["window"] for r in data["results"] if r["family"] in ("memory", "memory_image")} == {REPULSION_WINDOW}
     assert all(len(r["per_set"]) == 2 and len(r["batch_recalls"]) == 2 for r in data["results"])
     assert [s["seed"] for s in data["results"][0]["per_set"]] == [0, 1000]
     assert (tmp_path / "pareto.png").stat().st_size > 1000
@@ -192,3 +199,19 @@ def test_the_test_run_names_what_it_skipped_and_how_to_run_it(tmp_path):
         "[tests] the Forge script's tests (real gradio 4.40) were skipped" in out and "requirements-test-forge" in out
     )
     assert "[tests] 1 tests of model classes this diffusers lacks were skipped" in out
+
+
+def test_bench_jobs_give_the_numbers_of_a_one_thread_run(tmp_path, capsys):
+    argv = ["bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "1", "--seed-sets", "1",
+            "--methods", "spell", "--out"]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([*argv, str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    main([*argv, str(tmp_path / "two"), "--jobs", "2"])
+    capsys.readouterr()
+    one, two = (json.loads((tmp_path / d / "bench.json").read_text())["results"] for d in ("one", "two"))
+    keys = ("name", "recall", "fidelity", "vendi_pixels", "batch_recalls")
+    assert [[r[k] for k in keys] for r in one] == [[r[k] for k in keys] for r in two]

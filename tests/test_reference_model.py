@@ -152,3 +152,29 @@ def test_every_prompt_gets_the_same_pooled_vector_so_the_prompt_reaches_the_mode
         assert torch.equal(call["encoder_hidden_states"][:3], null[0])
         assert not torch.equal(call["encoder_hidden_states"][3:], null[0])
     assert len(seen) == 2
+
+
+def test_commitment_reads_each_steps_prediction_and_the_last_one_is_the_final_image(reference):
+    from lib_ctxrep.evaluation.reference.evaluate import commitment
+
+    steps = 3
+    profile = commitment(reference, n_per_class=2, steps=steps)
+    assert [row["t"] for row in profile] == [round(t, 4) for t in model.timesteps(steps)[:-1]]
+    assert all(0 <= row[k] <= 1 for row in profile for k in ("mode", "position", "colour") if row[k] == row[k])
+    last = profile[-1]
+    assert last["mode"] != last["mode"] or last["mode"] == last["position"] == last["colour"] == 1.0
+
+
+def test_the_evaluate_command_prints_its_json_keys(capsys, tmp_path):
+    import json
+
+    from lib_ctxrep.evaluation.reference.evaluate import main as evaluate
+
+    evaluate(["--guidance", "4", "--n", "8", "--steps", "2", "--threads", "1", "--json", str(tmp_path / "e.json")])
+    (report,) = json.loads((tmp_path / "e.json").read_text())
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == report
+    for key in ("fidelity", "mode_recall_batch8", "data_mode_recall_batch8", "top5_mode_share", "top5_mode_data"):
+        assert isinstance(report[key], float)
+    assert set(report["fidelity_per_class"]) == set(data.CLASSES)
+    assert report["fidelity"] == pytest.approx(sum(report["fidelity_per_class"].values()) / len(data.CLASSES))

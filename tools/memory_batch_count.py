@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     model = ref.load_reference_model()
     options = {"window": ref.REPULSION_WINDOW, "batch_size": args.sub}
     for variant in args.memory.split(","):
-        method = Method(f"memory {variant}", FAMILIES[variant], ref.REPULSION_STRENGTH, options)
+        method = Method(f"memory {variant}", FAMILIES[variant], ref.REPULSION_STEP_STRENGTH, options)
         r = run_method(
             model, method, classes=list(range(len(CLASSES))), batches=args.batches, batch=args.batch,
             steps=ref.DEFAULT_STEPS, guidance=ref.DEFAULT_GUIDANCE, shift=ref.DEFAULT_SHIFT, seed=args.seed,

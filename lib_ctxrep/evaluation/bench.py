@@ -35,7 +35,6 @@ import torch
 
 from ..config import DEFAULT_STEP_STRENGTH, RepulsionConfig
 from ..vendi import vendi_score
-from .reference.model import REPULSION_STRENGTH
 
 NAN = float("nan")
 SEED_SET_STRIDE = 1000
@@ -91,31 +90,32 @@ class Result:
 
 
 def default_methods(window: float, windows: tuple[float, ...] = ()) -> list[Method]:
-    """The benchmark's methods and sweeps: ours at four strengths in ``window`` and three in each of ``windows``.
+    """The benchmark's methods and sweeps.
 
-    The strengths reach past the library default (0.05) to 1.5: the reference model repels after 4 blocks per step,
-    Flux after 57, and the push compounds over the blocks (README "What this shows"), so its useful range lies higher.
-    Cross-batch memory runs at the reference model's setting, where one batch of 8 gains most: remembering text
-    tokens only (the default) in every window, and all tokens of the single blocks (``memory_image``) in each of
-    ``windows``.
+    - ours at the library's defaults (the default step strength in ``window``), and at half, the default and twice
+      the default step strength in each of ``windows``;
+    - cross-batch memory at batch size 1 x 8 at the reference model's recommended setting
+      (:data:`.reference.model.REPULSION_STEP_STRENGTH` in :data:`.reference.model.REPULSION_WINDOW`, also one of
+      the sweep's points, so that its batch-of-8 gain is measured too): remembering text tokens (the default) and
+      all tokens (``memory_image``);
+    - SPELL, Particle Guidance and CADS at three settings each.
     """
-    methods = [Method("base", "base")]
-    methods += [Method(f"ours g={g}", "ours", g, {"window": window}) for g in (0.05, 0.2, 0.7, 1.5)]
-    methods += [Method(f"ours default step {DEFAULT_STEP_STRENGTH:g}", "ours", None, {"window": window})]
+    from .reference.model import REPULSION_STEP_STRENGTH, REPULSION_WINDOW
+
+    s = DEFAULT_STEP_STRENGTH
+    methods = [
+        Method("base", "base"),
+        Method(f"ours default (S={s:g} w={window:g})", "ours", None, {"window": window}),
+    ]
     for w in windows:
-        methods += [Method(f"ours g={g} w={w:g}", "ours", g, {"window": w}) for g in (0.35, 0.7, 1.5)]
-        methods += [Method(f"ours default step {DEFAULT_STEP_STRENGTH:g} w={w:g}", "ours", None, {"window": w})]
-    for w in (window, *windows):
-        suffix = "" if w == window else f" w={w:g}"
-        methods += [
-            Method(f"ours g={REPULSION_STRENGTH}{suffix}, memory 1x8", "memory", REPULSION_STRENGTH, {"window": w})
-        ]
-    for w in windows:
-        name = f"ours g={REPULSION_STRENGTH} w={w:g}, memory 1x8 all tokens"
-        methods += [Method(name, "memory_image", REPULSION_STRENGTH, {"window": w})]
+        methods += [Method(f"ours S={g:g} w={w:g}", "ours", g, {"window": w}) for g in (s / 2, s, 2 * s)]
+    recommended = {"window": REPULSION_WINDOW}
+    for family in MEMORY_FAMILIES:
+        label = f"ours S={REPULSION_STEP_STRENGTH:g} w={REPULSION_WINDOW:g}, memory 1x8 {MEMORY_LABELS[family]}"
+        methods += [Method(label, family, REPULSION_STEP_STRENGTH, recommended)]
     methods += [Method(f"SPELL r={r}", "spell", r) for r in (0.1, 0.2, 0.3)]
-    methods += [Method(f"PG scale={s}", "pg", s) for s in (2.0, 8.0, 32.0)]
-    methods += [Method(f"CADS s={s}", "cads", s) for s in (0.1, 0.25, 0.5)]
+    methods += [Method(f"PG scale={x}", "pg", x) for x in (2.0, 8.0, 32.0)]
+    methods += [Method(f"CADS s={x}", "cads", x) for x in (0.1, 0.25, 0.5)]
     return methods
 
 
@@ -584,19 +584,58 @@ def run_methods(model: Any, methods: list[Method], classes: list[int], args: arg
     warm = [args.seed + i for i in range(args.batch)]
     for _ in range(2):
         generate(model, methods[0], 0, warm, steps=args.steps, guidance=args.guidance, shift=args.shift)
-    results = []
-    for method in methods:
-        result = run_method(
-            model, method, classes=classes, batches=args.batches, batch=args.batch, steps=args.steps,
-            guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress, seed_sets=seed_sets,
-        )  # fmt: skip
-        results.append(result)
+    jobs = min(getattr(args, "jobs", 1), len(methods))
+    if jobs > 1:
+        results = _run_parallel(methods, classes, args, jobs, progress)
+    else:
+        results = []
+        for method in methods:
+            result = run_method(
+                model, method, classes=classes, batches=args.batches, batch=args.batch, steps=args.steps,
+                guidance=args.guidance, shift=args.shift, seed=args.seed, progress=progress, seed_sets=seed_sets,
+            )  # fmt: skip
+            results.append(result)
     print()
     base = results[0]
     for r in results:
         r.ratio = r.seconds / base.seconds if base.seconds > 0 else float("nan")
     paired_gains(results)
     return results
+
+
+def _run_one(method: Method, classes: list[int], args: dict[str, Any]) -> Result:
+    """One method in a worker process (one thread, its own copy of the model)."""
+    from .reference.model import load_reference_model
+
+    torch.set_num_threads(1)
+    model = load_reference_model(args["weights"])
+    warm = [args["seed"] + i for i in range(args["batch"])]
+    kw = dict(steps=args["steps"], guidance=args["guidance"], shift=args["shift"])
+    generate(model, Method("base", "base"), 0, warm, **kw)
+    return run_method(
+        model, method, classes=classes, batches=args["batches"], batch=args["batch"], seed=args["seed"],
+        seed_sets=args.get("seed_sets", 1), **kw,
+    )  # fmt: skip
+
+
+def _run_parallel(
+    methods: list[Method], classes: list[int], args: argparse.Namespace, jobs: int, progress: Callable[[str], None]
+) -> list[Result]:
+    """Every method in ``jobs`` worker processes of one thread each; the results in the methods' order. The numbers
+    are those of a one-thread run; the times are measured while the workers share the cores."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    per_method = len(classes) * args.batches * getattr(args, "seed_sets", 1)
+    plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, m, classes, plain): i for i, m in enumerate(methods)}
+        results: list[Result | None] = [None] * len(methods)
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            for _ in range(per_method):
+                progress(methods[futures[future]].name)
+    return [r for r in results if r is not None]
 
 
 def write_outputs(args: argparse.Namespace, results: list[Result], checks: list[Goal]) -> None:
@@ -617,7 +656,7 @@ def readme_block(args: argparse.Namespace, text: str, checks: list[Goal]) -> str
     command = (
         f"python -m lib_ctxrep bench --batches {args.batches} --steps {args.steps} --guidance {args.guidance} "
         f"--window {args.window:g} --windows {args.windows} --seed {args.seed} "
-        f"--seed-sets {getattr(args, 'seed_sets', 1)} --readme"
+        f"--seed-sets {getattr(args, 'seed_sets', 1)} --batch {args.batch} --jobs {getattr(args, 'jobs', 1)} --readme"
     )
     sets = getattr(args, "seed_sets", 1)
     lines = [
@@ -665,6 +704,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated longer windows, each swept at three strengths",
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument(
+        "--jobs", type=whole(1), default=1,
+        help="worker processes of one thread each (the numbers are a one-thread run's; times share the cores)",
+    )  # fmt: skip
     parser.add_argument(
         "--seed-sets", type=whole(1), default=3,
         help=f"seed sets, each of its own seeds ({SEED_SET_STRIDE} apart): the intervals span them all",

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ..config import DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW
-from .reference.model import REPULSION_STRENGTH, REPULSION_WINDOW
+from .reference.model import REPULSION_STEP_STRENGTH, REPULSION_WHY, REPULSION_WINDOW
 
 CHANGED = (170, 0, 230)
 """Frame colour of a repulsion image in another mode than the base image of the same seed (no palette colour)."""
@@ -315,11 +315,17 @@ def _title(args: argparse.Namespace, model: Any, prompts: list[Prompt], scale: i
         "Contextual repulsion on the reference model: the same seeds without (base) and with repulsion",
         f"Model: the reference model, a tiny Flux-architecture transformer ({params / 1e6:.1f} M parameters) trained "
         f"on 16x16 shapes whose modes are known; images scaled {scale}x",
-        f"Settings: {args.steps} steps, CFG {args.guidance:g}, repulsion strength {args.strength:g} per block, window "
+        f"Settings: {args.steps} steps, CFG {args.guidance:g}, repulsion {_strength(args)}, window "
         f"{args.window:g} (the first {args.window:.0%} of the steps), batch of {args.batch}, seed {args.seed}",
         f"Mean over the {len(prompts)} prompts: modes found {mean['base'][0]:.2f} -> {mean['repulsion'][0]:.2f} "
         f"of {counted}, fidelity {mean['base'][1]:.3f} -> {mean['repulsion'][1]:.3f} (base -> repulsion)",
     ]
+
+
+def _strength(args: argparse.Namespace) -> str:
+    if args.strength is not None:
+        return f"strength {args.strength:g} per block"
+    return f"step strength {args.step_strength:g}"
 
 
 def _announce(args: argparse.Namespace, prompts: int) -> None:
@@ -327,14 +333,15 @@ def _announce(args: argparse.Namespace, prompts: int) -> None:
         print("[demo] --batch 1: contextual repulsion acts within a batch, so one image per batch cannot change")
     print(
         f"[demo] reference model, {prompts} prompt{'s' if prompts != 1 else ''} x batch of {args.batch}, "
-        f"{args.steps} steps, "
-        f"CFG {args.guidance}; repulsion strength {args.strength}, window {args.window}"
+        f"{args.steps} steps, CFG {args.guidance}; repulsion {_strength(args)}, window {args.window}"
     )
-    if (args.strength, args.window) == (REPULSION_STRENGTH, REPULSION_WINDOW):
+    library = (args.strength, args.step_strength, args.window) == (None, DEFAULT_STEP_STRENGTH, DEFAULT_WINDOW)
+    if not library and (args.strength, args.step_strength, args.window) == (
+        None, REPULSION_STEP_STRENGTH, REPULSION_WINDOW
+    ):  # fmt: skip
         print(
-            "[demo] (the reference model's setting, per block; the library default is the step strength "
-            f"{DEFAULT_STEP_STRENGTH} shared out over the repelled blocks, {DEFAULT_STEP_STRENGTH / 4:.2f} per block "
-            f"on this model's 4, in window {DEFAULT_WINDOW}: see the README)"
+            f"[demo] not the library defaults (step strength {DEFAULT_STEP_STRENGTH}, window {DEFAULT_WINDOW}): "
+            f"{REPULSION_WHY}"
         )
 
 
@@ -346,7 +353,10 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     model = load_reference_model(args.weights)
-    methods = [Method("base", "base"), Method("repulsion", "ours", args.strength, {"window": args.window})]
+    options: dict = {"window": args.window}
+    if args.strength is not None:
+        options["config"] = {"strength": args.strength}
+    methods = [Method("base", "base"), Method("repulsion", "ours", args.step_strength, options)]
     classes = list(range(min(args.classes, len(CLASSES))))
     _announce(args, len(classes))
     total, done, prompts = len(classes) * len(methods), 0, []
@@ -366,7 +376,9 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     if getattr(args, "readme", False):
         out = README.parent / "docs" / "demo_grid.png"
-        write_readme_table(README, lines)
+        first = next(i for i, line in enumerate(lines) if line.startswith("[demo] prompt"))
+        last = max(i for i, line in enumerate(lines) if line.startswith("[demo] mean over prompts"))
+        write_readme_table(README, lines[first : last + 1])
         print(f"[demo] table written into {README}")
     grid_image(prompts, _title(args, model, prompts, SCALE), SCALE).save(out)
     print(f"[demo] picture: {out} (per prompt, base above repulsion, a column per seed; marks explained in it)")
@@ -404,11 +416,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=whole(1), default=DEFAULT_STEPS, help="sampling steps")
     parser.add_argument("--guidance", type=non_negative, default=DEFAULT_GUIDANCE, help="true-CFG scale")
     parser.add_argument(
-        "--strength", type=non_negative, default=REPULSION_STRENGTH,
-        help="per-block strength (the reference model's setting)",
+        "--step-strength", type=non_negative, default=REPULSION_STEP_STRENGTH,
+        help="push per step, shared out over the repelled blocks (the library's default)",
     )  # fmt: skip
     parser.add_argument(
-        "--window", type=fraction, default=REPULSION_WINDOW, help="share of the steps; the reference model's setting"
+        "--strength",
+        type=non_negative,
+        default=None,
+        help="per-block strength instead of the step strength (default: none, the step strength is used)",
+    )
+    parser.add_argument(
+        "--window", type=fraction, default=REPULSION_WINDOW, help="share of the steps (the reference model's setting)"
     )
     parser.add_argument("--seed", type=int, default=0, help="first seed (each prompt and image has its own)")
     parser.add_argument(

@@ -66,6 +66,9 @@ def typicality_report(
         "n_per_class": n_per_class,
         "steps": steps,
         "fidelity": metrics.fidelity(r),
+        "fidelity_per_class": {
+            name: float(r.valid[classes == k].float().mean()) for k, name in enumerate(CLASSES) if (classes == k).any()
+        },
         "class_accuracy": metrics.class_accuracy(r, classes),
         f"mode_recall_batch{batch}": metrics.batch_mode_recall(r, classes, batch, min_prob),
         f"data_mode_recall_batch{batch}": metrics.expected_mode_recall(batch, min_prob),
@@ -80,6 +83,44 @@ def typicality_report(
     }
 
 
+def commitment(
+    model: Any,
+    guidance: float = DEFAULT_GUIDANCE,
+    n_per_class: int = 16,
+    steps: int = DEFAULT_STEPS,
+    shift: float = DEFAULT_SHIFT,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """When the model commits to a mode: per step, the share of the accepted final samples whose prediction of the
+    clean image at that step (``x0``) already shows their final mode, position and colour.
+
+    What it is for: a method that acts in the first steps (contextual repulsion's window) can only move a sample to
+    another mode while the model has not committed to one; this says how much of the trajectory that is."""
+    seeds = {k: [seed * 10**6 + k * 10**5 + i for i in range(n_per_class)] for k in range(len(CLASSES))}
+    classes = [k for k in seeds for _ in seeds[k]]
+    predictions: list[tuple[float, torch.Tensor]] = []
+    final = classify(
+        sample(
+            model, classes, [s for k in seeds for s in seeds[k]], steps=steps, guidance=guidance, shift=shift,
+            callback=lambda i, t, x, x0: predictions.append((t, x0.clone())),
+        )
+    )  # fmt: skip
+    ok = final.valid & (final.class_id == torch.tensor(classes))
+    out = []
+    for t, x0 in predictions:
+        r = classify(x0.clamp(-1, 1))
+        same = (r.class_id == final.class_id) & (r.mode == final.mode)
+        out.append(
+            {
+                "t": round(t, 4),
+                "mode": float(same[ok].float().mean()) if ok.any() else float("nan"),
+                "position": float((r.position == final.position)[ok].float().mean()) if ok.any() else float("nan"),
+                "colour": float((r.colour == final.colour)[ok].float().mean()) if ok.any() else float("nan"),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line:
     ``python -m lib_ctxrep.evaluation.reference.evaluate [--weights PATH] [--guidance 1 4] [--n 256]``."""
@@ -92,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the reports to this file")
+    parser.add_argument(
+        "--commitment", action="store_true",
+        help="also report, per step, the share of samples whose x0 prediction already shows their final mode",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = load_reference_model(args.weights)
@@ -99,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     for g in args.guidance:
         start = time.time()
         report = typicality_report(model, g, args.n, args.steps, args.shift, args.seed)
+        if args.commitment:
+            report["commitment"] = commitment(model, g, 16, args.steps, args.shift, args.seed + 1)
         report["seconds"] = round(time.time() - start, 1)
         reports.append(report)
         print(json.dumps(report, indent=1), flush=True)

@@ -51,11 +51,15 @@ DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
 """Default true-CFG scale of :func:`sample`, at which guided samples show typicality bias."""
 DEFAULT_SHIFT = 1.0
-REPULSION_STRENGTH = 0.7
+REPULSION_STEP_STRENGTH = 2.85
 REPULSION_WINDOW = 0.3
-"""Contextual repulsion's setting for this model (``python -m lib_ctxrep demo``'s default): where one batch of 8 gained
-most in the benchmark at no fidelity cost. Not the library default (strength 0.05, window 0.05, set for Flux): this
-model repels after 4 blocks per step where Flux repels after 57, and its layout settles later in the trajectory."""
+"""Contextual repulsion's recommended setting for this model (``python -m lib_ctxrep demo``'s default, and the
+benchmark's memory runs): see docs/benchmark.md."""
+REPULSION_WHY = (
+    "this model commits to a sample's mode over the first quarter of its steps, and in one step (the default window) "
+    "repulsion moves a sample by a twentieth of its push; window 0.3 covers those steps (docs/benchmark.md)"
+)
+"""Why the demo runs in a longer window than the library's default, in one line."""
 PATCH_GRID = SIZE // 2
 """Patches per side (8): 64 image tokens."""
 
