@@ -22,6 +22,11 @@ from .data import CLASSES, classify
 from .model import DEFAULT_GUIDANCE, DEFAULT_SHIFT, DEFAULT_STEPS, load_reference_model, sample
 
 
+def class_seeds(class_id: int, n: int, seed: int = 0) -> list[int]:
+    """The seeds of a class's ``n`` samples: ``seed * 10**6 + class_id * 10**5 + i``."""
+    return [seed * 10**6 + class_id * 10**5 + i for i in range(n)]
+
+
 def sample_classes(
     model: Any,
     n_per_class: int,
@@ -38,7 +43,7 @@ def sample_classes(
     """
     images, classes = [], []
     for k in range(len(CLASSES)):
-        seeds = [seed * 10**6 + k * 10**5 + i for i in range(n_per_class)]
+        seeds = class_seeds(k, n_per_class, seed)
         for i in range(0, n_per_class, chunk):
             part = seeds[i : i + chunk]
             images.append(sample(model, [k] * len(part), part, steps=steps, guidance=guidance, shift=shift))
@@ -96,7 +101,7 @@ def commitment(
 
     What it is for: a method that acts in the first steps (contextual repulsion's window) can only move a sample to
     another mode while the model has not committed to one; this says how much of the trajectory that is."""
-    seeds = {k: [seed * 10**6 + k * 10**5 + i for i in range(n_per_class)] for k in range(len(CLASSES))}
+    seeds = {k: class_seeds(k, n_per_class, seed) for k in range(len(CLASSES))}
     classes = [k for k in seeds for _ in seeds[k]]
     predictions: list[tuple[float, torch.Tensor]] = []
     final = classify(
