@@ -36,8 +36,8 @@ def test_the_committed_weights_load_into_the_documented_architecture_with_both_b
 
 
 def test_the_committed_model_draws_clean_instances_of_the_prompted_class(reference):
-    """What the benchmark rests on (docs/benchmark.md: about half of the samples at CFG 4 are clean instances of the
-    prompted class, as the current data's classifier judges them)."""
+    """What the benchmark rests on (docs/benchmark.md: at CFG 4, 98 % of reference model v2's samples are clean
+    instances of the prompted class, as the current data's classifier judges them)."""
     classes = torch.arange(16) % len(data.CLASSES)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: intra-op threads only cost barrier waits, seconds on busy cores
@@ -45,7 +45,7 @@ def test_the_committed_model_draws_clean_instances_of_the_prompted_class(referen
         samples = model.sample(reference, classes.tolist(), list(range(16)))
     finally:
         torch.set_num_threads(threads)
-    assert metrics.class_accuracy(data.classify(samples), classes) >= 0.4
+    assert metrics.class_accuracy(data.classify(samples), classes) >= 0.8
 
 
 def test_pack_unpack_and_ids():

@@ -628,7 +628,9 @@ def _run_parallel(
 
     per_method = len(classes) * args.batches * getattr(args, "seed_sets", 1)
     plain = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, type(None)))}
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # fork where the platform has it (no re-import of torch in each worker); spawn elsewhere
+    start = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(start)) as pool:
         futures = {pool.submit(_run_one, m, classes, plain): i for i, m in enumerate(methods)}
         results: list[Result | None] = [None] * len(methods)
         for future in as_completed(futures):
