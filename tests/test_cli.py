@@ -71,11 +71,11 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     main(
         [
             "bench", "--classes", "1", "--batches", "1", "--batch", "2", "--steps", "2", "--windows", "0.5",
-            "--seed-sets", "2", "--out", str(tmp_path), "--readme", "--readme-path", str(readme),
+            "--seed-sets", "2", "--out", str(tmp_path / "out"), "--readme", "--readme-path", str(readme),
         ]
     )  # fmt: skip
     text = capsys.readouterr().out
-    data = json.loads((tmp_path / "bench.json").read_text())
+    data = json.loads((tmp_path / "out" / "bench.json").read_text())
     families = {r["family"] for r in data["results"]}
     assert families == {"base", "ours", "memory", "memory_image", "spell", "pg", "cads"}
     assert len(data["results"]) == len(default_methods(0.05, (0.5,)))
@@ -85,7 +85,8 @@ def test_bench_covers_every_method_and_writes_plot_json_and_readme_table(capsys,
     assert {r["window"] for r in data["results"] if r["family"] in ("memory", "memory_image")} == {REPULSION_WINDOW}
     assert all(len(r["per_set"]) == 2 and len(r["batch_recalls"]) == 2 for r in data["results"])
     assert [s["seed"] for s in data["results"][0]["per_set"]] == [0, 1000]
-    assert (tmp_path / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 1000
+    assert (tmp_path / "pareto.png").stat().st_size > 1000  # --readme: the plot beside the Markdown file
     assert "goal" in text and "| base |" in text
     written = readme.read_text()
     assert written.startswith("before\n") and written.endswith("after\n") and "| method |" in written
